@@ -1,0 +1,236 @@
+"""Everything that runs in a forked child, from the fork to ``os._exit``.
+
+The child is a copy of the caller at the moment of the call. It prepares itself in this order
+(research notes, "child bootstrap"):
+
+1. arm the lifeline: the kernel SIGKILLs this process when the parent's read end of the result
+   pipe closes, i.e. when the parent dies, whichever of its threads forked us;
+2. ignore SIGINT (the parent owns Ctrl-C), reset the parent's Python signal handlers and its
+   wakeup fd, restore SIGCHLD so ``subprocess`` works in the task;
+3. point stdin at ``/dev/null`` and rebind stdout/stderr to fresh objects over fds 1/2, so the
+   parent's buffered bytes (and a lock another thread held at fork) are never touched;
+4. apply the task's resource limits;
+5. run the function, pickle the outcome, flush stdio, disarm the lifeline, send one frame;
+6. leave with ``os._exit``: never back into the caller's stack, never the parent's atexit hooks.
+
+The library's own inherited fds were already closed by the at-fork hook (see ``_spawn``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import os
+import resource
+import select
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from ._errors import MemoryLimitExceeded, ResultNotPicklable
+from ._options import TaskOptions
+from ._wire import Encoded, encode_error, encode_value, send
+
+__all__ = ("run_child",)
+
+#: Exit status of a child whose own machinery failed (EX_SOFTWARE); the parent reports it as
+#: WorkerDied with this code.
+INTERNAL_ERROR = 70
+
+# Stream objects replaced in the child. They are kept alive, never flushed or closed: their
+# buffers may hold the parent's unflushed output, and another parent thread may have held
+# their lock at the moment of the fork.
+_ABANDONED: list[Any] = []
+
+
+def run_child(wfd: int, call: Callable[[], object], options: TaskOptions) -> NoReturn:
+    """Run ``call`` in this freshly forked child and report its outcome on ``wfd``.
+
+    Never returns. Exits 0 once a frame is sent (whatever the task did), or `INTERNAL_ERROR`.
+    """
+    code = INTERNAL_ERROR
+    try:
+        _arm_lifeline(wfd)
+        _reset_signals()
+        _isolate_stdio()
+        encoded = _run(call, options)
+        _flush_stdio()  # before the frame: the parent may exit as soon as it has the result
+        _disarm_lifeline(wfd)
+        if send(wfd, encoded):
+            _wait_for_parent(wfd)
+        code = 0
+    except BaseException:
+        _report_internal_error()
+    finally:
+        _save_coverage()
+        os._exit(code)
+
+
+def _run(call: Callable[[], object], options: TaskOptions) -> Encoded:
+    restricted = options.restricted_results
+    _apply_limits(options)
+    try:
+        value = call()
+    except BaseException as exc:
+        _lift_memory_limit(options)
+        memory = isinstance(exc, MemoryError) and not isinstance(exc, MemoryLimitExceeded)
+        if options.memory_limit and memory:
+            limit_error = MemoryLimitExceeded(options.memory_limit)
+            limit_error.__cause__ = exc
+            exc = limit_error
+        return encode_error(exc, restricted)
+    _lift_memory_limit(options)
+    try:
+        return encode_value(value, restricted)
+    except ResultNotPicklable as exc:
+        return encode_error(exc, restricted)
+
+
+# -- lifeline ------------------------------------------------------------------------------------
+
+# F_SETSIG is Linux-only; elsewhere the lifeline is absent and the parent's atexit hook (and its
+# normal shutdown) is what ends children.
+_F_SETSIG: int | None = getattr(fcntl, "F_SETSIG", None)
+
+
+def _arm_lifeline(wfd: int) -> None:
+    # When the last read end of a pipe closes, the kernel signals the owner of an O_ASYNC write
+    # end. With F_SETSIG = SIGKILL that signal is fatal: we die with the parent (fcntl(2),
+    # "F_SETSIG"). PR_SET_PDEATHSIG would instead follow the thread that forked us.
+    if _F_SETSIG is None:
+        return
+    fcntl.fcntl(wfd, fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(wfd, _F_SETSIG, signal.SIGKILL)
+    fcntl.fcntl(wfd, fcntl.F_SETFL, fcntl.fcntl(wfd, fcntl.F_GETFL) | os.O_ASYNC)
+
+
+def _disarm_lifeline(wfd: int) -> None:
+    # Must happen before writing: each parent read makes the pipe writable again, which raises
+    # the same signal and would kill us mid-transfer.
+    if _F_SETSIG is None:
+        return
+    fcntl.fcntl(wfd, fcntl.F_SETFL, fcntl.fcntl(wfd, fcntl.F_GETFL) & ~os.O_ASYNC)
+
+
+def _wait_for_parent(wfd: int) -> None:
+    # The result's buffers are in a memfd that the parent opens through /proc/<pid>/fd; stay
+    # alive until it closes its read end (POLLERR on our write end), or dies.
+    poller = select.poll()
+    poller.register(wfd, select.POLLERR)
+    while not poller.poll():
+        pass
+
+
+# -- signals and stdio ---------------------------------------------------------------------------
+
+
+def _reset_signals() -> None:
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(-1)
+    for signum in signal.valid_signals():
+        if signum in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            handler = signal.getsignal(signum)
+        except (ValueError, OSError):
+            continue
+        if callable(handler) or (signum == signal.SIGCHLD and handler == signal.SIG_IGN):
+            signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _isolate_stdio() -> None:
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    if sys.stdin is not None:
+        _ABANDONED.append(sys.stdin)
+        sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - lives as long as the child
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        old = getattr(sys, name)
+        if type(old) is not io.TextIOWrapper:
+            continue  # a capture object or a user replacement: leave it alone
+        try:
+            if old.fileno() != fd:
+                continue
+        except (OSError, ValueError):
+            continue
+        raw = io.FileIO(fd, "w", closefd=False)
+        new = io.TextIOWrapper(
+            raw if old.write_through else io.BufferedWriter(raw),
+            encoding=old.encoding,
+            errors=old.errors,
+            line_buffering=old.line_buffering,
+            write_through=old.write_through,
+        )
+        _ABANDONED.append(old)
+        setattr(sys, name, new)
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            if stream is not None:
+                stream.flush()
+
+
+def _report_internal_error() -> None:
+    with contextlib.suppress(BaseException):
+        text = "inparallel: the task process failed to report its outcome:\n"
+        os.write(2, (text + traceback.format_exc()).encode("utf-8", "replace"))
+
+
+def _save_coverage() -> None:
+    # os._exit skips coverage's atexit hook; save explicitly so children count (STYLE: tests).
+    coverage = sys.modules.get("coverage")
+    if coverage is None:
+        return
+    with contextlib.suppress(BaseException):
+        current = coverage.Coverage.current()
+        if current is not None:
+            current.stop()
+            current.save()
+
+
+# -- resource limits -----------------------------------------------------------------------------
+
+
+def _vm_size() -> int:
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _apply_limits(options: TaskOptions) -> None:
+    if options.memory_limit is not None:
+        # Relative to what the child inherited: an absolute RLIMIT_AS below the parent's
+        # mapped size would fail the first allocation (research X12).
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        soft = _vm_size() + options.memory_limit
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    if options.cpu_time is not None:
+        # SIGXCPU at the soft limit; SIGKILL one second later if the task handles SIGXCPU.
+        # No core dump: it would be a copy of the parent's memory.
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        limit = options.cpu_time
+        if hard == resource.RLIM_INFINITY or hard > limit + 1:
+            hard = limit + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (min(limit, hard), hard))
+
+
+def _lift_memory_limit(options: TaskOptions) -> None:
+    # Pickling the outcome needs memory of its own, and a MemoryError must still be reported.
+    if options.memory_limit is not None:
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))

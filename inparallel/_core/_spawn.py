@@ -1,0 +1,187 @@
+"""Forking one task: the fork lock, the at-fork hooks and the park-around-fork policy.
+
+**One fork lock.** Creating the result pipe, forking, closing the parent's write end, opening
+the pidfd and registering the child happen under one re-entrant lock (re-entrant because a
+done-callback may itself call a task). ``os.register_at_fork`` takes the same lock before
+*anyone's* fork (the user's ``os.fork``, multiprocessing), so no child is ever forked halfway
+through a registration, and resets the library in every child: all inherited library fds are
+closed (only the task's own write end survives), the supervisor is forgotten, the lock is new.
+Every library fd is created under this lock, so the set of fds to close is always exact.
+
+**Parking (Python 3.12+).** CPython warns (``DeprecationWarning``) when a process with more
+than one OS thread forks. Our supervisor thread is such a thread, so before each fork we
+*park* it: ask it to stop, join it, and on 3.12 also wait until the kernel has torn the thread
+down (``join()`` returns slightly earlier there). The fork then really is single-threaded and
+the warning is not emitted because there is nothing to warn about; nothing is lost meanwhile
+(results wait in their pipes, exits in their pidfds) and the thread restarts right after
+``os.fork()`` returns. We park only when the supervisor is the one extra thread: when the
+user's own threads are alive the fork is not single-threaded, CPython's warning is right, and
+we let it through. Filtering the warning instead would hide real hazards and is not
+thread-safe (``catch_warnings`` mutates global state). Parking costs a thread join and start
+per fork, a fraction of the fork itself; 3.11 does not warn and skips it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from . import _supervisor
+from ._child import run_child
+from ._errors import SpawnError
+from ._future import TaskFuture
+from ._options import TaskOptions
+
+__all__ = ("spawn",)
+
+R = TypeVar("R")
+
+#: Whether forking with another thread alive emits a DeprecationWarning (gh-100228).
+PARK = sys.version_info >= (3, 12)
+
+#: How long a fork waits for the supervisor to park. It only waits this long when a
+#: done-callback is blocking the supervisor; the fork then goes ahead with it alive.
+PARK_TIMEOUT = 0.5
+
+#: On 3.12 ``Thread.join()`` returns before the OS thread is gone; wait at most this long for
+#: the kernel to agree that one thread is left.
+OS_THREAD_WAIT = 0.01
+
+_fork_lock = threading.RLock()
+_hooks_installed = False
+_native_threads = False  # a thread unknown to `threading` kept the OS thread count above 1
+
+
+def spawn(
+    fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any], options: TaskOptions
+) -> TaskFuture[R]:
+    """Fork a child that runs ``fn(*args, **kwargs)`` and return its future at once.
+
+    Blocks only for the fork itself (which copies the page tables: longer for a big parent).
+
+    Raises:
+        SpawnError: No pipe or no process could be made (EMFILE, EAGAIN, ENOMEM). Nothing
+            was started and nothing leaked.
+    """
+    name = options.name or str(getattr(fn, "__qualname__", None) or repr(fn))
+    call = functools.partial(fn, *args, **kwargs)
+    with _fork_lock:
+        _install_hooks()
+        supervisor = _supervisor.get()
+        try:
+            supervisor.prepare()
+            rfd, wfd = os.pipe()
+        except OSError as exc:
+            raise SpawnError(exc.errno, f"could not create a result pipe: {exc}; {_HINT}") from exc
+        supervisor.fds.add(rfd)  # so every forked child, this one included, closes it
+        _flush_std_streams()
+        if PARK:
+            _park(supervisor)
+        started = time.monotonic()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            supervisor.fds.discard(rfd)
+            os.close(rfd)
+            os.close(wfd)
+            raise SpawnError(exc.errno, f"could not fork the task process: {exc}; {_HINT}") from exc
+        if pid == 0:
+            run_child(wfd, call, options)
+        os.close(wfd)
+        os.set_blocking(rfd, False)
+        pidfd = _pidfd_open(pid)
+        if pidfd is not None:
+            supervisor.fds.add(pidfd)
+        child = _supervisor.Child(pid, pidfd, rfd, options, started)
+        future: TaskFuture[R] = TaskFuture(
+            pid, name, functools.partial(supervisor.send_signal, child)
+        )
+        child.future = future
+        supervisor.add(child)
+    return future
+
+
+_HINT = "too many tasks in flight? throttle them with waitfor(..., concurrency_factor=N)"
+
+
+def _pidfd_open(pid: int) -> int | None:
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        fd: int = opener(pid)
+    except OSError:  # ENOSYS before Linux 5.3, or a seccomp policy: exits are polled instead
+        return None
+    return fd
+
+
+def _flush_std_streams() -> None:
+    # Unflushed parent output would otherwise be copied into the child (and duplicated).
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
+
+
+def _park(supervisor: _supervisor.Supervisor) -> None:
+    global _native_threads
+    ours = 1 if supervisor.thread_alive() else 0
+    if threading.active_count() > 1 + ours:
+        return  # the user's threads are alive: the fork is not single-threaded, warn honestly
+    if not supervisor.park(PARK_TIMEOUT):
+        return
+    if sys.version_info >= (3, 13) or not os.path.isdir("/proc/self/task"):
+        return
+    if _native_threads:
+        _native_threads = _os_threads() > 1
+        return
+    deadline = time.monotonic() + OS_THREAD_WAIT
+    while _os_threads() > 1:
+        if time.monotonic() > deadline:
+            _native_threads = True
+            return
+        os.sched_yield()  # the thread is in its last microseconds of teardown
+
+
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def _install_hooks() -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child
+    )
+    atexit.register(_at_exit)
+
+
+def _before_fork() -> None:
+    _fork_lock.acquire()
+
+
+def _after_fork_parent() -> None:
+    _fork_lock.release()
+
+
+def _after_fork_child() -> None:
+    global _fork_lock, _native_threads
+    _fork_lock = threading.RLock()  # the old one is held by the thread that forked us
+    _native_threads = False
+    _supervisor.reset_in_child()
+
+
+def _at_exit() -> None:
+    # Interpreter exit, including an unhandled Ctrl-C: no child outlives us.
+    supervisor = _supervisor._SUPERVISOR
+    if supervisor is not None:
+        supervisor.kill_all(grace=2.0)

@@ -1,0 +1,427 @@
+"""The supervisor: one thread that watches every child and resolves its future.
+
+Data flow::
+
+    caller thread                        child process               supervisor thread
+    -------------                        -------------               -----------------
+    spawn(): pipe, fork ---------------> run fn, pickle outcome
+             pidfd_open(pid)             write ONE frame ----------> result pipe readable
+             add(child) --- wake pipe -------------------------------> FrameReader.feed()
+                                         os._exit(0) --------------> pidfd readable
+                                                                      drain pipe, wait4(pid)
+    fut.result() <-------------------------------------------------- future._resolve()
+                                                                      (done-callbacks run here)
+
+The thread blocks in one `selectors` call on: each child's result pipe, each child's pidfd,
+and a wakeup pipe; its timeout is the nearest deadline. It never polls (except on systems
+without pidfds, where exits are checked every `EXIT_POLL` seconds), never calls
+``waitpid(-1)`` and installs no SIGCHLD handler, so children the user starts keep their exit
+codes. Death is seen through the pidfd, not pipe EOF: a grandchild may hold the pipe open.
+
+A future resolves once both its frame has arrived and its child has been reaped, so ``pid``,
+``exitcode`` and ``rusage`` are final when ``result()`` returns. A child that lingers after
+delivering is SIGKILLed after `LINGER_GRACE`; its result still wins.
+
+The thread starts with the first child and exits when none is left. `Supervisor.park` stops
+it so that a fork can run single-threaded (see ``_spawn`` for why).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import heapq
+import itertools
+import os
+import select
+import selectors
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _future
+from ._errors import RemoteError, TaskTimeout, WorkerDied
+from ._future import Rusage, TaskFuture
+from ._options import TaskOptions
+from ._wire import FrameError, FrameReader, decode
+
+__all__ = ("Child", "Supervisor", "get", "statistics")
+
+#: Seconds a child may live on after delivering its frame before it is SIGKILLed (a thread or
+#: destructor that will not let it exit). Normal children exit within microseconds.
+LINGER_GRACE = 2.0
+
+#: With ``timeout=``, once the frame has started to arrive the deadline no longer applies; the
+#: transfer is killed only if no byte arrives for this many seconds (research D4).
+TRANSFER_STALL = 10.0
+
+#: Exit check interval where the kernel has no pidfds (not Linux, or Linux < 5.3).
+EXIT_POLL = 0.05
+
+THREAD_NAME = "inparallel-supervisor"
+
+
+class Phase(enum.Enum):
+    """Where a child is in its life, as the supervisor sees it."""
+
+    COMPUTING = "computing"  #: no byte of the frame has arrived yet
+    RECEIVING = "receiving"  #: the frame is arriving
+    DELIVERED = "delivered"  #: the outcome is known; waiting for the child to exit
+
+
+@dataclass(eq=False)
+class Child:
+    """The supervisor's record of one child process."""
+
+    pid: int
+    pidfd: int | None
+    rfd: int | None
+    options: TaskOptions
+    started: float
+    future: TaskFuture[Any] | None = None
+    reader: FrameReader = field(init=False)
+    phase: Phase = Phase.COMPUTING
+    outcome: tuple[bool, Any] | None = None
+    deadline: float | None = None
+    last_progress: float = 0.0
+    timed_out: bool = False
+    reaped: bool = False
+
+    def __post_init__(self) -> None:
+        self.reader = FrameReader(self.options.max_result_size)
+
+
+class Supervisor:
+    """Watches children, enforces deadlines and resolves futures. One per process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards everything below; never held across user code
+        self._children: dict[int, Child] = {}
+        self._pending: list[Child] = []
+        self._heap: list[tuple[float, int, Child]] = []  # deadlines; the thread's own
+        self._seq = itertools.count()
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r = self._wake_w = -1
+        self._thread: threading.Thread | None = None
+        self._last_thread: threading.Thread | None = None
+        self._stop = False
+        self._polled: set[Child] = set()  # children without a pidfd
+        #: Every fd the library holds open; the at-fork hook closes them in every child.
+        self.fds: set[int] = set()
+        self.counts: Counter[str] = Counter()
+
+    # -- called by the spawning thread (under the fork lock) ----------------------------------
+
+    def prepare(self) -> None:
+        """Create the selector and wakeup pipe on first use."""
+        if self._selector is None:
+            self._wake_r, self._wake_w = os.pipe()
+            self.fds.update((self._wake_r, self._wake_w))
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+
+    def add(self, child: Child) -> None:
+        """Hand a freshly forked child to the thread, starting the thread if needed."""
+        with self._lock:
+            self._children[child.pid] = child
+            self._pending.append(child)
+            self.counts["spawned"] += 1
+            self._stop = False  # a park that timed out is called off: the thread carries on
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+                self._thread.start()
+            else:
+                self._wake()
+
+    def park(self, timeout: float) -> bool:
+        """Stop the thread and wait up to ``timeout`` seconds for it to end.
+
+        Nothing is lost meanwhile: results wait in their pipes, exits in their pidfds. The next
+        `add` restarts the thread. Returns whether no supervisor thread is left running.
+        """
+        with self._lock:
+            thread = self._thread or self._last_thread
+            if thread is None or thread is threading.current_thread():
+                return thread is None
+            self._stop = True
+            self._wake()
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def thread_alive(self) -> bool:
+        """Whether a supervisor thread is currently running."""
+        thread = self._thread or self._last_thread
+        return thread is not None and thread.is_alive()
+
+    def send_signal(self, child: Child, sig: int) -> bool:
+        """Signal a child that has not been reaped yet; return whether it was sent."""
+        with self._lock:
+            if child.reaped:
+                return False
+            try:
+                if child.pidfd is not None:
+                    signal.pidfd_send_signal(child.pidfd, sig)
+                else:
+                    os.kill(child.pid, sig)
+            except ProcessLookupError:
+                return False
+            return True
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe already means "wake up"
+            os.write(self._wake_w, b"\0")
+
+    def _run(self) -> None:
+        _future.on_supervisor.active = True
+        selector = self._selector
+        assert selector is not None
+        while True:
+            with self._lock:
+                self._register_pending(selector)
+                if self._stop or not self._children:
+                    self._last_thread, self._thread = self._thread, None
+                    self._stop = False
+                    return
+                timeout = self._timeout()
+            for key, _ in selector.select(timeout):
+                self._guarded(key.data)
+            self._expire()
+            if self._polled:
+                for child in list(self._polled):
+                    self._guarded((child, False))
+
+    def _register_pending(self, selector: selectors.BaseSelector) -> None:
+        for child in self._pending:
+            assert child.rfd is not None
+            selector.register(child.rfd, selectors.EVENT_READ, (child, True))
+            if child.pidfd is not None:
+                selector.register(child.pidfd, selectors.EVENT_READ, (child, False))
+            else:
+                self._polled.add(child)
+            if child.options.timeout is not None:
+                self._set_deadline(child, child.started + child.options.timeout)
+        self._pending.clear()
+
+    def _timeout(self) -> float | None:
+        timeout = None
+        if self._heap:
+            timeout = max(0.0, self._heap[0][0] - time.monotonic())
+        if self._polled:
+            timeout = EXIT_POLL if timeout is None else min(timeout, EXIT_POLL)
+        return timeout
+
+    def _set_deadline(self, child: Child, when: float) -> None:
+        child.deadline = when
+        heapq.heappush(self._heap, (when, next(self._seq), child))
+
+    def _guarded(self, data: tuple[Child, bool] | None) -> None:
+        if data is None:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+            return
+        child, is_pipe = data
+        try:
+            if is_pipe:
+                self._on_readable(child)
+            else:
+                self._on_exit(child)
+        except BaseException as exc:
+            # A bug of ours, or an OS error we did not foresee: fail this task, keep the rest.
+            reason = "inparallel's supervisor failed while handling this task"
+            child.outcome = (False, RemoteError(type(exc).__qualname__, str(exc), "", reason))
+            child.phase = Phase.DELIVERED
+            self._close_pipe(child)
+            self.send_signal(child, signal.SIGKILL)
+
+    def _on_readable(self, child: Child) -> None:
+        for _ in range(64):  # bounded, so one big transfer cannot starve the others
+            if child.rfd is None:
+                return
+            try:
+                data = os.read(child.rfd, child.reader.want())
+            except BlockingIOError:
+                return
+            if not data:  # EOF: every writer is gone; the pidfd reports the exit itself
+                self._close_pipe(child)
+                return
+            if child.phase is Phase.COMPUTING:
+                child.phase = Phase.RECEIVING
+            child.last_progress = time.monotonic()
+            try:
+                child.reader.feed(data)
+            except FrameError as exc:
+                self._reject(child, str(exc))
+                return
+            if child.reader.complete:
+                self._deliver(child)
+                return
+
+    def _reject(self, child: Child, reason: str) -> None:
+        child.outcome = (False, RemoteError("inparallel.ResultFrame", reason, "", reason))
+        child.phase = Phase.DELIVERED
+        self._close_pipe(child)
+        self.send_signal(child, signal.SIGKILL)
+
+    def _deliver(self, child: Child) -> None:
+        try:
+            payload, buffers = child.reader.parts(child.pid)
+        except FrameError as exc:
+            self._reject(child, str(exc))
+            return
+        # Unpickling runs user code (``__reduce__``, imports) here, outside the lock.
+        child.outcome = decode(
+            child.reader.kind, payload, buffers, child.options.restricted_results
+        )
+        child.phase = Phase.DELIVERED
+        self._close_pipe(child)  # also tells a child waiting on its memfd that it may exit
+        if not child.reaped:
+            self._set_deadline(child, time.monotonic() + LINGER_GRACE)
+
+    def _on_exit(self, child: Child) -> None:
+        if child.phase is not Phase.DELIVERED and child.rfd is not None:
+            self._on_readable(child)  # the last bytes the child wrote before it exited
+        with self._lock:
+            try:
+                pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else, or SIGCHLD is SIG_IGN
+                pid, status, usage = child.pid, None, None
+            if pid == 0:
+                return  # not exited yet (only when polling without a pidfd)
+            child.reaped = True
+            del self._children[child.pid]
+            self._polled.discard(child)
+            if child.pidfd is not None:
+                self._unwatch(child.pidfd)
+                child.pidfd = None
+        self._close_pipe(child)
+        self._finish(child, status, usage)
+
+    def _finish(self, child: Child, status: int | None, usage: Any) -> None:
+        future = child.future
+        assert future is not None
+        exitcode = None if status is None else os.waitstatus_to_exitcode(status)
+        future.exitcode = exitcode
+        if usage is not None:
+            future.rusage = Rusage(usage.ru_maxrss * 1024, usage.ru_utime, usage.ru_stime)
+        if child.outcome is not None:
+            ok, outcome = child.outcome
+        elif child.timed_out:
+            ok, outcome = False, TaskTimeout(child.pid, child.options.timeout or 0.0)
+        else:
+            detail = ""
+            if child.reader.started:
+                total = child.reader.expected
+                detail = f"truncated result ({child.reader.received} of {total or '?'} bytes)"
+            signum = -exitcode if exitcode is not None and exitcode < 0 else None
+            ok, outcome = False, WorkerDied(child.pid, exitcode, signum, detail)
+        if future.cancelled():
+            self.counts["cancelled"] += 1
+        elif child.timed_out and child.outcome is None:
+            self.counts["timed_out"] += 1
+        else:
+            self.counts["completed" if ok else "failed"] += 1
+        future._resolve(ok, outcome)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._heap and self._heap[0][0] <= now:
+            when, _, child = heapq.heappop(self._heap)
+            if child.reaped or child.deadline != when:
+                continue  # stale entry: the deadline was moved or the child is gone
+            child.deadline = None
+            if child.phase is Phase.RECEIVING:
+                if now - child.last_progress < TRANSFER_STALL:
+                    self._set_deadline(child, child.last_progress + TRANSFER_STALL)
+                    continue
+            elif child.phase is Phase.DELIVERED:
+                self.counts["killed_lingering"] += 1
+                self.send_signal(child, signal.SIGKILL)
+                continue
+            child.timed_out = True
+            self.send_signal(child, signal.SIGKILL)
+
+    def _close_pipe(self, child: Child) -> None:
+        if child.rfd is not None:
+            self._unwatch(child.rfd)
+            child.rfd = None
+
+    def _unwatch(self, fd: int) -> None:
+        if self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(fd)
+        self.fds.discard(fd)  # forget it first: the number may be reused as soon as it closes
+        os.close(fd)
+
+    # -- process lifecycle --------------------------------------------------------------------
+
+    def kill_all(self, grace: float) -> None:
+        """Kill every child and reap it (waiting up to ``grace`` seconds in all): for exit."""
+        self.park(grace)
+        with self._lock:
+            children = list(self._children.values())
+        for child in children:
+            self.send_signal(child, signal.SIGKILL)
+        deadline = time.monotonic() + grace
+        for child in children:
+            if child.pidfd is not None:
+                poller = select.poll()
+                poller.register(child.pidfd, select.POLLIN)
+                with contextlib.suppress(OSError):
+                    poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child.pid, os.WNOHANG)
+
+    def forget_in_child(self) -> None:
+        """In a freshly forked child: close every inherited library fd, drop all state."""
+        for fd in list(self.fds):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+        if self._selector is not None:
+            # The selector owns its epoll fd: close it through the object so that nothing
+            # closes that number again later, when it may belong to someone else.
+            with contextlib.suppress(OSError):
+                self._selector.close()
+
+    def statistics(self) -> dict[str, Any]:
+        """Return counters (spawned, completed, failed, cancelled, timed_out, ...) and state."""
+        with self._lock:
+            stats: dict[str, Any] = {
+                key: self.counts[key]
+                for key in ("spawned", "completed", "failed", "cancelled", "timed_out")
+            }
+            stats["killed_lingering"] = self.counts["killed_lingering"]
+            stats["in_flight"] = len(self._children)
+        stats["supervisor_alive"] = self.thread_alive()
+        return stats
+
+
+_SUPERVISOR: Supervisor | None = None
+
+
+def get() -> Supervisor:
+    """Return this process's supervisor, creating it on first use (call under the fork lock)."""
+    global _SUPERVISOR
+    if _SUPERVISOR is None:
+        _SUPERVISOR = Supervisor()
+    return _SUPERVISOR
+
+
+def reset_in_child() -> None:
+    """Give a forked child a clean slate: no inherited fds, a fresh supervisor on next use."""
+    global _SUPERVISOR
+    if _SUPERVISOR is not None:
+        _SUPERVISOR.forget_in_child()
+        _SUPERVISOR = None
+
+
+def statistics() -> dict[str, Any]:
+    """Return the supervisor's counters; all zero before the first task."""
+    return (_SUPERVISOR or Supervisor()).statistics()

@@ -1,0 +1,104 @@
+"""The ``@task`` decorator: turn a function into one that forks a child per call."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, overload
+
+from ._core._future import TaskFuture
+from ._core._options import TaskOptions, make_options
+from ._core._spawn import spawn
+
+__all__ = ("task",)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@overload
+def task(fn: Callable[P, R], /) -> Callable[P, TaskFuture[R]]: ...
+
+
+@overload
+def task(
+    *,
+    timeout: float | None = None,
+    memory_limit: int | str | None = None,
+    cpu_time: float | None = None,
+    name: str | None = None,
+    restricted_results: bool = False,
+    max_result_size: int | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, TaskFuture[R]]]: ...
+
+
+def task(
+    fn: Any = None,
+    /,
+    *,
+    timeout: float | None = None,
+    memory_limit: int | str | None = None,
+    cpu_time: float | None = None,
+    name: str | None = None,
+    restricted_results: bool = False,
+    max_result_size: int | None = None,
+) -> Any:
+    """Make every call of ``fn`` run in a forked child and return a `TaskFuture` at once.
+
+    Use it bare (``@task``) or with options (``@task(timeout=5)``), on functions, methods,
+    classmethods and staticmethods. The child is a fork of the caller at the moment of the
+    call: it sees the arguments, closures, globals and open objects as they are then, without
+    pickling. Only the return value (or exception) travels back; whatever the child changes in
+    its own memory is lost with it.
+
+    Args:
+        fn: The function to wrap (bare form).
+        timeout: Seconds the child may run; then it is SIGKILLed and the future fails with
+            `TaskTimeout`. The clock stops once the result starts to arrive.
+        memory_limit: Address space the child may add to what it inherited, as bytes or a
+            string such as ``"512M"`` or ``"2G"`` (powers of 1024). A `MemoryError` in the
+            task then arrives as `MemoryLimitExceeded`.
+        cpu_time: CPU seconds the child may use (rounded up); past it the kernel kills it
+            with SIGXCPU and the future fails with `WorkerDied`.
+        name: The name shown in ``repr()`` and errors; defaults to the function's qualname.
+        restricted_results: Accept only plain data back (numbers, strings, bytes, and lists,
+            tuples, dicts and sets of them): no class is ever looked up while loading the
+            result, so a compromised child cannot run code in the parent. Exceptions then
+            arrive as `RemoteError`.
+        max_result_size: Largest result, in bytes, the parent accepts (default 64 GiB); a
+            bigger one fails the future with `RemoteError` before it is allocated.
+
+    Returns:
+        The wrapped function (bare form), or a decorator.
+
+    Raises:
+        TypeError: ``fn`` is not callable, or an option has the wrong type.
+        ValueError: An option is out of range.
+    """
+    options = make_options(
+        timeout=timeout,
+        memory_limit=memory_limit,
+        cpu_time=cpu_time,
+        name=name,
+        restricted_results=restricted_results,
+        max_result_size=max_result_size,
+    )
+    if fn is None:
+        return functools.partial(_wrap, options=options)
+    return _wrap(fn, options=options)
+
+
+def _wrap(fn: Any, *, options: TaskOptions) -> Any:
+    if isinstance(fn, classmethod | staticmethod):
+        return type(fn)(_wrap(fn.__func__, options=options))
+    if not callable(fn):
+        raise TypeError(
+            f"@task decorates a function or method, not {type(fn).__name__} {fn!r};"
+            " write @task or @task(timeout=...) directly above a def"
+        )
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> TaskFuture[Any]:
+        return spawn(fn, args, kwargs, options)
+
+    return call
