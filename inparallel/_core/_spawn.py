@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from . import _supervisor
-from ._child import run_child
+from ._child import plan, run_child
 from ._errors import SpawnError
 from ._future import TaskFuture
 from ._options import TaskOptions
@@ -76,12 +76,12 @@ def spawn(
         _install_hooks()
         supervisor = _supervisor.get()
         try:
-            supervisor.prepare()
             rfd, wfd = os.pipe()
         except OSError as exc:
             raise SpawnError(exc.errno, f"could not create a result pipe: {exc}; {_HINT}") from exc
         supervisor.fds.add(rfd)  # so every forked child, this one included, closes it
         _flush_std_streams()
+        child_plan = plan()
         if PARK:
             _park(supervisor)
         started = time.monotonic()
@@ -93,7 +93,9 @@ def spawn(
             os.close(wfd)
             raise SpawnError(exc.errno, f"could not fork the task process: {exc}; {_HINT}") from exc
         if pid == 0:
-            run_child(wfd, call, options)
+            # Our own result pipe is a library fd for anything this task forks in turn.
+            _supervisor.get().fds.add(wfd)
+            run_child(wfd, call, options, child_plan)
         os.close(wfd)
         os.set_blocking(rfd, False)
         pidfd = _pidfd_open(pid)

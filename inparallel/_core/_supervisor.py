@@ -88,6 +88,7 @@ class Child:
     deadline: float | None = None
     last_progress: float = 0.0
     timed_out: bool = False
+    timeout_armed: bool = False
     reaped: bool = False
 
     def __post_init__(self) -> None:
@@ -115,15 +116,27 @@ class Supervisor:
 
     # -- called by the spawning thread (under the fork lock) ----------------------------------
 
-    def prepare(self) -> None:
-        """Create the selector and wakeup pipe on first use."""
-        if self._selector is None:
-            self._wake_r, self._wake_w = os.pipe()
-            self.fds.update((self._wake_r, self._wake_w))
-            os.set_blocking(self._wake_r, False)
-            os.set_blocking(self._wake_w, False)
-            self._selector = selectors.DefaultSelector()
-            self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+    def _open(self) -> None:
+        # Called under the lock and (via `add`) the fork lock: every library fd is created
+        # under the fork lock. A new selector watches every live child, not just the new one.
+        self._wake_r, self._wake_w = os.pipe()
+        self.fds.update((self._wake_r, self._wake_w))
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._pending = list(self._children.values())
+
+    def _close(self) -> None:
+        # The thread is leaving: an idle process holds no library fd at all.
+        assert self._selector is not None
+        self._selector.close()
+        self._selector = None
+        for fd in (self._wake_r, self._wake_w):
+            self.fds.discard(fd)
+            os.close(fd)
+        self._wake_r = self._wake_w = -1
+        self._polled.clear()
 
     def add(self, child: Child) -> None:
         """Hand a freshly forked child to the thread, starting the thread if needed."""
@@ -133,6 +146,7 @@ class Supervisor:
             self.counts["spawned"] += 1
             self._stop = False  # a park that timed out is called off: the thread carries on
             if self._thread is None:
+                self._open()
                 self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
                 self._thread.start()
             else:
@@ -148,8 +162,9 @@ class Supervisor:
             thread = self._thread or self._last_thread
             if thread is None or thread is threading.current_thread():
                 return thread is None
-            self._stop = True
-            self._wake()
+            if self._thread is not None:
+                self._stop = True
+                self._wake()
         thread.join(timeout)
         return not thread.is_alive()
 
@@ -186,13 +201,17 @@ class Supervisor:
             with self._lock:
                 self._register_pending(selector)
                 if self._stop or not self._children:
+                    self._close()
                     self._last_thread, self._thread = self._thread, None
                     self._stop = False
                     return
                 timeout = self._timeout()
             for key, _ in selector.select(timeout):
                 self._guarded(key.data)
-            self._expire()
+            try:
+                self._expire()
+            except BaseException as exc:  # the supervisor must never die
+                _emergency(f"inparallel: supervisor error while enforcing deadlines: {exc!r}")
             if self._polled:
                 for child in list(self._polled):
                     self._guarded((child, False))
@@ -205,7 +224,8 @@ class Supervisor:
                 selector.register(child.pidfd, selectors.EVENT_READ, (child, False))
             else:
                 self._polled.add(child)
-            if child.options.timeout is not None:
+            if child.options.timeout is not None and not child.timeout_armed:
+                child.timeout_armed = True
                 self._set_deadline(child, child.started + child.options.timeout)
         self._pending.clear()
 
@@ -401,6 +421,13 @@ class Supervisor:
             stats["in_flight"] = len(self._children)
         stats["supervisor_alive"] = self.thread_alive()
         return stats
+
+
+def _emergency(text: str) -> None:
+    # The supervisor never writes through sys.stderr: another thread may hold its lock at a
+    # fork, and the child would deadlock on it. A raw write to fd 2 takes no lock.
+    with contextlib.suppress(OSError):
+        os.write(2, (text + "\n").encode("utf-8", "replace"))
 
 
 _SUPERVISOR: Supervisor | None = None

@@ -26,6 +26,7 @@ import pickle
 import struct
 import sys
 import traceback
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -77,30 +78,32 @@ def _unwrap_bytes(buffer: memoryview) -> bytes:
     return obj if type(obj) is bytes else bytes(buffer)
 
 
-class _BigBytes:
-    """Stands in for a large ``bytes`` so that it travels out-of-band.
+class _BigBuffer:
+    """Stands in for a large ``bytes`` or ``bytearray`` so that it travels out-of-band.
 
     Pickle never asks ``reducer_override`` about exact ``bytes`` (a fast path), so large ones
     at the top of a result, or one level inside a tuple, list or dict, are wrapped in this.
+    (numpy arrays send their data out-of-band by themselves.)
     """
 
     __slots__ = ("data",)
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | bytearray) -> None:
         self.data = data
 
     def __reduce__(self) -> Any:
-        return (_unwrap_bytes, (pickle.PickleBuffer(self.data),))
+        rebuild = _unwrap_bytes if type(self.data) is bytes else bytearray
+        return (rebuild, (pickle.PickleBuffer(self.data),))
 
 
 def _wrap_big(obj: object) -> object:
-    if type(obj) is bytes and len(obj) >= BIG_BYTES:
-        return _BigBytes(obj)
+    if type(obj) in (bytes, bytearray) and len(obj) >= BIG_BYTES:  # type: ignore[arg-type]
+        return _BigBuffer(obj)  # type: ignore[arg-type]
     return obj
 
 
-def _wrap_big_bytes(value: object) -> object:
-    if type(value) is bytes:
+def _wrap_big_buffers(value: object) -> object:
+    if type(value) in (bytes, bytearray):
         return _wrap_big(value)
     if isinstance(value, tuple | list) and type(value) in (tuple, list) and len(value) <= 64:
         return type(value)(map(_wrap_big, value))
@@ -109,30 +112,10 @@ def _wrap_big_bytes(value: object) -> object:
     return value
 
 
-def _big_bytearray_reducer(obj: object) -> Any:
-    if type(obj) is bytearray and len(obj) >= BIG_BYTES:
-        return (bytearray, (pickle.PickleBuffer(obj),))
-    return NotImplemented
-
-
-class _ValuePickler(pickle.Pickler):
-    reducer_override = staticmethod(_big_bytearray_reducer)
-
-
-class _CloudValuePickler(cloudpickle.Pickler):  # type: ignore[misc]
-    def reducer_override(self, obj: object) -> Any:
-        reduced = _big_bytearray_reducer(obj)
-        if reduced is NotImplemented:
-            return super().reducer_override(obj)
-        return reduced
-
-
-def _dump(pickler_cls: type[pickle.Pickler], obj: object, oob: bool) -> tuple[bytes, list[Any]]:
-    buffers: list[pickle.PickleBuffer] = []
+def _dump(pickler_cls: type[pickle.Pickler], obj: object) -> bytes:
     out = io.BytesIO()
-    callback = buffers.append if oob else None
-    pickler_cls(out, protocol=5, buffer_callback=callback).dump(obj)
-    return out.getvalue(), buffers
+    pickler_cls(out, protocol=5).dump(obj)
+    return out.getvalue()
 
 
 def encode_value(value: object, restricted: bool) -> Encoded:
@@ -141,20 +124,23 @@ def encode_value(value: object, restricted: bool) -> Encoded:
     Raises:
         ResultNotPicklable: Neither could pickle it; the last pickling error is the cause.
     """
-    if restricted:
-        attempts: list[tuple[type[pickle.Pickler], bool]] = [(pickle.Pickler, False)]
-    else:
-        attempts = [(_ValuePickler, True), (_CloudValuePickler, True)]
+    dumpers: tuple[Callable[..., bytes], ...] = (pickle.dumps,)
+    if not restricted:  # restricted results are plain data: in-band, no class references
+        value = _wrap_big_buffers(value)
+        dumpers = (pickle.dumps, cloudpickle.dumps)
     error: BaseException | None = None
-    wrapped = value if restricted else _wrap_big_bytes(value)
-    for pickler_cls, oob in attempts:
+    for dumps in dumpers:
+        buffers: list[pickle.PickleBuffer] = []
+        callback = None if restricted else buffers.append
         try:
-            payload, buffers = _dump(pickler_cls, wrapped, oob)
-        except BaseException as exc:
+            payload = dumps(value, protocol=5, buffer_callback=callback)
+        except BaseException as exc:  # any failure, even SystemExit from __reduce__
             error = exc
             continue
         return Encoded(Kind.VALUE, payload, [b.raw() for b in buffers])
     assert error is not None
+    if isinstance(value, _BigBuffer):
+        value = value.data
     failure = ResultNotPicklable(type(value).__qualname__, f"{type(error).__name__}: {error}")
     failure.__cause__ = error
     raise failure
@@ -165,7 +151,15 @@ class _ErrorPickler(pickle.Pickler):
 
     def reducer_override(self, obj: object) -> Any:
         if isinstance(obj, BaseException):
-            return pickling_support.pickle_exception(obj)
+            # The exception's own reduction (which keeps SystemExit.code, OSError.errno, ...)
+            # wrapped by tblib's loader, which restores traceback, chain and notes.
+            reduced = obj.__reduce__()
+            if isinstance(reduced, str):
+                return NotImplemented
+            func, args, *state = reduced
+            chain = (obj.__cause__, obj.__traceback__, obj.__context__, obj.__suppress_context__)
+            notes = getattr(obj, "__notes__", None)
+            return (pickling_support.unpickle_exception, (func, args, *chain, notes), *state)
         if isinstance(obj, TracebackType):
             return pickling_support.pickle_traceback(obj)
         return NotImplemented
@@ -199,7 +193,7 @@ def encode_error(exc: BaseException, restricted: bool) -> Encoded:
     if not restricted:
         for pickler_cls in (_ErrorPickler, pickle.Pickler, _ArgsPickler):
             try:
-                payload, _ = _dump(pickler_cls, exc, False)
+                payload = _dump(pickler_cls, exc)
                 pickle.loads(payload)
             except BaseException as failure:
                 reason = f"could not transfer the exception: {type(failure).__name__}: {failure}"

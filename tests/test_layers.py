@@ -1,0 +1,116 @@
+"""The package's shape: layering, a quiet import, and the public surface."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import inparallel
+
+PACKAGE = pathlib.Path(inparallel.__file__).parent
+
+# A module may import only from layers below it (STYLE.md "Layout"); lower index = lower layer.
+LAYERS = [
+    ("_core._errors",),
+    ("_core._wire",),
+    ("_core._options",),
+    ("_core._child", "_core._future"),
+    ("_core._supervisor",),
+    ("_core._spawn",),
+    ("_task", "_waitfor", "_progress"),
+]
+
+
+def _layer(module: str) -> int | None:
+    for index, members in enumerate(LAYERS):
+        if module in members:
+            return index
+    return None
+
+
+def _imports(path: pathlib.Path, module: str) -> set[str]:
+    """Return the inparallel modules (dotted, relative to the package) that ``module`` imports."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not (isinstance(node, ast.ImportFrom) and node.level):
+            continue
+        package = module.split(".")[:-1]  # the package that contains ``module``
+        base = package[: len(package) - (node.level - 1)]
+        if node.module:
+            found.add(".".join([*base, node.module]))
+        else:
+            found.update(".".join([*base, alias.name]) for alias in node.names)
+    return found
+
+
+def test_modules_import_only_from_lower_layers() -> None:
+    checked = 0
+    for path in PACKAGE.rglob("*.py"):
+        module = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        own = _layer(module)
+        if own is None:
+            continue
+        for target in _imports(path, module):
+            other = _layer(target)
+            if other is not None:
+                assert other <= own, f"{module} (layer {own}) imports {target} (layer {other})"
+        checked += 1
+    assert checked >= 8
+
+
+def test_core_imports_nothing_above_it() -> None:
+    for path in (PACKAGE / "_core").glob("*.py"):
+        text = path.read_text()
+        assert "from .." not in text, f"{path.name} reaches above _core"
+
+
+def test_import_is_quiet() -> None:
+    code = (
+        "import sys, threading, os\n"
+        "before = set(sys.modules)\n"
+        "import inparallel\n"
+        "new = set(sys.modules) - before\n"
+        "assert threading.active_count() == 1, threading.enumerate()\n"
+        "bad = [m for m in new if m.split('.')[0] in ('asyncio', 'tqdm', 'dask', 'distributed')]\n"
+        "assert not bad, bad\n"
+        "import atexit\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_public_surface() -> None:
+    assert isinstance(inparallel.__all__, tuple)
+    for name in inparallel.__all__:
+        assert hasattr(inparallel, name), name
+    for name in (
+        "task",
+        "waitfor",
+        "TaskFuture",
+        "InParallelError",
+        "WorkerDied",
+        "TaskTimeout",
+        "ResultNotPicklable",
+        "MemoryLimitExceeded",
+        "RemoteError",
+        "SpawnError",
+    ):
+        assert name in inparallel.__all__
+    errors = [
+        inparallel.WorkerDied,
+        inparallel.TaskTimeout,
+        inparallel.ResultNotPicklable,
+        inparallel.MemoryLimitExceeded,
+        inparallel.RemoteError,
+        inparallel.SpawnError,
+    ]
+    for cls in errors:
+        assert issubclass(cls, inparallel.InParallelError)
+    assert issubclass(inparallel.TaskTimeout, TimeoutError)
+    assert issubclass(inparallel.SpawnError, OSError)
+    assert issubclass(inparallel.MemoryLimitExceeded, MemoryError)
+    assert isinstance(inparallel.__version__, str)
