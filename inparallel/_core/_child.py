@@ -3,8 +3,8 @@
 The child is a copy of the caller at the moment of the call. It prepares itself in this order
 (research notes, "child bootstrap"):
 
-1. arm the lifeline: the kernel SIGKILLs this process when the parent's read end of the result
-   pipe closes, i.e. when the parent dies, whichever of its threads forked us;
+1. arm the lifeline (primed by the parent, see `prime_lifeline`): the kernel SIGKILLs this
+   process when the parent's read end of the result pipe closes, i.e. when the parent dies;
 2. ignore SIGINT (the parent owns Ctrl-C), reset the parent's Python signal handlers and its
    wakeup fd, restore SIGCHLD so ``subprocess`` works in the task;
 3. point stdin at ``/dev/null`` and rebind stdout/stderr to fresh objects over fds 1/2, so the
@@ -34,7 +34,7 @@ from ._errors import MemoryLimitExceeded, ResultNotPicklable
 from ._options import TaskOptions
 from ._wire import Encoded, encode_error, encode_value, send
 
-__all__ = ("Plan", "plan", "run_child")
+__all__ = ("Plan", "plan", "prime_lifeline", "run_child")
 
 #: Exit status of a child whose own machinery failed (EX_SOFTWARE); the parent reports it as
 #: WorkerDied with this code.
@@ -115,23 +115,30 @@ def _run(call: Callable[[], object], options: TaskOptions) -> Encoded:
 _F_SETSIG: int | None = getattr(fcntl, "F_SETSIG", None)
 
 
+def prime_lifeline(wfd: int) -> None:
+    """In the parent, before the fork: make ``wfd`` signal SIGKILL once it has an owner.
+
+    When the last read end of a pipe closes, the kernel signals the owner of an O_ASYNC write
+    end; with F_SETSIG = SIGKILL that signal is fatal (fcntl(2), "F_SETSIG"). Both settings
+    belong to the open file description, so the child inherits them; with no owner yet,
+    nothing is signalled. PR_SET_PDEATHSIG would instead follow the thread that forked us.
+    """
+    if _F_SETSIG is not None:
+        fcntl.fcntl(wfd, _F_SETSIG, signal.SIGKILL)
+        fcntl.fcntl(wfd, fcntl.F_SETFL, fcntl.fcntl(wfd, fcntl.F_GETFL) | os.O_ASYNC)
+
+
 def _arm_lifeline(wfd: int) -> None:
-    # When the last read end of a pipe closes, the kernel signals the owner of an O_ASYNC write
-    # end. With F_SETSIG = SIGKILL that signal is fatal: we die with the parent (fcntl(2),
-    # "F_SETSIG"). PR_SET_PDEATHSIG would instead follow the thread that forked us.
-    if _F_SETSIG is None:
-        return
-    fcntl.fcntl(wfd, fcntl.F_SETOWN, os.getpid())
-    fcntl.fcntl(wfd, _F_SETSIG, signal.SIGKILL)
-    fcntl.fcntl(wfd, fcntl.F_SETFL, fcntl.fcntl(wfd, fcntl.F_GETFL) | os.O_ASYNC)
+    # From now on we die when the parent does, whichever of its threads forked us.
+    if _F_SETSIG is not None:
+        fcntl.fcntl(wfd, fcntl.F_SETOWN, os.getpid())
 
 
 def _disarm_lifeline(wfd: int) -> None:
     # Must happen before writing: each parent read makes the pipe writable again, which raises
-    # the same signal and would kill us mid-transfer.
-    if _F_SETSIG is None:
-        return
-    fcntl.fcntl(wfd, fcntl.F_SETFL, fcntl.fcntl(wfd, fcntl.F_GETFL) & ~os.O_ASYNC)
+    # the same signal and would kill us mid-transfer. No owner, no signal.
+    if _F_SETSIG is not None:
+        fcntl.fcntl(wfd, fcntl.F_SETOWN, 0)
 
 
 def _wait_for_parent(wfd: int) -> None:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from . import _supervisor
-from ._child import plan, run_child
+from ._child import plan, prime_lifeline, run_child
 from ._errors import SpawnError
 from ._future import TaskFuture
 from ._options import TaskOptions
@@ -80,6 +80,7 @@ def spawn(
         except OSError as exc:
             raise SpawnError(exc.errno, f"could not create a result pipe: {exc}; {_HINT}") from exc
         supervisor.fds.add(rfd)  # so every forked child, this one included, closes it
+        prime_lifeline(wfd)
         _flush_std_streams()
         child_plan = plan()
         if PARK:

@@ -233,7 +233,10 @@ def send(fd: int, encoded: Encoded) -> bool:
             write_all(memfd, buf)
     head = HEADER.pack(MAGIC, encoded.kind, len(encoded.payload), len(buffers), memfd)
     sizes = b"".join(SIZE.pack(b.nbytes | (READONLY if b.readonly else 0)) for b in buffers)
-    write_all(fd, head + sizes + encoded.payload)
+    frame = head + sizes + encoded.payload
+    written = os.write(fd, frame)  # a small frame goes in one write
+    if written < len(frame):
+        write_all(fd, memoryview(frame)[written:])
     if memfd < 0:
         for buf in buffers:
             write_all(fd, buf)
