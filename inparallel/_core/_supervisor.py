@@ -217,13 +217,18 @@ class Supervisor:
                     self._guarded((child, False))
 
     def _register_pending(self, selector: selectors.BaseSelector) -> None:
+        # New children, or (after a park) every live child: a new selector knows none of them.
         for child in self._pending:
-            assert child.rfd is not None
-            selector.register(child.rfd, selectors.EVENT_READ, (child, True))
-            if child.pidfd is not None:
-                selector.register(child.pidfd, selectors.EVENT_READ, (child, False))
-            else:
-                self._polled.add(child)
+            try:
+                if child.rfd is not None:
+                    selector.register(child.rfd, selectors.EVENT_READ, (child, True))
+                if child.pidfd is not None:
+                    selector.register(child.pidfd, selectors.EVENT_READ, (child, False))
+                else:
+                    self._polled.add(child)
+            except (OSError, ValueError, KeyError) as exc:  # never expected; never fatal
+                _emergency(f"inparallel: could not watch task process {child.pid}: {exc!r}")
+                self._polled.add(child)  # its exit is still seen, by polling
             if child.options.timeout is not None and not child.timeout_armed:
                 child.timeout_armed = True
                 self._set_deadline(child, child.started + child.options.timeout)
