@@ -137,6 +137,8 @@ class Supervisor:
             os.close(fd)
         self._wake_r = self._wake_w = -1
         self._polled.clear()
+        if not self._children:
+            self._heap.clear()  # only stale entries are left
 
     def add(self, child: Child) -> None:
         """Hand a freshly forked child to the thread, starting the thread if needed."""
@@ -352,6 +354,8 @@ class Supervisor:
             self.counts["timed_out"] += 1
         else:
             self.counts["completed" if ok else "failed"] += 1
+        # Drop every reference to the outcome: stale heap entries may keep the record alive.
+        child.future = child.outcome = None
         future._resolve(ok, outcome)
 
     def _expire(self) -> None:

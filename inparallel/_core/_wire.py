@@ -184,16 +184,21 @@ def _format(exc: BaseException) -> str:
 def encode_error(exc: BaseException, restricted: bool) -> Encoded:
     """Pickle an exception so that the parent can re-raise it; never raises.
 
-    Tries, in order: the exception with its traceback and chain; plain pickle; ``type(*args)``.
-    Each attempt must survive ``loads(dumps(exc))`` here in the child, which catches types whose
-    ``__init__`` does not accept their own ``args``. When all fail, or in restricted mode, a
-    surrogate of plain strings is sent and the parent raises `RemoteError`.
+    Tries, in order: the exception with its traceback and chain; plain pickle; ``type(*args)``
+    (only for exceptions that pickle but whose state will not restore, such as frozen
+    dataclasses). Each attempt must survive ``loads(dumps(exc))`` here in the child, which
+    catches types whose ``__init__`` does not accept their own ``args``. When all fail, or in
+    restricted mode, a surrogate of plain strings is sent and the parent raises `RemoteError`.
     """
     reason = "restricted_results=True: exceptions arrive as RemoteError"
     if not restricted:
+        pickles = False  # whether the exception's state pickles at all (with or without tb)
         for pickler_cls in (_ErrorPickler, pickle.Pickler, _ArgsPickler):
+            if pickler_cls is _ArgsPickler and not pickles:
+                break  # its state will not pickle (a lock, a socket): rebuilding would lie
             try:
                 payload = _dump(pickler_cls, exc)
+                pickles = True
                 pickle.loads(payload)
             except BaseException as failure:
                 reason = f"could not transfer the exception: {type(failure).__name__}: {failure}"

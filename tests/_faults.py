@@ -1,0 +1,725 @@
+"""Fault injectors and process helpers shared by the test suite.
+
+Import it as ``import _faults`` (pytest puts ``tests/`` on ``sys.path``; subprocess harnesses get
+it through `python_env`). Everything here is usable from any test, including the ledger:
+
+* **Objects that misbehave while crossing the result pipe.** Their classes live at module level,
+  so the parent can unpickle them by reference. Pickling runs in the child (the task's process),
+  unpickling in the parent. ``*AtPickle`` classes fail in the child, ``*AtUnpickle`` classes fail
+  only in the process that imported this module first (`PARENT_PID`), so a round-trip check made
+  in the child still succeeds and the failure really happens in the parent.
+* **Exceptions that do not survive a plain pickle round trip** (`BadInitError`, `KwOnlyError`,
+  `UnpicklableError`, `FrozenError`, `ParentOnlyError`).
+* **Ways to die** without leaving core files or faulthandler noise (`segfault`, `abort`,
+  `kill_self`), and `on_exit`, which runs a hook at the moment the child leaves through
+  ``os._exit`` (after its result was sent).
+* **Raw access to the child's result pipe** (`result_pipe_fds`, `write_result_pipe`), found by
+  inspecting ``/proc/self/fd``, so tests can forge frames without knowing the wire format.
+* **Grandchildren** that keep inherited fds open (`fork_holder`), `subreaper` so that orphans
+  come back to the test process, and `reap` to kill and collect them.
+* **Synchronisation without sleeps**: `Gate` (parent releases children) and `Beacon` (children
+  signal the parent), both plain pipes inherited through fork.
+* **Measurements from /proc**: `fd_table`, `process_state`, `bytes_read`, `context_switches`,
+  and `stop_mid_stream`, which freezes a child while its result is half transferred.
+* **Deterministic payloads** (`blob`, `ascii_blob`, `digest`) and `run_python` for subprocess
+  harnesses.
+
+Helpers meant to run inside a task say so in their docstring; they must not be called in the
+test process itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import faulthandler
+import fcntl
+import hashlib
+import os
+import resource
+import select
+import shlex
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+#: The process that imported this module first: the test process (or a harness's main process).
+#: Forked children inherit the value, so ``os.getpid() != PARENT_PID`` means "in a child".
+PARENT_PID = os.getpid()
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+
+
+def in_parent() -> bool:
+    """Return True in the process that imported this module first."""
+    return os.getpid() == PARENT_PID
+
+
+class InjectedFault(Exception):
+    """Raised by the injectors below, so tests can recognise a planned failure by its type."""
+
+
+# -- dying on purpose ----------------------------------------------------------------------------
+
+
+def _quiet_death() -> None:
+    # No core file in the working directory, no faulthandler dump on the test's stderr: the test
+    # asserts on the exit status, not on the crash report.
+    with contextlib.suppress(Exception):
+        faulthandler.disable()
+    with contextlib.suppress(Exception):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+
+
+def segfault() -> NoReturn:
+    """Die of a real SIGSEGV (a NULL read through ctypes). Call in a child only."""
+    _quiet_death()
+    ctypes.string_at(0)
+    os.kill(os.getpid(), signal.SIGSEGV)  # pragma: no cover - string_at(0) does not return
+    raise AssertionError("unreachable")
+
+
+def abort() -> NoReturn:
+    """Die of SIGABRT through ``os.abort()``. Call in a child only."""
+    _quiet_death()
+    os.abort()
+
+
+def kill_self(sig: int = signal.SIGKILL) -> NoReturn:
+    """Send ``sig`` (default SIGKILL) to this process and wait for it. Call in a child only."""
+    _quiet_death()
+    os.kill(os.getpid(), sig)
+    while True:  # a catchable signal may take a moment to be delivered
+        signal.pause()
+
+
+# -- results that misbehave while being pickled in the child --------------------------------------
+
+
+class CrashAtPickle:
+    """A return value whose pickling segfaults the child (loky's ``CrashAtPickle``)."""
+
+    def __reduce__(self) -> Any:
+        segfault()
+
+
+class ExitAtPickle:
+    """A return value whose pickling raises ``SystemExit(code)`` in the child."""
+
+    def __init__(self, code: int = 7) -> None:
+        self.code = code
+
+    def __reduce__(self) -> Any:
+        sys.exit(self.code)
+
+
+class HardExitAtPickle:
+    """A return value whose pickling calls ``os._exit(code)`` (loky's ``CExitAtPickle``)."""
+
+    def __init__(self, code: int = 0) -> None:
+        self.code = code
+
+    def __reduce__(self) -> Any:
+        os._exit(self.code)
+
+
+class RaiseAtPickle:
+    """A return value whose pickling raises `InjectedFault` (a plain unpicklable value)."""
+
+    def __reduce__(self) -> Any:
+        raise InjectedFault("this object refuses to be pickled")
+
+
+class Payload:
+    """A plain, weak-referenceable result object (to check who keeps results alive)."""
+
+    def __init__(self, data: object = None) -> None:
+        self.data = data
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Payload) and other.data == self.data
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+# -- results that misbehave while being unpickled in the parent ------------------------------------
+
+
+def _rebuild_or_fail(message: str) -> ErrorAtUnpickle:
+    if in_parent():
+        raise InjectedFault(message)
+    return ErrorAtUnpickle(message)
+
+
+def _rebuild_or_exit(code: int) -> ExitAtUnpickle:
+    if in_parent():
+        sys.exit(code)
+    return ExitAtUnpickle(code)
+
+
+class ErrorAtUnpickle:
+    """A return value that pickles fine but raises `InjectedFault` when loaded in the parent."""
+
+    def __init__(self, message: str = "refusing to load in the parent") -> None:
+        self.message = message
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_or_fail, (self.message,))
+
+
+class ExitAtUnpickle:
+    """A return value whose loading calls ``sys.exit(code)`` in the parent (and only there)."""
+
+    def __init__(self, code: int = 5) -> None:
+        self.code = code
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_or_exit, (self.code,))
+
+
+class ForgedResult:
+    """A return value whose unpickling would run ``touch <path>`` through ``os.system``.
+
+    Loading it executes a shell command: use it only against ``restricted_results=True``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+
+    def __reduce__(self) -> Any:
+        return (os.system, (f"touch {shlex.quote(self.path)}",))
+
+
+# -- exceptions that do not survive a plain pickle round trip --------------------------------------
+
+
+class BadInitError(Exception):
+    """``__init__`` takes two arguments but ``args`` holds one string: plain unpickling fails."""
+
+    def __init__(self, a: object, b: object) -> None:
+        super().__init__(f"{a}:{b}")
+        self.a = a
+        self.b = b
+
+
+class KwOnlyError(Exception):
+    """``__init__`` takes a keyword-only argument: plain unpickling fails."""
+
+    def __init__(self, *, code: int) -> None:
+        super().__init__(f"code={code}")
+        self.code = code
+
+
+class UnpicklableError(Exception):
+    """Holds a lock, so it cannot be pickled at all (neither by pickle nor by cloudpickle)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenError(Exception):
+    """A frozen dataclass exception (pebble's test case): attributes cannot be set after init.
+
+    Plain pickle cannot restore it (``__setstate__`` trips over the frozen ``__setattr__``), and
+    neither ``__traceback__`` nor ``__cause__`` can be assigned to it.
+    """
+
+    code: int
+    detail: str = ""
+
+
+def _rebuild_error_or_fail(message: str) -> ParentOnlyError:
+    if in_parent():
+        raise InjectedFault(message)
+    return ParentOnlyError(message)
+
+
+class ParentOnlyError(Exception):
+    """An exception that round-trips in the child but cannot be loaded in the parent."""
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_error_or_fail, (str(self),))
+
+
+# -- leaving the child -----------------------------------------------------------------------------
+
+
+def on_exit(hook: Callable[[int], object]) -> None:
+    """Make ``hook(status)`` run when this process next calls ``os._exit``. Call in a child only.
+
+    A forked task leaves through ``os._exit`` once its outcome has been sent, so the hook runs
+    *after* the result is on its way: it can crash, stop or stall the child at exactly that point.
+    If the hook returns, the real ``os._exit(status)`` follows.
+    """
+    real_exit = os._exit
+
+    def _exit(status: int) -> NoReturn:
+        os._exit = real_exit
+        hook(status)
+        real_exit(status)
+
+    os._exit = _exit
+
+
+# -- the child's result pipe -----------------------------------------------------------------------
+
+
+def fd_table() -> dict[int, str]:
+    """Return this process's open fds mapped to their ``readlink`` targets."""
+    table = {}
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            table[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the fd listdir itself used, already closed
+    return table
+
+
+#: This process's fds when this module was first imported (for the test process: after pytest
+#: set up its capture, before any test ran). Tests use it to tell the fds the process had all
+#: along from the ones a library opened since.
+STARTUP_FDS: dict[int, str] = {}
+
+
+def fd_mode(fd: int) -> int:
+    """Return ``os.O_RDONLY``, ``os.O_WRONLY`` or ``os.O_RDWR`` for an open fd."""
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+
+
+def result_pipe_fds(exclude: Sequence[int] = ()) -> list[int]:
+    """Return the write-only pipe fds of this process other than 0-2 and ``exclude``.
+
+    Pipes the process already had when this module was imported (`STARTUP_FDS`) are skipped.
+    Called in a task, this finds the result pipe's write end (pass the test's own pipe fds in
+    ``exclude``), whatever the library's wire format.
+    """
+    found = []
+    for fd, target in sorted(fd_table().items()):
+        if fd <= 2 or fd in exclude or not target.startswith("pipe:"):
+            continue
+        if STARTUP_FDS.get(fd) == target:
+            continue  # the test process had it before any task ran (pytest's capture)
+        with contextlib.suppress(OSError):
+            if fd_mode(fd) == os.O_WRONLY:
+                found.append(fd)
+    return found
+
+
+def write_result_pipe(data: bytes, exclude: Sequence[int] = ()) -> int:
+    """Write ``data`` straight into this task's result pipe; return the fd. Call in a task only.
+
+    ``O_ASYNC`` is cleared first: a lifeline that asks the kernel to signal the writer when the
+    reader drains the pipe would otherwise kill the task while it forges its frame.
+    """
+    fds = result_pipe_fds(exclude)
+    if len(fds) != 1:
+        raise AssertionError(f"expected exactly one result pipe, found {fds} in {fd_table()}")
+    fd = fds[0]
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_ASYNC)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    return fd
+
+
+STARTUP_FDS.update(fd_table())
+
+
+# -- grandchildren ---------------------------------------------------------------------------------
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def subreaper() -> Iterator[None]:
+    """Make orphaned descendants re-parent to this process (Linux ``PR_SET_CHILD_SUBREAPER``).
+
+    A grandchild that outlives its task then becomes a child of the test process, so `reap` can
+    collect it with ``waitpid`` and the leak fixture can see it if a test forgets to.
+    """
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    try:
+        yield
+    finally:
+        _prctl(_PR_SET_CHILD_SUBREAPER, 0)
+
+
+def fork_holder(
+    seconds: float = 60.0,
+    *,
+    wait_fd: int | None = None,
+    then: Callable[[], object] | None = None,
+) -> int:
+    """Fork a grandchild that keeps every inherited fd open; return its pid. Call in a task only.
+
+    The grandchild holds the task's result-pipe write end (and every other fd) for ``seconds``,
+    or until one byte (or EOF) can be read from ``wait_fd``; it then runs ``then()`` (if given)
+    and exits with ``os._exit``. Nothing in it flushes or writes stdio.
+    """
+    pid = os.fork()
+    if pid:
+        return pid
+    status = 0
+    try:
+        if wait_fd is None:
+            time.sleep(seconds)  # the grandchild's whole job is to stay alive, holding fds
+        else:
+            select.select([wait_fd], [], [], seconds)
+        if then is not None:
+            then()
+    except BaseException:
+        status = 1
+    finally:
+        os._exit(status)
+
+
+def reap(pid: int, timeout: float = 5.0) -> int | None:
+    """SIGKILL ``pid`` and collect its status once it is (or becomes) a child of this process.
+
+    Returns the ``waitpid`` status, or None if the process never became our child within
+    ``timeout`` (it was killed all the same). Use it under `subreaper` for grandchildren.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            got, status = 0, 0  # not re-parented to us yet (its parent has not been reaped)
+            if process_state(pid) is None:
+                return None
+        if got == pid:
+            return status
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.005)  # waiting for the kernel to re-parent or finish killing: no event
+
+
+def process_state(pid: int) -> str | None:
+    """Return the one-letter state of ``pid`` from ``/proc`` ('R', 'S', 'T', 'Z', ...) or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2 :].split()[0].decode()
+
+
+def wait_state(pid: int, states: str, timeout: float = 5.0) -> bool:
+    """Wait until ``pid`` is in one of ``states`` (letters, see `process_state`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = process_state(pid)
+        if state is not None and state in states:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)  # a signal's delivery has no event we could wait on
+
+
+# -- synchronisation -------------------------------------------------------------------------------
+
+
+class Gate:
+    """A pipe that tasks block on until the test releases them.
+
+    ``wait()`` runs in the task (it first closes the task's inherited copy of the write end, so
+    the test can always unblock everyone by closing its own); ``release(n)`` lets ``n`` waiters
+    through. `close` releases every waiter, then closes both ends. Use as a context manager.
+    """
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        self._owner = os.getpid()
+        self._closed = False
+        self._child_closed = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until released; return False on timeout. Call in a task only."""
+        if os.getpid() != self._owner and not self._child_closed:
+            self._child_closed = True
+            with contextlib.suppress(OSError):
+                os.close(self.w)
+        ready, _, _ = select.select([self.r], [], [], timeout)
+        if not ready:
+            return False
+        os.read(self.r, 1)
+        return True
+
+    def release(self, n: int = 1) -> None:
+        os.write(self.w, b"g" * n)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self.w, fcntl.F_SETFL, os.O_NONBLOCK)
+            os.write(self.w, b"g" * 4096)
+        os.close(self.w)
+        os.close(self.r)
+
+    def __enter__(self) -> Gate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Beacon:
+    """A pipe that tasks write to and the test reads from.
+
+    ``send(data)`` runs in a task (or a grandchild); ``receive(n, timeout)`` in the test returns
+    the next ``n`` bytes, or raises `TimeoutError`. Use as a context manager.
+    """
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+
+    @property
+    def fds(self) -> tuple[int, int]:
+        return (self.r, self.w)
+
+    def send(self, data: bytes = b"!") -> None:
+        os.write(self.w, data)
+
+    def send_int(self, value: int) -> None:
+        os.write(self.w, struct.pack("<q", value))
+
+    def receive(self, n: int = 1, timeout: float = 10.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        data = b""
+        while len(data) < n:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.r], [], [], max(left, 0))
+            if not ready:
+                raise TimeoutError(f"beacon: got {data!r} of {n} bytes within {timeout}s")
+            chunk = os.read(self.r, n - len(data))
+            if not chunk:
+                raise EOFError(f"beacon closed after {data!r}")
+            data += chunk
+        return data
+
+    def receive_int(self, timeout: float = 10.0) -> int:
+        return struct.unpack("<q", self.receive(8, timeout))[0]
+
+    def pending(self) -> bool:
+        """Return True if something was sent and not yet received."""
+        ready, _, _ = select.select([self.r], [], [], 0)
+        return bool(ready)
+
+    def close(self) -> None:
+        for fd in (self.r, self.w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __enter__(self) -> Beacon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- measurements from /proc -----------------------------------------------------------------------
+
+
+def bytes_read() -> int:
+    """Return the bytes this whole process has read through syscalls (``rchar``)."""
+    with open("/proc/self/io", "rb") as f:
+        for line in f:
+            if line.startswith(b"rchar:"):
+                return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+def context_switches(native_id: int) -> int:
+    """Return the voluntary context switches of one thread of this process (its wake-ups)."""
+    with open(f"/proc/self/task/{native_id}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches in status")
+
+
+def stop_mid_stream(pid: int, baseline: int, min_bytes: int, timeout: float = 20.0) -> int:
+    """Leave child ``pid`` SIGSTOPped once this process has read ``min_bytes`` since ``baseline``.
+
+    ``baseline`` is a `bytes_read` value taken before the child started writing its result.
+    The child is stopped at once, then let run in slices of a few milliseconds, so it freezes
+    with its result partly transferred whatever the machine's speed. Returns the bytes read so
+    far. Raises `TimeoutError` if the transfer never got that far (the child is left stopped).
+    """
+    os.kill(pid, signal.SIGSTOP)
+    wait_state(pid, "TtZ")
+    deadline = time.monotonic() + timeout
+    while (got := bytes_read() - baseline) < min_bytes:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {got} bytes arrived from pid {pid}")
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.002)  # the time slice the child may run before it is stopped again
+        os.kill(pid, signal.SIGSTOP)
+        wait_state(pid, "TtZ")
+    # Let the parent drain what was already in the pipe, so the count is stable.
+    time.sleep(0.05)  # no event marks "the supervisor has emptied the pipe"
+    return bytes_read() - baseline
+
+
+def child_rlimit(resource_id: int) -> tuple[int, int]:
+    """Return ``getrlimit(resource_id)``; a trivial wrapper that reads well inside a task."""
+    return resource.getrlimit(resource_id)
+
+
+# -- deterministic payloads ------------------------------------------------------------------------
+
+_CHUNK = 1 << 16
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_TO_ASCII = bytes(_ALPHABET[i % 64] for i in range(256))
+
+
+def blob(size: int, seed: int = 0) -> bytes:
+    """Return ``size`` pseudo-random bytes; every 64 KiB chunk starts with its own index.
+
+    Cheap to regenerate anywhere (about 0.1 s per 256 MiB), so a test can compare digests
+    without keeping a second copy. Reordered, dropped or repeated chunks change the digest.
+    """
+    base = hashlib.shake_256(seed.to_bytes(8, "little")).digest(_CHUNK)
+    count, tail = divmod(size, _CHUNK)
+    parts = [struct.pack("<Q", i) + base[8:] for i in range(count)]
+    parts.append(base[:tail])
+    return b"".join(parts)
+
+
+def ascii_blob(size: int, seed: int = 0) -> bytes:
+    """Like `blob`, but only ASCII letters, digits, ``+`` and ``/`` (decode it to get a str)."""
+    base = hashlib.shake_256(seed.to_bytes(8, "little")).digest(_CHUNK).translate(_TO_ASCII)
+    count, tail = divmod(size, _CHUNK)
+    parts = [b"%016x" % i + base[16:] for i in range(count)]
+    parts.append(base[:tail])
+    return b"".join(parts)
+
+
+def digest(data: bytes | bytearray | memoryview | str) -> str:
+    """Return a hex SHA-256 of bytes, or of a str's ASCII/UTF-8 encoding."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- subprocess harnesses --------------------------------------------------------------------------
+
+
+def python_env(
+    extra: Mapping[str, str] | None = None, *, unbuffered: bool = False
+) -> dict[str, str]:
+    """Return an environment for a harness interpreter that can import inparallel and _faults.
+
+    ``PYTHONUNBUFFERED`` is removed unless ``unbuffered``: buffered stdio is what exposes
+    duplicated or lost output after fork.
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONUNBUFFERED", None)
+    env.pop("PYTHONSTARTUP", None)
+    paths = [str(REPO_ROOT), str(TESTS_DIR)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_python(
+    code: str,
+    *,
+    timeout: float = 45.0,
+    env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    args: Sequence[str] = (),
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``code`` in a fresh interpreter (the one running the tests) from the repo root.
+
+    stdout and stderr are pipes (so stdio is block-buffered in the harness); ``input`` feeds
+    stdin (``/dev/null`` when None). ``env`` defaults to `python_env`. A harness that hangs
+    dumps its threads' stacks to stderr and exits shortly before ``timeout``, so the failure
+    shows where it was stuck; keep ``timeout`` below the per-test timeout (60 s).
+    """
+    watchdog = max(timeout - 3.0, 1.0)
+    prologue = f"import faulthandler; faulthandler.dump_traceback_later({watchdog}, exit=True)\n"
+    return subprocess.run(
+        [sys.executable, "-c", prologue + code, *args],
+        cwd=REPO_ROOT,
+        env=dict(env) if env is not None else python_env(),
+        input=input,
+        stdin=subprocess.DEVNULL if input is None else None,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+__all__ = (
+    "PARENT_PID",
+    "REPO_ROOT",
+    "STARTUP_FDS",
+    "TESTS_DIR",
+    "BadInitError",
+    "Beacon",
+    "CrashAtPickle",
+    "ErrorAtUnpickle",
+    "ExitAtPickle",
+    "ExitAtUnpickle",
+    "ForgedResult",
+    "FrozenError",
+    "Gate",
+    "HardExitAtPickle",
+    "InjectedFault",
+    "KwOnlyError",
+    "ParentOnlyError",
+    "Payload",
+    "RaiseAtPickle",
+    "UnpicklableError",
+    "abort",
+    "ascii_blob",
+    "blob",
+    "bytes_read",
+    "child_rlimit",
+    "context_switches",
+    "digest",
+    "fd_mode",
+    "fd_table",
+    "fork_holder",
+    "in_parent",
+    "kill_self",
+    "on_exit",
+    "process_state",
+    "python_env",
+    "reap",
+    "result_pipe_fds",
+    "run_python",
+    "segfault",
+    "stop_mid_stream",
+    "subreaper",
+    "wait_state",
+    "write_result_pipe",
+)
