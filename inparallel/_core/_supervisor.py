@@ -237,6 +237,9 @@ class Supervisor:
         self._pending.clear()
 
     def _timeout(self) -> float | None:
+        heap = self._heap
+        while heap and (heap[0][2].reaped or heap[0][2].deadline != heap[0][0]):
+            heapq.heappop(heap)  # stale: moved, or its child is gone; must not wake us
         timeout = None
         if self._heap:
             timeout = max(0.0, self._heap[0][0] - time.monotonic())
@@ -322,6 +325,7 @@ class Supervisor:
             if pid == 0:
                 return  # not exited yet (only when polling without a pidfd)
             child.reaped = True
+            child.deadline = None
             del self._children[child.pid]
             self._polled.discard(child)
             if child.pidfd is not None:
