@@ -1,0 +1,520 @@
+"""Fork-safety, nesting, and the fork DeprecationWarning of Python 3.12+.
+
+Locks held by other threads at fork, heavy concurrent submission, RNG reseeding, tasks that
+start tasks, fork, or use multiprocessing and subprocess themselves, and the warnings a
+program sees (checked in fresh interpreters, where the warning filters are the program's own).
+"""
+
+from __future__ import annotations
+
+import ast
+import concurrent.futures
+import contextlib
+import logging
+import multiprocessing
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from inparallel import WorkerDied, task
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BOUND = 10.0  # generous bound (seconds) for anything that should take milliseconds
+PROMPT = 2.0  # "promptly", on a noisy 2-core machine
+
+
+class Pipe:
+    """A pipe created by the test; forked children (and theirs) inherit both ends."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+
+    def put(self, data: bytes = b"x") -> None:
+        os.write(self.w, data)
+
+    def take(self, n: int = 1) -> bytes:
+        chunks = []
+        while n:
+            chunk = os.read(self.r, n)
+            assert chunk, "unexpected EOF"
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def lines(self, n: int, timeout: float = BOUND) -> list[str]:
+        """Read ``n`` newline-terminated records written by children."""
+        data = b""
+        deadline = time.monotonic() + timeout
+        while data.count(b"\n") < n:
+            ready, _, _ = select.select([self.r], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"only {len(data.splitlines())} of {n} records arrived"
+            data += os.read(self.r, 4096)
+        return data.decode().splitlines()
+
+    def close(self) -> None:
+        # Children still blocked on this pipe hold its write end too: let them go first.
+        os.set_blocking(self.w, False)
+        with contextlib.suppress(BlockingIOError):  # a full pipe releases them too
+            os.write(self.w, b"x" * 256)
+        os.close(self.r)
+        os.close(self.w)
+
+
+@pytest.fixture
+def pipe():
+    p = Pipe()
+    yield p
+    p.close()
+
+
+gate = pipe
+
+
+def proc_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2 :].split()[0].decode()
+
+
+def alive(pid: int) -> bool:
+    state = proc_state(pid)
+    return state is not None and state not in "ZX"
+
+
+def survivors(pids: list[int], timeout: float) -> list[int]:
+    """Wait (on pidfds) up to ``timeout`` seconds for every pid to exit; return the rest."""
+    fds = {}
+    try:
+        for pid in pids:
+            try:
+                fds[os.pidfd_open(pid)] = pid
+            except ProcessLookupError:
+                continue
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        pending = set(fds)
+        deadline = time.monotonic() + timeout
+        while pending and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                pending.discard(fd)
+                poller.unregister(fd)
+        return sorted(fds[fd] for fd in pending)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@task
+def value(x):
+    return x
+
+
+# -- F1: a logging handler lock held by another thread at fork -------------------------------
+
+
+class SlowInParent(logging.Handler):
+    """Blocks inside emit() in the parent; in a child, writes the message to a pipe."""
+
+    def __init__(self, parent_pid: int, out_fd: int) -> None:
+        super().__init__()
+        self.parent_pid = parent_pid
+        self.out_fd = out_fd
+        self.in_emit = threading.Event()
+        self.let_go = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if os.getpid() == self.parent_pid:
+            self.in_emit.set()
+            self.let_go.wait(BOUND)
+        else:
+            os.write(self.out_fd, (record.getMessage() + "\n").encode())
+
+
+def test_child_can_log_while_a_parent_thread_holds_the_handler_lock(pipe):
+    handler = SlowInParent(os.getpid(), pipe.w)
+    logger = logging.getLogger("inparallel-test-f1")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    holder = threading.Thread(target=logger.info, args=("from the parent thread",))
+    try:
+        holder.start()
+        assert handler.in_emit.wait(BOUND)  # the holder is inside emit(), holding the lock
+
+        @task(timeout=BOUND)
+        def log_in_child(i):
+            logger.info("from child %d", i)
+            return i
+
+        futs = [log_in_child(i) for i in range(5)]
+        assert [f.result(timeout=BOUND * 2) for f in futs] == list(range(5))
+        assert sorted(pipe.lines(5)) == [f"from child {i}" for i in range(5)]
+    finally:
+        handler.let_go.set()
+        holder.join(BOUND)
+        logger.removeHandler(handler)
+
+
+# -- F3: stress, nested tasks while the supervisor resolves others ---------------------------
+
+
+@task
+def inner_double(x):
+    return 2 * x
+
+
+@task(timeout=20)
+def outer(x):
+    return inner_double(x).result(timeout=15) + 1
+
+
+def _nested_stress(total: int, threads: int, window: int) -> None:
+    per_thread = total // threads
+    errors: list[BaseException] = []
+
+    def submitter(base):
+        try:
+            in_flight = {}
+            pending = list(range(base, base + per_thread))
+            while pending or in_flight:
+                while pending and len(in_flight) < window:
+                    x = pending.pop()
+                    in_flight[outer(x)] = x
+                done, _ = concurrent.futures.wait(
+                    in_flight, timeout=30, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                assert done, "no nested task finished within 30 s"
+                for f in done:
+                    x = in_flight.pop(f)
+                    assert f.result() == 2 * x + 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    ts = [threading.Thread(target=submitter, args=(k * per_thread,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    assert not any(t.is_alive() for t in ts)
+    assert errors == []
+
+
+def test_nested_tasks_under_concurrent_submission():
+    _nested_stress(total=120, threads=2, window=4)
+
+
+@pytest.mark.soak
+def test_nested_tasks_under_concurrent_submission_soak():
+    _nested_stress(total=2000, threads=4, window=4)
+
+
+# -- F7: RNG streams -------------------------------------------------------------------------
+
+
+def test_stdlib_random_is_reseeded_in_every_child():
+    random.seed(42)  # the parent's state is the same for every fork
+
+    @task
+    def draw():
+        return random.random(), random.getrandbits(64)
+
+    futs = [draw() for _ in range(50)]
+    values = [f.result(timeout=BOUND) for f in futs]
+    assert len({v[0] for v in values}) == 50
+    assert len({v[1] for v in values}) == 50
+
+
+# -- F9: thread-safe submission --------------------------------------------------------------
+
+
+@task
+def echo(tid, j):
+    return tid, j, os.getpid()
+
+
+def test_sixteen_threads_submitting_get_their_own_results():
+    value(0).result(timeout=BOUND)  # the library's lasting fds, if any, exist from here on
+    fds_before = fd_count()
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(16)
+
+    def submitter(tid):
+        try:
+            barrier.wait(BOUND)
+            in_flight = []
+            for j in range(100):
+                in_flight.append((j, echo(tid, j)))
+                if len(in_flight) >= 3:
+                    k, f = in_flight.pop(0)
+                    assert f.result(timeout=30) == (tid, k, f.pid)
+            for k, f in in_flight:
+                assert f.result(timeout=30) == (tid, k, f.pid)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submitter, args=(tid,)) for tid in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    deadline = time.monotonic() + PROMPT
+    while fd_count() > fds_before and time.monotonic() < deadline:
+        time.sleep(0.01)  # the supervisor closes its last fds as it winds down
+    assert fd_count() <= fds_before
+
+
+# -- I1/I2: tasks inside tasks ---------------------------------------------------------------
+
+
+def test_task_inside_a_task():
+    @task
+    def part(i):
+        return i * i
+
+    @task
+    def total(n):
+        futs = [part(i) for i in range(n)]
+        return sum(f.result(timeout=10) for f in futs), os.getpid()
+
+    fut = total(4)
+    result, pid = fut.result(timeout=BOUND)
+    assert result == 0 + 1 + 4 + 9
+    assert pid == fut.pid
+
+
+def test_killing_the_outer_task_kills_its_inner_tasks(pipe):
+    @task
+    def inner_sleeper():
+        os.write(pipe.w, f"{os.getpid()}\n".encode())
+        time.sleep(60)  # longer than the test: only the outer task's death may end it
+
+    @task
+    def outer_task():
+        futs = [inner_sleeper() for _ in range(3)]
+        for f in futs:
+            f.result()
+
+    fut = outer_task()
+    inner_pids = [int(line) for line in pipe.lines(3)]
+    try:
+        assert all(alive(p) for p in inner_pids)
+        assert fut.kill() is True
+        err = fut.exception(timeout=BOUND)
+        assert isinstance(err, WorkerDied)
+        assert err.signal == signal.SIGKILL
+        assert survivors(inner_pids, PROMPT) == []
+    finally:
+        for p in inner_pids:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def test_cancelling_the_outer_task_kills_its_inner_tasks(pipe):
+    @task
+    def inner_sleeper():
+        os.write(pipe.w, f"{os.getpid()}\n".encode())
+        time.sleep(60)  # longer than the test: only the outer task's death may end it
+
+    @task
+    def outer_task():
+        inner_sleeper().result()
+
+    fut = outer_task()
+    [inner_pid] = [int(line) for line in pipe.lines(1)]
+    try:
+        assert fut.cancel() is True
+        assert survivors([inner_pid], PROMPT) == []
+    finally:
+        if alive(inner_pid):
+            os.kill(inner_pid, signal.SIGKILL)
+
+
+# -- I3: a task that forks and does not wait -------------------------------------------------
+
+
+def test_task_that_forks_a_lingering_grandchild_delivers_promptly(pipe):
+    gate_r, gate_w = os.pipe()
+    before = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            before[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+
+    @task
+    def forks():
+        pid = os.fork()
+        if pid == 0:
+            fds = {}
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
+                except OSError:
+                    continue
+            new = sorted(t for fd, t in fds.items() if before.get(fd) != t)
+            os.write(pipe.w, (repr((os.getpid(), new)) + "\n").encode())
+            os.read(gate_r, 1)  # lingers, holding whatever it inherited, until released
+            os._exit(0)
+        return "delivered"
+
+    t0 = time.monotonic()
+    fut = forks()
+    grandchild = None
+    try:
+        assert fut.result(timeout=BOUND) == "delivered"
+        assert time.monotonic() - t0 < PROMPT
+        grandchild, new_fds = ast.literal_eval(pipe.lines(1)[0])
+        assert alive(grandchild)  # still holding the result pipe's write end
+        assert not [t for t in new_fds if "pidfd" in t or "eventpoll" in t], new_fds
+        # The stdin replacement may show up as new; beyond that, at most the inherited
+        # write end of its parent's result pipe (and a memfd for big results) is allowed.
+        pipes = [t for t in new_fds if t.startswith("pipe:")]
+        assert len(pipes) <= 1, new_fds
+        assert fut.exitcode == 0
+    finally:
+        os.write(gate_w, b"x")
+        os.close(gate_r)
+        os.close(gate_w)
+        if grandchild is not None:
+            assert survivors([grandchild], BOUND) == []
+
+
+def test_task_that_forks_and_waits_gets_the_real_exit_status():
+    @task
+    def forks_and_waits():
+        pid = os.fork()
+        if pid == 0:
+            os._exit(9)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+    assert forks_and_waits().result(timeout=BOUND) == 9
+
+
+# -- I4/I5: multiprocessing and subprocess inside a task -------------------------------------
+
+
+def square(x):
+    return x * x
+
+
+def test_task_uses_a_process_pool_executor():
+    @task(timeout=60)
+    def uses_pool():
+        ctx = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as pool:
+            return list(pool.map(square, range(8)))
+
+    fut = uses_pool()
+    assert fut.result(timeout=60) == [x * x for x in range(8)]
+    assert fut.exitcode == 0
+
+
+def test_task_uses_a_multiprocessing_pool():
+    @task(timeout=60)
+    def uses_pool():
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            return pool.map(square, range(8))
+
+    fut = uses_pool()
+    assert fut.result(timeout=60) == [x * x for x in range(8)]
+    assert fut.exitcode == 0
+
+
+def test_task_runs_subprocess_and_keeps_its_exit_code():
+    @task
+    def run():
+        first = subprocess.run(["sh", "-c", "exit 3"], timeout=10).returncode
+        out = subprocess.run(["echo", "hi"], capture_output=True, text=True, timeout=10).stdout
+        p = subprocess.Popen(["sh", "-c", "exit 5"])
+        return first, out, p.wait(10)
+
+    assert run().result(timeout=BOUND) == (3, "hi\n", 5)
+
+
+# -- M: the fork DeprecationWarning (3.12+) --------------------------------------------------
+
+
+FORK_WARNING = "may lead to deadlocks in the child"
+
+WARN_HARNESS = """
+import os, sys, threading
+from inparallel import task
+
+@task
+def f(i):
+    return i
+
+user_thread = None
+if sys.argv[1] == "user-thread":
+    stop = threading.Event()
+    user_thread = threading.Thread(target=stop.wait)
+    user_thread.start()
+
+for i in range(50):                                  # one at a time
+    assert f(i).result(timeout=10) == i
+for _ in range(5):                                   # bursts: forks while others are in flight
+    batch = [f(i) for i in range(10)]
+    assert [x.result(timeout=10) for x in batch] == list(range(10))
+
+if user_thread is not None:
+    stop.set()
+    user_thread.join()
+print("DONE", flush=True)
+"""
+
+
+def run_warn_harness(flags: list[str], mode: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop("PYTHONWARNINGS", None)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, *flags, "-c", textwrap.dedent(WARN_HARNESS), mode],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_no_fork_warning_when_only_library_threads_exist():
+    proc = run_warn_harness(["-W", "always::DeprecationWarning"], "no-thread")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "DONE"
+    assert proc.stderr.count(FORK_WARNING) == 0, proc.stderr[:2000]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="the fork warning exists from 3.12")
+def test_fork_warning_is_shown_when_a_user_thread_is_alive():
+    proc = run_warn_harness(["-W", "always::DeprecationWarning"], "user-thread")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "DONE"
+    assert proc.stderr.count(FORK_WARNING) >= 1, proc.stderr[:2000]
+    assert "DeprecationWarning" in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["no-thread", "user-thread"])
+def test_warnings_as_errors_break_nothing(mode):
+    proc = run_warn_harness(["-W", "error"], mode)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "DONE"
+    assert "Traceback" not in proc.stderr, proc.stderr[:2000]

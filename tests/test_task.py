@@ -1,0 +1,731 @@
+"""The ``@task`` decorator and the `TaskFuture` it returns.
+
+Covers both decorator forms, every kind of callable it can wrap, the metadata it keeps,
+option validation at decoration time, interoperability of `TaskFuture` with
+`concurrent.futures` and asyncio, the attributes describing the child, the call forms of the
+original README, and the supervisor's counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import inspect
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from inparallel import InParallelError, TaskFuture, TaskTimeout, WorkerDied, task, waitfor
+from inparallel._core import _supervisor
+
+BOUND = 10.0  # generous bound (seconds) for anything that should take milliseconds
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+class Gate:
+    """A pipe the test opens to let blocked tasks go on (children inherit it by fork)."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+
+    def wait(self) -> None:
+        """Block until the test opens the gate (runs in the child)."""
+        os.read(self.r, 1)
+
+    def open(self, n: int = 1) -> None:
+        os.write(self.w, b"x" * n)
+
+    def close(self) -> None:
+        # Children still blocked on the gate hold its write end too: let them go first.
+        os.set_blocking(self.w, False)
+        with contextlib.suppress(BlockingIOError):  # a full pipe releases them too
+            os.write(self.w, b"x" * 256)
+        os.close(self.r)
+        os.close(self.w)
+
+
+class Signal:
+    """A pipe a child writes to, to tell the test that it has reached a point."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+
+    def notify(self) -> None:
+        os.write(self.w, b"!")
+
+    def wait(self, n: int = 1) -> None:
+        got = 0
+        while got < n:
+            got += len(os.read(self.r, n - got))
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+@pytest.fixture
+def gate():
+    g = Gate()
+    yield g
+    g.close()
+
+
+@pytest.fixture
+def started():
+    s = Signal()
+    yield s
+    s.close()
+
+
+def proc_state(pid: int) -> str | None:
+    """Return the /proc state letter of ``pid`` (R, S, Z, ...), or None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2 :].split()[0].decode()
+
+
+def stats() -> dict[str, object]:
+    return _supervisor.statistics()
+
+
+def wait_supervisor_idle() -> None:
+    """Join the supervisor thread, which exits by itself once nothing is in flight."""
+    for thread in threading.enumerate():
+        if thread.name == "inparallel-supervisor":
+            thread.join(BOUND)
+    assert stats()["supervisor_alive"] is False
+
+
+# -- decorator forms -------------------------------------------------------------------------
+
+
+@task
+def double(x):
+    """Return twice x."""
+    return 2 * x
+
+
+def test_bare_decorator_returns_a_running_task_future():
+    fut = double(21)
+    assert isinstance(fut, TaskFuture)
+    assert isinstance(fut, concurrent.futures.Future)
+    assert fut.result(timeout=BOUND) == 42
+
+
+def test_call_returns_at_once_and_the_future_is_running(gate):
+    @task
+    def blocked():
+        gate.wait()
+        return "done"
+
+    t0 = time.monotonic()
+    fut = blocked()
+    assert time.monotonic() - t0 < 2.0
+    assert fut.running()
+    assert not fut.done()
+    gate.open()
+    assert fut.result(timeout=BOUND) == "done"
+    assert not fut.running()
+    assert fut.done()
+
+
+def test_parametrized_decorator_and_empty_parentheses():
+    @task(timeout=30, name="adder", memory_limit="1G", cpu_time=30)
+    def add(a, b):
+        return a + b
+
+    @task()
+    def neg(a):
+        return -a
+
+    fut = add(2, 3)
+    assert fut.name == "adder"
+    assert fut.result(timeout=BOUND) == 5
+    assert neg(4).result(timeout=BOUND) == -4
+
+
+def test_arguments_defaults_varargs_and_kwargs_pass_through():
+    @task
+    def collect(a, b=10, *args, c, d=20, **kw):
+        return (a, b, args, c, d, kw)
+
+    assert collect(1, c=3).result(timeout=BOUND) == (1, 10, (), 3, 20, {})
+    assert collect(1, 2, 5, 6, c=3, d=4, e=7).result(timeout=BOUND) == (
+        1,
+        2,
+        (5, 6),
+        3,
+        4,
+        {"e": 7},
+    )
+
+
+def test_arguments_are_inherited_not_pickled():
+    lock = threading.Lock()  # a lock cannot be pickled; fork hands the child its own copy
+
+    @task
+    def uses(lk, gen):
+        return (type(lk).__name__, next(gen))
+
+    assert uses(lock, iter([7])).result(timeout=BOUND) == (type(lock).__name__, 7)
+
+
+class Account:
+    rate = 3
+
+    def __init__(self, balance):
+        self.balance = balance
+
+    @task
+    def projected(self, years):
+        """Balance after some years."""
+        self.balance *= 100  # runs in the child: the parent's object is not changed
+        return self.balance + years
+
+    @classmethod
+    @task
+    def cls_under(cls, x):
+        return (cls.__name__, cls.rate * x)
+
+    @task
+    @classmethod
+    def cls_over(cls, x):
+        return (cls.__name__, cls.rate * x)
+
+    @staticmethod
+    @task
+    def static_under(x):
+        return x + 1
+
+    @task
+    @staticmethod
+    def static_over(x):
+        return x + 2
+
+
+class SavingsAccount(Account):
+    rate = 5
+
+
+def test_instance_method_runs_on_an_inherited_copy_of_self():
+    acct = Account(7)
+    assert acct.projected(2).result(timeout=BOUND) == 702
+    assert acct.balance == 7
+
+
+@pytest.mark.parametrize("name", ["cls_under", "cls_over"])
+def test_classmethod_in_either_order(name):
+    assert getattr(Account, name)(2).result(timeout=BOUND) == ("Account", 6)
+    assert getattr(Account(0), name)(2).result(timeout=BOUND) == ("Account", 6)
+    assert getattr(SavingsAccount, name)(2).result(timeout=BOUND) == ("SavingsAccount", 10)
+
+
+@pytest.mark.parametrize(("name", "delta"), [("static_under", 1), ("static_over", 2)])
+def test_staticmethod_in_either_order(name, delta):
+    assert getattr(Account, name)(1).result(timeout=BOUND) == 1 + delta
+    assert getattr(Account(0), name)(1).result(timeout=BOUND) == 1 + delta
+
+
+# -- metadata --------------------------------------------------------------------------------
+
+
+def _original(a: int, b: str = "x", *rest: float, key: bool = False, **extra: object) -> str:
+    """Original docstring."""
+    return f"{a}{b}"
+
+
+def test_wraps_keeps_name_doc_module_signature():
+    wrapped = task(_original)
+    assert wrapped.__name__ == "_original"
+    assert wrapped.__qualname__ == "_original"
+    assert wrapped.__doc__ == "Original docstring."
+    assert wrapped.__module__ == __name__
+    assert wrapped.__wrapped__ is _original
+    assert inspect.signature(wrapped).parameters == inspect.signature(_original).parameters
+    assert wrapped(1, "y").result(timeout=BOUND) == "1y"
+
+
+def test_parametrized_form_keeps_metadata_too():
+    wrapped = task(timeout=5)(_original)
+    assert wrapped.__name__ == "_original"
+    assert wrapped.__doc__ == "Original docstring."
+    assert inspect.signature(wrapped).parameters == inspect.signature(_original).parameters
+
+
+def test_method_metadata_and_bound_signature():
+    assert Account.projected.__name__ == "projected"
+    assert Account.projected.__qualname__ == "Account.projected"
+    assert Account.projected.__doc__ == "Balance after some years."
+    assert list(inspect.signature(Account.projected).parameters) == ["self", "years"]
+    assert list(inspect.signature(Account(1).projected).parameters) == ["years"]
+    assert list(inspect.signature(Account.cls_under).parameters) == ["x"]
+    assert list(inspect.signature(Account.cls_over).parameters) == ["x"]
+    assert list(inspect.signature(Account.static_under).parameters) == ["x"]
+    assert list(inspect.signature(Account.static_over).parameters) == ["x"]
+
+
+def test_default_name_is_the_function_name():
+    fut = double(1)
+    assert isinstance(fut.name, str)
+    assert "double" in fut.name
+    fut.result(timeout=BOUND)
+
+
+# -- options validated at decoration time ----------------------------------------------------
+
+
+def _plain():
+    return 1
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"timeout": -1}, ValueError),
+        ({"timeout": 0}, ValueError),
+        ({"timeout": float("nan")}, ValueError),
+        ({"timeout": "5"}, TypeError),
+        ({"memory_limit": -5}, ValueError),
+        ({"memory_limit": "lots"}, ValueError),
+        ({"memory_limit": "12Q"}, ValueError),
+        ({"memory_limit": ""}, ValueError),
+        ({"memory_limit": [1]}, TypeError),
+        ({"cpu_time": -1}, ValueError),
+        ({"cpu_time": "10"}, TypeError),
+        ({"name": 3}, TypeError),
+        ({"restricted_results": "yes"}, TypeError),
+        ({"max_result_size": 0}, ValueError),
+        ({"max_result_size": -1}, ValueError),
+        ({"max_result_size": [1]}, TypeError),
+        ({"timeot": 1}, TypeError),
+    ],
+)
+def test_bad_options_fail_at_decoration_without_forking(options, error):
+    spawned = stats()["spawned"]
+    with pytest.raises(error):
+        task(**options)(_plain)
+    assert stats()["spawned"] == spawned
+
+
+@pytest.mark.parametrize("limit", [1 << 30, "512M", "1G", "1.5GiB"])
+def test_memory_limit_forms_accepted(limit):
+    assert task(memory_limit=limit)(_plain)().result(timeout=BOUND) == 1
+
+
+def test_non_callable_is_rejected():
+    with pytest.raises(TypeError):
+        task(42)
+    with pytest.raises(TypeError):
+        task(timeout=1)("not a function")
+
+
+# -- interoperability with concurrent.futures and asyncio ------------------------------------
+
+
+def test_concurrent_futures_wait_and_as_completed(gate):
+    @task
+    def slow():
+        gate.wait()
+        return "slow"
+
+    blocked = slow()
+    quick = [double(i) for i in range(4)]
+    done, not_done = concurrent.futures.wait(
+        [blocked, *quick], timeout=BOUND, return_when=concurrent.futures.FIRST_COMPLETED
+    )
+    assert done and done <= set(quick)
+    assert blocked in not_done
+    done, not_done = concurrent.futures.wait(quick, timeout=BOUND)
+    assert done == set(quick) and not not_done
+    gate.open()
+    futs = [blocked, *quick]
+    seen = [f.result() for f in concurrent.futures.as_completed(futs, timeout=BOUND)]
+    assert sorted(seen, key=str) == sorted(["slow", 0, 2, 4, 6], key=str)
+
+
+def test_wait_first_exception():
+    @task
+    def fail():
+        raise KeyError("nope")
+
+    futs = [fail(), double(1)]
+    done, _ = concurrent.futures.wait(
+        futs, timeout=BOUND, return_when=concurrent.futures.FIRST_EXCEPTION
+    )
+    assert futs[0] in done
+    assert isinstance(futs[0].exception(), KeyError)
+    assert futs[1].result(timeout=BOUND) == 2
+
+
+def test_asyncio_wrap_future_and_direct_await():
+    async def main():
+        a = await asyncio.wrap_future(double(5))
+        b = await double(6)
+        c = await asyncio.gather(double(1), asyncio.wrap_future(double(2)))
+        return a, b, c
+
+    assert asyncio.run(main()) == (10, 12, [2, 4])
+
+
+def test_await_reraises_the_task_exception():
+    @task
+    def fail():
+        raise ValueError("from the child")
+
+    async def main():
+        with pytest.raises(ValueError, match="from the child"):
+            await fail()
+
+    asyncio.run(main())
+
+
+def _assert_child_killed(fut):
+    """The future is done within the bound and its child is dead and reaped."""
+    done, _ = concurrent.futures.wait([fut], timeout=BOUND)
+    assert fut in done
+    if not fut.cancelled():
+        assert isinstance(fut.exception(), WorkerDied)
+    deadline = time.monotonic() + BOUND
+    while proc_state(fut.pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.01)  # the supervisor reaps asynchronously; /proc offers nothing to wait on
+    assert proc_state(fut.pid) is None, f"child {fut.pid} still exists: {proc_state(fut.pid)}"
+
+
+@pytest.mark.parametrize("how", ["await", "wrap_future"])
+def test_cancelling_the_awaiting_asyncio_task_kills_the_child(gate, started, how):
+    @task
+    def blocked():
+        started.notify()
+        gate.wait()
+        return "should not arrive"
+
+    async def main():
+        fut = blocked()
+        awaiting = asyncio.Event()
+
+        async def waiter():
+            awaiting.set()
+            if how == "await":
+                return await fut
+            return await asyncio.wrap_future(fut)
+
+        started.wait()
+        t = asyncio.ensure_future(waiter())
+        await awaiting.wait()  # the waiter is now suspended on the future
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        return fut
+
+    fut = asyncio.run(main())
+    _assert_child_killed(fut)
+    assert fut.exitcode in (None, -signal.SIGKILL)
+
+
+def test_asyncio_wait_for_timeout_kills_the_child(gate, started):
+    @task
+    def blocked():
+        started.notify()
+        gate.wait()
+
+    async def main():
+        fut = blocked()
+        started.wait()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(fut, 0.2)
+        return fut
+
+    _assert_child_killed(asyncio.run(main()))
+
+
+# -- repr and attributes ---------------------------------------------------------------------
+
+
+def test_repr_shows_pid_name_and_state(gate):
+    @task(name="reporter")
+    def blocked():
+        gate.wait()
+        return 1
+
+    fut = blocked()
+    text = repr(fut)
+    assert str(fut.pid) in text
+    assert "reporter" in text
+    assert "running" in text.lower()
+    gate.open()
+    fut.result(timeout=BOUND)
+    text = repr(fut)
+    assert str(fut.pid) in text
+    assert "running" not in text.lower()
+    assert "finished" in text.lower()
+
+
+def test_pid_exitcode_rusage_while_running_and_after(gate):
+    @task
+    def work():
+        gate.wait()
+        ballast = b"\x01" * (64 << 20)  # touched: the child's peak RSS exceeds 64 MiB
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.3:  # burn 0.3 s of CPU
+            pass
+        return len(ballast)
+
+    fut = work()
+    assert isinstance(fut.pid, int)
+    assert fut.pid > 0
+    assert fut.pid != os.getpid()
+    assert proc_state(fut.pid) not in (None, "Z")
+    assert fut.exitcode is None
+    assert fut.rusage is None
+    gate.open()
+    assert fut.result(timeout=BOUND) == 64 << 20
+    assert fut.exitcode == 0
+    usage = fut.rusage
+    assert usage is not None
+    assert isinstance(usage.maxrss, int)
+    assert usage.maxrss >= 64 << 20  # bytes, not kilobytes
+    assert usage.maxrss < 1 << 40
+    assert isinstance(usage.utime, float)
+    assert isinstance(usage.stime, float)
+    assert usage.utime + usage.stime >= 0.25
+
+
+def test_exitcode_and_rusage_are_set_before_done_callbacks(gate):
+    seen = []
+    called = threading.Event()
+
+    @task
+    def work():
+        gate.wait()
+        return 1
+
+    def callback(f):
+        seen.append((f.exitcode, f.rusage))
+        called.set()
+
+    fut = work()
+    fut.add_done_callback(callback)
+    gate.open()
+    assert called.wait(BOUND)
+    [(exitcode, usage)] = seen
+    assert exitcode == 0
+    assert usage is not None
+
+
+def test_kill_sends_a_signal_and_reports_it(gate, started):
+    @task
+    def blocked():
+        started.notify()
+        gate.wait()
+
+    fut = blocked()
+    started.wait()
+    assert fut.kill() is True
+    err = fut.exception(timeout=BOUND)
+    assert isinstance(err, WorkerDied)
+    assert err.pid == fut.pid
+    assert err.signal == signal.SIGKILL
+    assert err.exitcode == -signal.SIGKILL
+    assert "SIGKILL" in str(err)
+    assert fut.exitcode == -signal.SIGKILL
+    assert fut.kill() is False  # nothing left to signal
+
+
+def test_kill_with_another_signal(gate, started):
+    @task
+    def blocked():
+        started.notify()
+        gate.wait()
+
+    fut = blocked()
+    started.wait()
+    assert fut.kill(signal.SIGTERM) is True
+    err = fut.exception(timeout=BOUND)
+    assert isinstance(err, WorkerDied)
+    assert err.signal == signal.SIGTERM
+    assert fut.exitcode == -signal.SIGTERM
+
+
+def test_kill_with_a_harmless_signal_lets_the_task_finish(gate, started):
+    @task
+    def blocked():
+        started.notify()
+        gate.wait()
+        return "finished"
+
+    fut = blocked()
+    started.wait()
+    assert fut.kill(signal.SIGCONT) is True
+    gate.open()
+    assert fut.result(timeout=BOUND) == "finished"
+
+
+# -- the call forms of the original README ---------------------------------------------------
+
+
+SERVERS = [
+    "alpha.local",
+    "bravo.local",
+    "charlie.local",
+    "delta.local",
+    "echo.local",
+    "foxtrot.local",
+    "golf.local",
+    "hotel.local",
+    "india.local",
+    "juliet.local",
+    "kilo.local",
+    "lima.local",
+]
+
+
+def test_readme_form_without_concurrency_factor():
+    servers = list(SERVERS)
+
+    @task
+    def getOS(server):  # the README's spelling
+        return f"Linux {server} {os.getpid()}"
+
+    active_futures = []
+    while len(servers) > 0:
+        active_futures.append(getOS(servers.pop(0)))
+
+    results = []
+    for future in waitfor(active_futures):
+        results.append(future.result())
+
+    assert active_futures == []
+    assert sorted(r.split()[1] for r in results) == sorted(SERVERS)
+    assert len({r.split()[2] for r in results}) == len(SERVERS)  # one process per call
+
+
+def test_readme_form_with_concurrency_factor():
+    servers = list(SERVERS)
+
+    @task
+    def getOS(server):  # the README's spelling
+        return f"Linux {server}"
+
+    active_futures = []
+    results = []
+    most = 0
+    for future in waitfor(active_futures, concurrency_factor=3):
+        if future is not None:
+            results.append(future.result())
+        elif len(servers) > 0:
+            active_futures.append(getOS(servers.pop(0)))
+            most = max(most, sum(not f.done() for f in active_futures))
+
+    assert active_futures == []
+    assert sorted(r.split()[1] for r in results) == sorted(SERVERS)
+    assert 1 <= most <= 3
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+def test_statistics_shape():
+    s = stats()
+    for key in ("spawned", "completed", "failed", "cancelled", "timed_out", "in_flight"):
+        assert isinstance(s[key], int) and not isinstance(s[key], bool), key
+        assert s[key] >= 0
+    assert isinstance(s["supervisor_alive"], bool)
+
+
+def test_statistics_count_every_outcome(gate, started):
+    @task
+    def blocked():
+        started.notify()
+        gate.wait()
+        return 1
+
+    @task
+    def fail():
+        raise RuntimeError("counted")
+
+    @task(timeout=0.3)
+    def hang():
+        gate.wait()
+
+    before = stats()
+    running = blocked()
+    started.wait()
+    during = stats()
+    assert during["spawned"] == before["spawned"] + 1
+    assert during["in_flight"] >= 1
+    assert during["supervisor_alive"] is True
+
+    assert double(1).result(timeout=BOUND) == 2
+    with pytest.raises(RuntimeError):
+        fail().result(timeout=BOUND)
+    with pytest.raises(TaskTimeout):
+        hang().result(timeout=BOUND)
+    assert running.cancel() is True
+
+    deadline = time.monotonic() + BOUND
+    while stats()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.01)  # the cancelled child is reaped asynchronously
+    after = stats()
+    assert after["spawned"] == before["spawned"] + 4
+    assert after["completed"] >= before["completed"] + 1
+    assert after["failed"] >= before["failed"] + 1
+    assert after["timed_out"] == before["timed_out"] + 1
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["in_flight"] == 0
+    wait_supervisor_idle()
+
+
+def test_supervisor_thread_starts_on_demand_and_exits_when_idle(gate):
+    wait_supervisor_idle()
+
+    @task
+    def blocked():
+        gate.wait()
+        return 1
+
+    fut = blocked()
+    names = [t.name for t in threading.enumerate()]
+    assert names.count("inparallel-supervisor") == 1
+    supervisor = next(t for t in threading.enumerate() if t.name == "inparallel-supervisor")
+    assert supervisor.daemon
+    gate.open()
+    assert fut.result(timeout=BOUND) == 1
+    wait_supervisor_idle()
+
+
+def test_task_future_is_generic():
+    alias = TaskFuture[int]
+    assert alias.__origin__ is TaskFuture
+
+
+def test_result_from_inside_own_callback_is_immediate():
+    got = []
+    called = threading.Event()
+
+    def callback(f):
+        got.append(f.result())
+        called.set()
+
+    fut = double(8)
+    fut.add_done_callback(callback)
+    assert called.wait(BOUND)
+    assert got == [16]
+
+
+def test_inparallel_error_is_the_root():
+    for cls in (WorkerDied, TaskTimeout):
+        assert issubclass(cls, InParallelError)
+    assert issubclass(TaskTimeout, TimeoutError)
+
+
+def test_lambda_can_be_wrapped():
+    assert task(lambda: "lam")().result(timeout=BOUND) == "lam"
