@@ -46,6 +46,11 @@ def live_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.is_alive()}
 
 
+def os_threads() -> set[str]:
+    """OS-level thread ids: they include threads `threading` does not know about."""
+    return set(os.listdir("/proc/self/task"))
+
+
 def _wait_until(check: object, deadline: float) -> bool:
     while True:
         if check():  # type: ignore[operator]
@@ -64,16 +69,25 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     pids0 = child_pids()
     fds0 = open_fds()
     threads0 = live_threads()
+    os_threads0 = os_threads()
     yield
+    # The supervisor stays up briefly after its last child (a latency optimisation); end that
+    # grace now so that a thread still running after this is a real leak.
+    from inparallel._core import _supervisor
+
+    _supervisor.stop_if_idle(SETTLE)
     deadline = time.monotonic() + SETTLE
     ok_pids = _wait_until(lambda: child_pids() <= pids0, deadline)
     ok_threads = _wait_until(lambda: live_threads() <= threads0, deadline)
+    ok_os_threads = _wait_until(lambda: os_threads() <= os_threads0, deadline)
     ok_fds = _wait_until(lambda: open_fds() <= fds0, deadline)
     problems = []
     if not ok_pids:
         problems.append(f"child processes left: {sorted(child_pids() - pids0)}")
     if not ok_threads:
         problems.append(f"threads left: {[t.name for t in live_threads() - threads0]}")
+    if not ok_os_threads:
+        problems.append(f"OS threads left (tids): {sorted(os_threads() - os_threads0)}")
     if not ok_fds:
         leaked = {}
         for fd in sorted(open_fds() - fds0):

@@ -102,10 +102,19 @@ def stats() -> dict[str, object]:
     return _supervisor.statistics()
 
 
-def supervisor_thread() -> threading.Thread:
-    threads = [t for t in threading.enumerate() if t.name == "inparallel-supervisor"]
-    assert len(threads) == 1, threads
-    return threads[0]
+class _Supervisor:
+    def __init__(self, native_id: int) -> None:
+        self.native_id = native_id
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Supervisor) and other.native_id == self.native_id
+
+
+def supervisor_thread() -> _Supervisor:
+    native_id = _supervisor.thread_native_id()
+    assert native_id is not None, "no supervisor thread is running"
+    assert str(native_id) in os.listdir("/proc/self/task")
+    return _Supervisor(native_id)
 
 
 @task
@@ -549,7 +558,7 @@ def _measure_idle_supervisor(warm_up: int, window: float) -> tuple[int, int]:
         switches0, ticks0 = _thread_counters(sup.native_id)
         time.sleep(window)  # measuring idleness needs wall time to pass with nothing happening
         switches1, ticks1 = _thread_counters(sup.native_id)
-        assert supervisor_thread() is sup
+        assert supervisor_thread() == sup
     finally:
         gate.put(b"x" * 6)
     assert [f.result(timeout=BOUND) for f in futs] == [-1, 0, 1, 2, 3, "deadline"]

@@ -99,9 +99,7 @@ def stats() -> dict[str, object]:
 
 def wait_supervisor_idle() -> None:
     """Join the supervisor thread, which exits by itself once nothing is in flight."""
-    for thread in threading.enumerate():
-        if thread.name == "inparallel-supervisor":
-            thread.join(BOUND)
+    assert _supervisor.wait_idle(BOUND)
     assert stats()["supervisor_alive"] is False
 
 
@@ -693,10 +691,12 @@ def test_supervisor_thread_starts_on_demand_and_exits_when_idle(gate):
         return 1
 
     fut = blocked()
-    names = [t.name for t in threading.enumerate()]
-    assert names.count("inparallel-supervisor") == 1
-    supervisor = next(t for t in threading.enumerate() if t.name == "inparallel-supervisor")
-    assert supervisor.daemon
+    native_id = _supervisor.thread_native_id()
+    assert native_id is not None and str(native_id) in os.listdir("/proc/self/task")
+    (supervisor,) = [t for t in threading.enumerate() if t.name == "inparallel-supervisor"]
+    assert supervisor.native_id == native_id
+    assert supervisor.daemon  # never holds up interpreter exit
+    assert stats()["supervisor_alive"] is True
     gate.open()
     assert fut.result(timeout=BOUND) == 1
     wait_supervisor_idle()

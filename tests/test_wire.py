@@ -30,6 +30,7 @@ from inparallel import (
     task,
     waitfor,
 )
+from inparallel._core import _supervisor
 
 PROMPT = 2.0
 PATIENCE = 30.0
@@ -717,9 +718,7 @@ def test_c4_waiting_costs_no_cpu(gate: _faults.Gate, tracked: list) -> None:
 
     fut = idle()
     tracked.append(fut)
-    supervisors = [t for t in threading.enumerate() if t.name == "inparallel-supervisor"]
-    assert len(supervisors) == 1, threading.enumerate()
-    tid = supervisors[0].native_id
+    tid = _supervisor.thread_native_id()
     assert tid is not None
     wakeups = _faults.context_switches(tid)
     cpu = time.process_time()

@@ -155,16 +155,18 @@ def _wait_for_parent(wfd: int) -> None:
 
 def _caught_signals() -> range | list[int]:
     # Signals with any handler installed (Python's own C handler included): the SigCgt mask of
-    # /proc/self/status. One read instead of a getsignal() per signal (about 80 us).
+    # /proc/self/status. One read instead of a getsignal() per signal (measured 13 us vs 30).
     try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"SigCgt:"):
-                    mask = int(line.split()[1], 16)
-                    return [n for n in range(1, mask.bit_length() + 1) if mask >> (n - 1) & 1]
+        fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            status = os.read(fd, 1 << 14)
+        finally:
+            os.close(fd)
+        start = status.index(b"SigCgt:") + 7
+        mask = int(status[start : status.index(b"\n", start)], 16)
     except (OSError, ValueError):
-        pass
-    return range(1, signal.NSIG)
+        return range(1, signal.NSIG)
+    return [n for n in range(1, mask.bit_length() + 1) if mask >> (n - 1) & 1]
 
 
 def _python_handlers() -> tuple[int, ...]:

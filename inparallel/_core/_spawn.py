@@ -54,6 +54,11 @@ PARK_TIMEOUT = 0.5
 #: the kernel to agree that one thread is left.
 OS_THREAD_WAIT = 0.01
 
+#: Without parking (3.11), the supervisor outlives its last child by this long: one call after
+#: another then finds it running instead of starting a thread each time (~1 ms right after a
+#: fork on 2 cores). With parking it would be stopped at the next fork anyway.
+IDLE_GRACE = 0.0 if PARK else 0.5
+
 _fork_lock = threading.RLock()
 _hooks_installed = False
 _native_threads = False  # a thread unknown to `threading` kept the OS thread count above 1
@@ -75,6 +80,7 @@ def spawn(
     with _fork_lock:
         _install_hooks()
         supervisor = _supervisor.get()
+        supervisor.idle_grace = IDLE_GRACE
         try:
             rfd, wfd = os.pipe()
         except OSError as exc:
@@ -135,8 +141,8 @@ def _flush_std_streams() -> None:
 
 def _park(supervisor: _supervisor.Supervisor) -> None:
     global _native_threads
-    ours = 1 if supervisor.thread_alive() else 0
-    if threading.active_count() > 1 + ours:
+    me = threading.get_ident()
+    if any(t.ident not in (me, supervisor.ident) for t in threading.enumerate()):
         return  # the user's threads are alive: the fork is not single-threaded, warn honestly
     if not supervisor.park(PARK_TIMEOUT):
         return

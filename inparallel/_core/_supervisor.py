@@ -23,11 +23,13 @@ A future resolves once both its frame has arrived and its child has been reaped,
 delivering is SIGKILLed after `LINGER_GRACE`; its result still wins.
 
 The thread starts with the first child and exits when none is left. `Supervisor.park` stops
-it so that a fork can run single-threaded (see ``_spawn`` for why).
+it so that a fork can run single-threaded (see ``_spawn`` for why). It is started as a bare
+``_thread`` thread (see `Supervisor.add`) and registers itself with ``threading`` by name.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import enum
 import heapq
@@ -48,7 +50,15 @@ from ._future import Rusage, TaskFuture
 from ._options import TaskOptions
 from ._wire import FrameError, FrameReader, decode
 
-__all__ = ("Child", "Supervisor", "get", "statistics")
+__all__ = (
+    "Child",
+    "Supervisor",
+    "get",
+    "statistics",
+    "stop_if_idle",
+    "thread_native_id",
+    "wait_idle",
+)
 
 #: Seconds a child may live on after delivering its frame before it is SIGKILLed (a thread or
 #: destructor that will not let it exit). Normal children exit within microseconds.
@@ -62,6 +72,10 @@ TRANSFER_STALL = 10.0
 EXIT_POLL = 0.05
 
 THREAD_NAME = "inparallel-supervisor"
+
+# `threading`'s registry of live threads (stable private names on 3.11-3.13).
+_THREADING_ACTIVE: dict[int, threading.Thread] = getattr(threading, "_active")  # noqa: B009
+_THREADING_LOCK: threading.Lock = getattr(threading, "_active_limbo_lock")  # noqa: B009
 
 
 class Phase(enum.Enum):
@@ -106,8 +120,15 @@ class Supervisor:
         self._seq = itertools.count()
         self._selector: selectors.BaseSelector | None = None
         self._wake_r = self._wake_w = -1
-        self._thread: threading.Thread | None = None
-        self._last_thread: threading.Thread | None = None
+        self._running = False  # a thread is in (or about to enter) its loop
+        self.ident: int | None = None  #: the running thread's ident, once it runs
+        self.native_id: int | None = None  #: the OS thread id of the running thread, for tests
+        self._baton = _thread.allocate_lock()  # held for the whole life of a thread
+        self._started = threading.Event()  # set once the running thread knows its ids
+        #: Seconds the thread stays up with nothing to watch, so that a caller making one
+        #: call after another does not pay a thread start each time. Set by ``_spawn``.
+        self.idle_grace = 0.0
+        self._idle_until: float | None = None
         self._stop = False
         self._polled: set[Child] = set()  # children without a pidfd
         #: Every fd the library holds open; the at-fork hook closes them in every child.
@@ -147,12 +168,17 @@ class Supervisor:
             self._pending.append(child)
             self.counts["spawned"] += 1
             self._stop = False  # a park that timed out is called off: the thread carries on
-            if self._thread is None:
-                self._open()
-                self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
-                self._thread.start()
-            else:
+            if self._running:
                 self._wake()
+                return
+            self._open()
+            self._running = True
+            self._started.clear()
+            self._baton.acquire()  # the previous thread may be in its last instructions
+            # A bare thread, not threading.Thread: start() would wait until the new thread has
+            # run, and right after a fork that costs ~1 ms on 2 cores (measured) while the
+            # child takes the CPU. The baton stands in for join().
+            _thread.start_new_thread(self._main, ())
 
     def park(self, timeout: float) -> bool:
         """Stop the thread and wait up to ``timeout`` seconds for it to end.
@@ -161,19 +187,19 @@ class Supervisor:
         `add` restarts the thread. Returns whether no supervisor thread is left running.
         """
         with self._lock:
-            thread = self._thread or self._last_thread
-            if thread is None or thread is threading.current_thread():
-                return thread is None
-            if self._thread is not None:
+            if self._running:
+                if self.ident == threading.get_ident():
+                    return False  # a done-callback is forking: we cannot wait for ourselves
                 self._stop = True
                 self._wake()
-        thread.join(timeout)
-        return not thread.is_alive()
+        if not self._baton.acquire(timeout=timeout):
+            return False
+        self._baton.release()
+        return True
 
     def thread_alive(self) -> bool:
         """Whether a supervisor thread is currently running."""
-        thread = self._thread or self._last_thread
-        return thread is not None and thread.is_alive()
+        return self._baton.locked()
 
     def send_signal(self, child: Child, sig: int) -> bool:
         """Signal a child that has not been reaped yet; return whether it was sent."""
@@ -195,19 +221,41 @@ class Supervisor:
         with contextlib.suppress(BlockingIOError):  # a full pipe already means "wake up"
             os.write(self._wake_w, b"\0")
 
-    def _run(self) -> None:
+    def _main(self) -> None:
+        self.ident, self.native_id = threading.get_ident(), threading.get_native_id()
         _future.on_supervisor.active = True
+        # Register with `threading` by name (a "dummy" entry, as for any foreign thread), so
+        # that logging, debuggers and threading.enumerate() see who we are.
+        threading.current_thread().name = THREAD_NAME
+        self._started.set()
+        try:
+            self._run()
+        except BaseException as exc:  # a bug of ours: say so, and let the next add restart us
+            _emergency(f"inparallel: the supervisor thread failed: {exc!r}")
+            with self._lock:
+                self._running = False
+        finally:
+            # Dummy entries are never removed by `threading` itself (3.11); ours goes now.
+            with _THREADING_LOCK:
+                _THREADING_ACTIVE.pop(threading.get_ident(), None)
+            self.ident = self.native_id = None
+            self._baton.release()
+
+    def _run(self) -> None:
         selector = self._selector
         assert selector is not None
         while True:
             with self._lock:
                 self._register_pending(selector)
-                if self._stop or not self._children:
-                    self._close()
-                    self._last_thread, self._thread = self._thread, None
-                    self._stop = False
-                    return
                 timeout = self._timeout()
+                idle = self._idle_time_left()
+                if idle is not None:
+                    timeout = idle if timeout is None else min(timeout, idle)
+                if self._stop or (idle is not None and idle <= 0):
+                    self._close()
+                    self._running = self._stop = False
+                    self._idle_until = None
+                    return
             for key, _ in selector.select(timeout):
                 self._guarded(key.data)
             try:
@@ -217,6 +265,16 @@ class Supervisor:
             if self._polled:
                 for child in list(self._polled):
                     self._guarded((child, False))
+
+    def _idle_time_left(self) -> float | None:
+        # None while children are watched; else seconds left of the idle grace.
+        if self._children:
+            self._idle_until = None
+            return None
+        now = time.monotonic()
+        if self._idle_until is None:
+            self._idle_until = now + self.idle_grace
+        return self._idle_until - now
 
     def _register_pending(self, selector: selectors.BaseSelector) -> None:
         # New children, or (after a park) every live child: a new selector knows none of them.
@@ -460,6 +518,29 @@ def reset_in_child() -> None:
     if _SUPERVISOR is not None:
         _SUPERVISOR.forget_in_child()
         _SUPERVISOR = None
+
+
+def thread_native_id(timeout: float = 5.0) -> int | None:
+    """Return the OS thread id of the running supervisor thread, or None (for tests)."""
+    if _SUPERVISOR is None or not _SUPERVISOR.thread_alive():
+        return None
+    _SUPERVISOR._started.wait(timeout)
+    return _SUPERVISOR.native_id
+
+
+def wait_idle(timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the supervisor thread to exit (for tests)."""
+    if _SUPERVISOR is None or not _SUPERVISOR._baton.acquire(timeout=timeout):
+        return _SUPERVISOR is None
+    _SUPERVISOR._baton.release()
+    return True
+
+
+def stop_if_idle(timeout: float) -> bool:
+    """End the thread's idle grace now, if nothing is in flight (for tests); wait for it."""
+    if _SUPERVISOR is None or _SUPERVISOR.statistics()["in_flight"]:
+        return wait_idle(0)
+    return _SUPERVISOR.park(timeout)
 
 
 def statistics() -> dict[str, Any]:
