@@ -71,11 +71,6 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     threads0 = live_threads()
     os_threads0 = os_threads()
     yield
-    # The supervisor stays up briefly after its last child (a latency optimisation); end that
-    # grace now so that a thread still running after this is a real leak.
-    from inparallel._core import _supervisor
-
-    _supervisor.stop_if_idle(SETTLE)
     deadline = time.monotonic() + SETTLE
     ok_pids = _wait_until(lambda: child_pids() <= pids0, deadline)
     ok_threads = _wait_until(lambda: live_threads() <= threads0, deadline)

@@ -860,3 +860,42 @@ def test_result_pipe_frames_carry_exact_values() -> None:
     futures = [(n, sized(n)) for n in sizes]
     for n, fut in futures:
         assert fut.result(timeout=PATIENCE) == _faults.blob(n, seed=n), n
+
+
+def _wchan(pid: int) -> str:
+    with open(f"/proc/{pid}/wchan") as f:
+        return f.read()
+
+
+def test_a12_killed_before_its_shared_memory_is_read_is_worker_died() -> None:
+    """A child killed after sending a memfd frame, before the parent opened it, lost its result."""
+    in_callback, release = threading.Event(), threading.Event()
+
+    @task
+    def quick() -> int:
+        return 1
+
+    @task
+    def big() -> bytes:
+        return b"x" * (3 << 20)  # over the shared-memory threshold
+
+    first = quick()
+    first.add_done_callback(lambda f: (in_callback.set(), release.wait(PATIENCE)))
+    try:
+        assert in_callback.wait(PATIENCE)  # the supervisor thread is busy in the callback
+        fut = big()
+        deadline = time.monotonic() + PATIENCE
+        # Wait until the child has sent its frame and sleeps in poll() for the parent's go.
+        while "poll" not in _wchan(fut.pid):
+            assert time.monotonic() < deadline, "the child never reached its wait"
+            time.sleep(0.01)  # /proc offers nothing to wait on
+        assert fut.kill()
+        # Dead, not yet reaped (the supervisor is still held): its memfd is gone.
+        assert _faults.wait_state(fut.pid, "Z", PATIENCE), "the child did not die"
+    finally:
+        release.set()
+    exc = fut.exception(timeout=PATIENCE)
+    assert isinstance(exc, WorkerDied), repr(exc)
+    assert exc.signal == signal.SIGKILL
+    assert "result was lost" in str(exc)
+    assert first.result() == 1

@@ -9,16 +9,17 @@ closed (only the task's own write end survives), the supervisor is forgotten, th
 Every library fd is created under this lock, so the set of fds to close is always exact.
 
 **Parking (Python 3.12+).** CPython warns (``DeprecationWarning``) when a process with more
-than one OS thread forks. Our supervisor thread is such a thread, so before each fork we
-*park* it: ask it to stop, join it, and on 3.12 also wait until the kernel has torn the thread
-down (``join()`` returns slightly earlier there). The fork then really is single-threaded and
-the warning is not emitted because there is nothing to warn about; nothing is lost meanwhile
-(results wait in their pipes, exits in their pidfds) and the thread restarts right after
-``os.fork()`` returns. We park only when the supervisor is the one extra thread: when the
-user's own threads are alive the fork is not single-threaded, CPython's warning is right, and
-we let it through. Filtering the warning instead would hide real hazards and is not
-thread-safe (``catch_warnings`` mutates global state). Parking costs a thread join and start
-per fork, a fraction of the fork itself; 3.11 does not warn and skips it.
+than one OS thread forks. Our supervisor thread is such a thread, so before each fork we *park*
+it: ask it to stop, wait for its end, and then until the kernel has torn the thread down (the
+thread signals its end just before the OS thread exits). The fork then really is
+single-threaded and the warning is not emitted because there is nothing to warn about; nothing
+is lost meanwhile (results wait in their pipes, exits in their pidfds) and the thread restarts
+right after ``os.fork()`` returns. We park only when the supervisor is the one extra thread:
+when the user's own threads are alive the fork is not single-threaded, CPython's warning is
+right, and we let it through. Filtering the warning instead would hide real hazards and is not
+thread-safe (``catch_warnings`` mutates global state). Parking costs a thread stop and start
+per fork (the thread is started bare, without ``Thread.start()``'s handshake, so this stays a
+small fraction of the fork itself); 3.11 does not warn and skips it.
 """
 
 from __future__ import annotations
@@ -50,14 +51,10 @@ PARK = sys.version_info >= (3, 12)
 #: done-callback is blocking the supervisor; the fork then goes ahead with it alive.
 PARK_TIMEOUT = 0.5
 
-#: On 3.12 ``Thread.join()`` returns before the OS thread is gone; wait at most this long for
-#: the kernel to agree that one thread is left.
+#: The parked thread releases its baton in its last instructions, before the OS thread is
+#: gone; wait at most this long for the kernel to agree that one thread is left.
 OS_THREAD_WAIT = 0.01
 
-#: Without parking (3.11), the supervisor outlives its last child by this long: one call after
-#: another then finds it running instead of starting a thread each time (~1 ms right after a
-#: fork on 2 cores). With parking it would be stopped at the next fork anyway.
-IDLE_GRACE = 0.0 if PARK else 0.5
 
 _fork_lock = threading.RLock()
 _hooks_installed = False
@@ -80,7 +77,6 @@ def spawn(
     with _fork_lock:
         _install_hooks()
         supervisor = _supervisor.get()
-        supervisor.idle_grace = IDLE_GRACE
         try:
             rfd, wfd = os.pipe()
         except OSError as exc:
@@ -146,7 +142,7 @@ def _park(supervisor: _supervisor.Supervisor) -> None:
         return  # the user's threads are alive: the fork is not single-threaded, warn honestly
     if not supervisor.park(PARK_TIMEOUT):
         return
-    if sys.version_info >= (3, 13) or not os.path.isdir("/proc/self/task"):
+    if not os.path.isdir("/proc/self/task"):
         return
     if _native_threads:
         _native_threads = _os_threads() > 1

@@ -55,7 +55,6 @@ __all__ = (
     "Supervisor",
     "get",
     "statistics",
-    "stop_if_idle",
     "thread_native_id",
     "wait_idle",
 )
@@ -104,6 +103,7 @@ class Child:
     timed_out: bool = False
     timeout_armed: bool = False
     reaped: bool = False
+    detail: str = ""  # why a result that arrived could not be used
 
     def __post_init__(self) -> None:
         self.reader = FrameReader(self.options.max_result_size)
@@ -125,11 +125,8 @@ class Supervisor:
         self.native_id: int | None = None  #: the OS thread id of the running thread, for tests
         self._baton = _thread.allocate_lock()  # held for the whole life of a thread
         self._started = threading.Event()  # set once the running thread knows its ids
-        #: Seconds the thread stays up with nothing to watch, so that a caller making one
-        #: call after another does not pay a thread start each time. Set by ``_spawn``.
-        self.idle_grace = 0.0
-        self._idle_until: float | None = None
         self._stop = False
+        self._direct = False  # whether other threads may register fds themselves (epoll)
         self._polled: set[Child] = set()  # children without a pidfd
         #: Every fd the library holds open; the at-fork hook closes them in every child.
         self.fds: set[int] = set()
@@ -146,6 +143,7 @@ class Supervisor:
         os.set_blocking(self._wake_w, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._direct = isinstance(self._selector, getattr(selectors, "EpollSelector", ()))
         self._pending = list(self._children.values())
 
     def _close(self) -> None:
@@ -165,12 +163,19 @@ class Supervisor:
         """Hand a freshly forked child to the thread, starting the thread if needed."""
         with self._lock:
             self._children[child.pid] = child
-            self._pending.append(child)
             self.counts["spawned"] += 1
             self._stop = False  # a park that timed out is called off: the thread carries on
             if self._running:
-                self._wake()
+                if self._direct and child.options.timeout is None and child.pidfd is not None:
+                    # epoll may be told about new fds while another thread waits on it, and
+                    # the thread needs no new deadline: spare it a wake-up per task.
+                    assert self._selector is not None
+                    self._watch(self._selector, child)
+                else:
+                    self._pending.append(child)
+                    self._wake()
                 return
+            self._pending.append(child)
             self._open()
             self._running = True
             self._started.clear()
@@ -247,15 +252,11 @@ class Supervisor:
         while True:
             with self._lock:
                 self._register_pending(selector)
-                timeout = self._timeout()
-                idle = self._idle_time_left()
-                if idle is not None:
-                    timeout = idle if timeout is None else min(timeout, idle)
-                if self._stop or (idle is not None and idle <= 0):
+                if self._stop or not self._children:
                     self._close()
                     self._running = self._stop = False
-                    self._idle_until = None
                     return
+                timeout = self._timeout()
             for key, _ in selector.select(timeout):
                 self._guarded(key.data)
             try:
@@ -266,33 +267,26 @@ class Supervisor:
                 for child in list(self._polled):
                     self._guarded((child, False))
 
-    def _idle_time_left(self) -> float | None:
-        # None while children are watched; else seconds left of the idle grace.
-        if self._children:
-            self._idle_until = None
-            return None
-        now = time.monotonic()
-        if self._idle_until is None:
-            self._idle_until = now + self.idle_grace
-        return self._idle_until - now
-
     def _register_pending(self, selector: selectors.BaseSelector) -> None:
         # New children, or (after a park) every live child: a new selector knows none of them.
         for child in self._pending:
-            try:
-                if child.rfd is not None:
-                    selector.register(child.rfd, selectors.EVENT_READ, (child, True))
-                if child.pidfd is not None:
-                    selector.register(child.pidfd, selectors.EVENT_READ, (child, False))
-                else:
-                    self._polled.add(child)
-            except (OSError, ValueError, KeyError) as exc:  # never expected; never fatal
-                _emergency(f"inparallel: could not watch task process {child.pid}: {exc!r}")
-                self._polled.add(child)  # its exit is still seen, by polling
+            self._watch(selector, child)
             if child.options.timeout is not None and not child.timeout_armed:
                 child.timeout_armed = True
                 self._set_deadline(child, child.started + child.options.timeout)
         self._pending.clear()
+
+    def _watch(self, selector: selectors.BaseSelector, child: Child) -> None:
+        try:
+            if child.rfd is not None:
+                selector.register(child.rfd, selectors.EVENT_READ, (child, True))
+            if child.pidfd is not None:
+                selector.register(child.pidfd, selectors.EVENT_READ, (child, False))
+            else:
+                self._polled.add(child)
+        except (OSError, ValueError, KeyError) as exc:  # never expected; never fatal
+            _emergency(f"inparallel: could not watch task process {child.pid}: {exc!r}")
+            self._polled.add(child)  # its exit is still seen, by polling
 
     def _timeout(self) -> float | None:
         heap = self._heap
@@ -361,7 +355,11 @@ class Supervisor:
         try:
             payload, buffers = child.reader.parts(child.pid)
         except FrameError as exc:
-            self._reject(child, str(exc))
+            # The shared memory went with the child (killed before we could open it): the
+            # result is lost, which is a death, not a bad frame.
+            child.detail = f"its result was lost: {exc}"
+            self._close_pipe(child)
+            self.send_signal(child, signal.SIGKILL)
             return
         # Unpickling runs user code (``__reduce__``, imports) here, outside the lock.
         child.outcome = decode(
@@ -404,8 +402,8 @@ class Supervisor:
         elif child.timed_out:
             ok, outcome = False, TaskTimeout(child.pid, child.options.timeout or 0.0)
         else:
-            detail = ""
-            if child.reader.started:
+            detail = child.detail
+            if child.reader.started and not detail:
                 total = child.reader.expected
                 detail = f"truncated result ({child.reader.received} of {total or '?'} bytes)"
             signum = -exitcode if exitcode is not None and exitcode < 0 else None
@@ -534,13 +532,6 @@ def wait_idle(timeout: float) -> bool:
         return _SUPERVISOR is None
     _SUPERVISOR._baton.release()
     return True
-
-
-def stop_if_idle(timeout: float) -> bool:
-    """End the thread's idle grace now, if nothing is in flight (for tests); wait for it."""
-    if _SUPERVISOR is None or _SUPERVISOR.statistics()["in_flight"]:
-        return wait_idle(0)
-    return _SUPERVISOR.park(timeout)
 
 
 def statistics() -> dict[str, Any]:

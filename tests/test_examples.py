@@ -1,0 +1,109 @@
+"""Every script in examples/ runs as a user would run it, and prints what it promises.
+
+Each example runs in a fresh interpreter from the repository root, with a timeout, with stdout on
+a pipe (so stdio is block-buffered) and with ``-W error``: an example that warns, leaks a child
+or loses a line fails here.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import subprocess
+import sys
+import time
+
+import _faults
+import pytest
+
+SERVERS = [
+    "alpha.local", "bravo.local", "charlie.local", "delta.local", "echo.local", "foxtrot.local",
+    "golf.local", "hotel.local", "india.local", "juliet.local", "kilo.local", "lima.local",
+]  # fmt: skip
+
+
+def run_example(name: str, timeout: float = 30.0, *, as_module: bool = False) -> list[str]:
+    """Run ``examples/<name>``; assert it exits 0 with nothing on stderr; return its stdout lines.
+
+    ``as_module`` runs ``python -m examples.<name>`` without PYTHONPATH: the package is found in
+    the current directory, as for someone who has just cloned the repository.
+    """
+    env = _faults.python_env()
+    if as_module:
+        env.pop("PYTHONPATH")
+        target = ["-m", f"examples.{name.removesuffix('.py')}"]
+    else:
+        target = [f"examples/{name}"]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-W", "error", *target],
+            cwd=_faults.REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"").decode(errors="replace")
+        err = (exc.stderr or b"").decode(errors="replace")
+        pytest.fail(f"{name} did not finish in {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+    out = proc.stdout.decode()
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}"
+    assert err == "", f"{name} wrote to stderr:\n{err}"
+    return out.splitlines()
+
+
+def _uname_lines(lines: list[str]) -> list[str]:
+    uname = f"{platform.system()} {platform.node()} {platform.release()}"
+    servers = []
+    for line in lines:
+        server, sep, text = line.partition(": ")
+        assert sep, f"not a 'server: uname' line: {line!r}"
+        assert text.startswith(uname), f"{line!r} is not `uname -a` output ({uname} ...)"
+        servers.append(server)
+    return servers
+
+
+def test_uname_example_reports_every_server_once() -> None:
+    lines = run_example("uname.py")
+    assert sorted(_uname_lines(lines)) == sorted(SERVERS)
+
+
+def test_throttled_example_reports_every_server_once_with_three_in_flight() -> None:
+    lines = run_example("throttled.py")
+    *results, last = lines
+    assert sorted(_uname_lines(results)) == sorted(SERVERS)
+    # Twelve servers and a factor of 3: the list fills up to exactly three, never beyond.
+    assert last == "at most 3 tasks were in flight at once"
+
+
+def test_demo_shows_each_feature_in_under_five_seconds() -> None:
+    started = time.monotonic()
+    lines = run_example("demo.py", timeout=20)
+    elapsed = time.monotonic() - started
+    text = "\n".join(lines)
+    parent = int(re.search(r"The parent process is (\d+)\.", text)[1])
+    child = int(re.search(r"square\(7\) = 49, computed in child process (\d+)", text)[1])
+    assert child != parent
+    assert "ValueError: port out of range: 99999" in text
+    assert re.search(r"raised in the child at demo\.py, line \d+, in parse_port:", text)
+    assert re.search(r"WorkerDied: task process \d+ was killed by SIGSEGV", text)
+    timeout = re.search(r"TaskTimeout after (\d+\.\d) s: task process \d+ did not finish", text)
+    assert timeout, text
+    assert 0.5 <= float(timeout[1]) < 2.0
+    naps = re.findall(r"nap (\w+) done at (\d+\.\d) s", text)
+    assert sorted(name for name, _ in naps) == sorted(
+        ["one", "two", "three", "four", "five", "six"]
+    )
+    assert "at most 2 naps ran at once" in text
+    total = float(re.search(r"all six took (\d+\.\d) s", text)[1])
+    assert total < 3.0, text
+    assert elapsed < 5.0, f"the demo took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("name", ["demo.py", "uname.py", "throttled.py"])
+def test_examples_run_as_modules_from_the_repository_root(name: str) -> None:
+    lines = run_example(name, as_module=True)
+    assert lines
