@@ -59,6 +59,7 @@ OS_THREAD_WAIT = 0.01
 _fork_lock = threading.RLock()
 _hooks_installed = False
 _native_threads = False  # a thread unknown to `threading` kept the OS thread count above 1
+_inherited_pipe: list[int] = []  # in a task's child: its result pipe, closed in any descendant
 
 
 def spawn(
@@ -97,7 +98,7 @@ def spawn(
             raise SpawnError(exc.errno, f"could not fork the task process: {exc}; {_HINT}") from exc
         if pid == 0:
             # Our own result pipe is a library fd for anything this task forks in turn.
-            _supervisor.get().fds.add(wfd)
+            _inherited_pipe.append(wfd)
             run_child(wfd, call, options, child_plan)
         os.close(wfd)
         os.set_blocking(rfd, False)
@@ -183,6 +184,10 @@ def _after_fork_child() -> None:
     _fork_lock = threading.RLock()  # the old one is held by the thread that forked us
     _native_threads = False
     _supervisor.reset_in_child()
+    for fd in _inherited_pipe:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _inherited_pipe.clear()
 
 
 def _at_exit() -> None:
