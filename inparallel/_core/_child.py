@@ -34,7 +34,7 @@ from ._errors import MemoryLimitExceeded, ResultNotPicklable
 from ._options import TaskOptions
 from ._wire import Encoded, encode_error, encode_value, send
 
-__all__ = ("Plan", "plan", "prime_lifeline", "run_child")
+__all__ = ("Plan", "forget_spares", "plan", "prime_lifeline", "run_child")
 
 #: Exit status of a child whose own machinery failed (EX_SOFTWARE); the parent reports it as
 #: WorkerDied with this code.
@@ -129,9 +129,14 @@ def prime_lifeline(wfd: int) -> None:
 
 
 def _arm_lifeline(wfd: int) -> None:
-    # From now on we die when the parent does, whichever of its threads forked us.
+    # From now on we die when the parent does, whichever of its threads forked us. If it died
+    # before we got here, the signal has come and gone: the read end is already closed.
     if _F_SETSIG is not None:
         fcntl.fcntl(wfd, fcntl.F_SETOWN, os.getpid())
+        poller = select.poll()
+        poller.register(wfd, select.POLLERR)
+        if poller.poll(0):
+            os._exit(INTERNAL_ERROR)
 
 
 def _disarm_lifeline(wfd: int) -> None:
@@ -219,6 +224,11 @@ def _spare(name: str, fd: int, like: io.TextIOWrapper | None = None) -> io.TextI
         )
         _SPARES[key] = spare
     return spare
+
+
+def forget_spares() -> None:
+    """In a forked child: drop the spares, which may now be this process's sys.stdout etc."""
+    _SPARES.clear()
 
 
 def _spare_for(name: str, fd: int) -> io.TextIOWrapper | None:

@@ -28,13 +28,14 @@ import atexit
 import contextlib
 import functools
 import os
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import _supervisor
+from . import _child, _future, _supervisor
 from ._child import plan, prime_lifeline, run_child
 from ._errors import SpawnError
 from ._future import TaskFuture
@@ -83,6 +84,7 @@ def spawn(
         except OSError as exc:
             raise SpawnError(exc.errno, f"could not create a result pipe: {exc}; {_HINT}") from exc
         supervisor.fds.add(rfd)  # so every forked child, this one included, closes it
+        os.set_blocking(rfd, False)
         prime_lifeline(wfd)
         _flush_std_streams()
         child_plan = plan()
@@ -95,23 +97,40 @@ def spawn(
             supervisor.fds.discard(rfd)
             os.close(rfd)
             os.close(wfd)
+            supervisor.resume()  # a parked supervisor has other children to watch
             raise SpawnError(exc.errno, f"could not fork the task process: {exc}; {_HINT}") from exc
         if pid == 0:
             # Our own result pipe is a library fd for anything this task forks in turn.
             _inherited_pipe.append(wfd)
             run_child(wfd, call, options, child_plan)
-        os.close(wfd)
-        os.set_blocking(rfd, False)
-        pidfd = _pidfd_open(pid)
-        if pidfd is not None:
-            supervisor.fds.add(pidfd)
-        child = _supervisor.Child(pid, pidfd, rfd, options, started)
-        future: TaskFuture[R] = TaskFuture(
-            pid, name, functools.partial(supervisor.send_signal, child)
-        )
-        child.future = future
+        try:
+            os.close(wfd)
+            pidfd = _pidfd_open(pid)
+            if pidfd is not None:
+                supervisor.fds.add(pidfd)
+            child = _supervisor.Child(pid, pidfd, rfd, options, started)
+            future: TaskFuture[R] = TaskFuture(
+                pid, name, functools.partial(supervisor.send_signal, child)
+            )
+            child.future = future
+        except BaseException:
+            # Ctrl-C (or anything) between the fork and the registration: do not leave an
+            # unwatched child behind.
+            _abandon(supervisor, pid, rfd)
+            raise
         supervisor.add(child)
     return future
+
+
+def _abandon(supervisor: _supervisor.Supervisor, pid: int, rfd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.waitpid(pid, 0)  # SIGKILLed: returns at once
+    supervisor.fds.discard(rfd)
+    with contextlib.suppress(OSError):
+        os.close(rfd)
+    supervisor.resume()
 
 
 _HINT = "too many tasks in flight? throttle them with waitfor(..., concurrency_factor=N)"
@@ -184,6 +203,8 @@ def _after_fork_child() -> None:
     _fork_lock = threading.RLock()  # the old one is held by the thread that forked us
     _native_threads = False
     _supervisor.reset_in_child()
+    _future.on_supervisor.active = False  # forked from a done-callback: not the supervisor here
+    _child.forget_spares()  # the spares may be this process's live streams now
     for fd in _inherited_pipe:
         with contextlib.suppress(OSError):
             os.close(fd)

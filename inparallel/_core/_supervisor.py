@@ -144,10 +144,10 @@ class Supervisor:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._direct = isinstance(self._selector, getattr(selectors, "EpollSelector", ()))
-        self._pending = list(self._children.values())
 
     def _close(self) -> None:
-        # The thread is leaving: an idle process holds no library fd at all.
+        # The thread leaves with nothing to watch: an idle process holds no library fd at all.
+        # (A parked thread leaves the selector as it is, with every child still registered.)
         assert self._selector is not None
         self._selector.close()
         self._selector = None
@@ -156,8 +156,7 @@ class Supervisor:
             os.close(fd)
         self._wake_r = self._wake_w = -1
         self._polled.clear()
-        if not self._children:
-            self._heap.clear()  # only stale entries are left
+        self._heap.clear()  # only stale entries are left
 
     def add(self, child: Child) -> None:
         """Hand a freshly forked child to the thread, starting the thread if needed."""
@@ -176,14 +175,19 @@ class Supervisor:
                     self._wake()
                 return
             self._pending.append(child)
+            self._start()
+
+    def _start(self) -> None:
+        # Under the lock (and the fork lock, for the fds `_open` creates).
+        if self._selector is None:
             self._open()
-            self._running = True
-            self._started.clear()
-            self._baton.acquire()  # the previous thread may be in its last instructions
-            # A bare thread, not threading.Thread: start() would wait until the new thread has
-            # run, and right after a fork that costs ~1 ms on 2 cores (measured) while the
-            # child takes the CPU. The baton stands in for join().
-            _thread.start_new_thread(self._main, ())
+        self._running = True
+        self._started.clear()
+        self._baton.acquire()  # the previous thread may be in its last instructions
+        # A bare thread, not threading.Thread: start() would wait until the new thread has
+        # run, and right after a fork that costs ~1 ms on 2 cores (measured) while the child
+        # takes the CPU. The baton stands in for join().
+        _thread.start_new_thread(self._main, ())
 
     def park(self, timeout: float) -> bool:
         """Stop the thread and wait up to ``timeout`` seconds for it to end.
@@ -201,6 +205,13 @@ class Supervisor:
             return False
         self._baton.release()
         return True
+
+    def resume(self) -> None:
+        """Call off a park when no fork followed it: restart the thread if children remain."""
+        with self._lock:
+            self._stop = False
+            if self._children and not self._running:
+                self._start()
 
     def thread_alive(self) -> bool:
         """Whether a supervisor thread is currently running."""
@@ -253,7 +264,8 @@ class Supervisor:
             with self._lock:
                 self._register_pending(selector)
                 if self._stop or not self._children:
-                    self._close()
+                    if not self._children:
+                        self._close()
                     self._running = self._stop = False
                     return
                 timeout = self._timeout()
@@ -268,7 +280,7 @@ class Supervisor:
                     self._guarded((child, False))
 
     def _register_pending(self, selector: selectors.BaseSelector) -> None:
-        # New children, or (after a park) every live child: a new selector knows none of them.
+        # Children added while the thread was not waiting (or was not running).
         for child in self._pending:
             self._watch(selector, child)
             if child.options.timeout is not None and not child.timeout_armed:
@@ -353,7 +365,7 @@ class Supervisor:
 
     def _deliver(self, child: Child) -> None:
         try:
-            payload, buffers = child.reader.parts(child.pid)
+            payload, buffers = child.reader.parts(child.pid, self.fds)
         except FrameError as exc:
             # The shared memory went with the child (killed before we could open it): the
             # result is lost, which is a death, not a bad frame.
@@ -468,7 +480,14 @@ class Supervisor:
                 os.waitpid(child.pid, os.WNOHANG)
 
     def forget_in_child(self) -> None:
-        """In a freshly forked child: close every inherited library fd, drop all state."""
+        """In a freshly forked child: close every inherited library fd, drop all state.
+
+        Futures copied into the child still point at these records: mark them reaped (and
+        the lock new) so that their ``kill()``/``cancel()`` never signal a reused fd number.
+        """
+        self._lock = threading.Lock()
+        for child in self._children.values():
+            child.reaped, child.pidfd = True, None
         for fd in list(self.fds):
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -317,12 +317,13 @@ class FrameReader:
         self.kind, self.memfd, self._payload_len = Kind(kind), memfd, payload_len
         self.expected = need + payload_len + (sum(self.sizes) if memfd < 0 else 0)
 
-    def parts(self, pid: int) -> tuple[bytes, list[Any]]:
+    def parts(self, pid: int, fds: set[int]) -> tuple[bytes, list[Any]]:
         """Return the payload and its out-of-band buffers from a complete frame.
 
         Read-only buffers come back as ``bytes``, writable ones as writable buffers (so numpy
         arrays stay writable). Buffers sent through a memfd are read from the child's file,
-        which the child keeps open until the parent closes the pipe.
+        which the child keeps open until the parent closes the pipe; the file is in ``fds``
+        while it is open (the library's fd set: closed in any child forked meanwhile).
 
         Raises:
             FrameError: The shared memory could not be read or is shorter than declared.
@@ -333,7 +334,7 @@ class FrameReader:
         payload = bytes(data[offset : offset + self._payload_len])
         offset += self._payload_len
         if self.memfd >= 0:
-            return payload, _read_child_file(pid, self.memfd, self.sizes, self.readonly)
+            return payload, _read_child_file(pid, self.memfd, self.sizes, self.readonly, fds)
         buffers: list[Any] = []
         for size, readonly in zip(self.sizes, self.readonly, strict=True):
             piece = data[offset : offset + size]
@@ -342,13 +343,16 @@ class FrameReader:
         return payload, buffers
 
 
-def _read_child_file(pid: int, fd: int, sizes: list[int], readonly: list[bool]) -> list[Any]:
+def _read_child_file(
+    pid: int, fd: int, sizes: list[int], readonly: list[bool], fds: set[int]
+) -> list[Any]:
     # pread into fresh memory: the kernel's copy is several times cheaper than faulting in
     # a mapping page by page from user space (measured 0.06 s vs 0.3 s per 100 MB).
     try:
         file = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise FrameError(f"could not open the result's shared memory: {exc}") from exc
+    fds.add(file)
     try:
         if os.fstat(file).st_size < sum(sizes):
             raise FrameError("the result's shared memory is shorter than its header says")
@@ -356,16 +360,24 @@ def _read_child_file(pid: int, fd: int, sizes: list[int], readonly: list[bool]) 
         offset = 0
         for size, ro in zip(sizes, readonly, strict=True):
             if ro and size < _MAX_READ:
-                buffers.append(os.pread(file, size, offset))
+                data = os.pread(file, size, offset)
+                if len(data) < size:
+                    raise FrameError("the result's shared memory ended early")
+                buffers.append(data)
             else:
-                target = mmap.mmap(-1, max(size, 1))
+                # Private, not the default MAP_SHARED: later forks must copy it on write.
+                target = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
                 view = memoryview(target)[:size]
                 done = 0
                 while done < size:
-                    done += os.preadv(file, [view[done:]], offset + done)
+                    got = os.preadv(file, [view[done:]], offset + done)
+                    if got <= 0:
+                        raise FrameError("the result's shared memory ended early")
+                    done += got
                 buffers.append(bytes(view) if ro else view)
             offset += size
     finally:
+        fds.discard(file)  # forget it first: the number may be reused as soon as it closes
         os.close(file)
     return buffers
 
@@ -373,7 +385,8 @@ def _read_child_file(pid: int, fd: int, sizes: list[int], readonly: list[bool]) 
 _MAX_READ = 0x7FFFF000  # Linux transfers at most this much in one read(2)
 
 
-_PLAIN = frozenset({"set", "frozenset", "bytearray", "complex", "bytes"})
+# Protocol 5 has opcodes for every plain type but complex; anything else named is refused.
+_PLAIN = frozenset({"complex"})
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -397,7 +410,13 @@ def decode(
     """
     try:
         if restricted:
+            if buffers or kind is Kind.ERROR:  # never sent in restricted mode
+                raise pickle.UnpicklingError("restricted_results=True: unexpected frame layout")
             obj = _RestrictedUnpickler(io.BytesIO(payload)).load()
+            if kind is Kind.SURROGATE and not (
+                isinstance(obj, tuple) and len(obj) == 4 and all(type(x) is str for x in obj)
+            ):
+                raise pickle.UnpicklingError("restricted_results=True: malformed error report")
         else:
             obj = pickle.loads(payload, buffers=buffers)
     except BaseException as exc:
