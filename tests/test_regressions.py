@@ -1,0 +1,112 @@
+"""Regression tests for defects found in review of the core (one test per defect)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from inparallel import SpawnError, task
+from inparallel._core import _spawn
+
+np = pytest.importorskip("numpy")
+BOUND = 20.0
+
+
+def test_large_writable_result_is_private_to_the_parent() -> None:
+    # A >= 1 MiB array arrives through shared memory; the parent's copy must be private, so
+    # that a later child's in-place change stays in that child.
+    arr = task(lambda: np.zeros(1 << 18))().result(timeout=BOUND)
+
+    @task
+    def mutate() -> float:
+        arr[:] = 7.0
+        return float(arr[0])
+
+    assert mutate().result(timeout=BOUND) == 7.0
+    assert arr[0] == 0.0
+    arr[0] = 1.0  # and it is writable in the parent
+    assert arr[0] == 1.0
+
+
+def test_task_forked_from_a_callback_can_wait_for_nested_tasks() -> None:
+    @task
+    def leaf() -> int:
+        return 1
+
+    @task
+    def outer() -> int:
+        return leaf().result(timeout=BOUND)  # waits inside the child
+
+    box, ready = [], threading.Event()
+
+    def callback(_: object) -> None:
+        box.append(outer())  # runs on the supervisor thread
+        ready.set()
+
+    leaf().add_done_callback(callback)
+    assert ready.wait(BOUND)
+    assert box[0].result(timeout=BOUND) == 1
+
+
+NESTED_SPARES = """
+import sys
+from inparallel import task
+from inparallel._core import _child
+
+@task
+def spares_are_live():
+    plan = _child.plan()
+    return plan.stdout is sys.stdout, plan.stderr is sys.stderr
+
+print(spares_are_live().result(timeout=20))
+"""
+
+
+def test_nested_tasks_get_fresh_streams() -> None:
+    # Inside a task, the spare streams kept for its own children must not be the task's live
+    # sys.stdout/sys.stderr (a grandchild would reuse their buffers and locks). Run with real
+    # standard streams, outside pytest's capture.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", NESTED_SPARES],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(False, False)"
+
+
+def test_failed_fork_after_parking_keeps_watching_other_tasks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_spawn, "PARK", True)  # the 3.12+ path, on every version
+    r, w = os.pipe()
+    try:
+
+        @task
+        def waits() -> str:
+            os.read(r, 1)
+            return "done"
+
+        fut = waits()
+
+        def failing_fork() -> int:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        with monkeypatch.context() as m:
+            m.setattr(os, "fork", failing_fork)
+            with pytest.raises(SpawnError) as info:
+                waits()
+        assert info.value.errno == errno.EAGAIN
+        os.write(w, b"x")
+        assert fut.result(timeout=BOUND) == "done"  # the supervisor was not left parked
+    finally:
+        os.close(r)
+        os.close(w)
