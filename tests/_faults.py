@@ -424,6 +424,12 @@ def process_state(pid: int) -> str | None:
     return data[data.rindex(b")") + 2 :].split()[0].decode()
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` exists and has not exited (a zombie counts as gone)."""
+    state = process_state(pid)
+    return state is not None and state not in "ZX"
+
+
 def wait_state(pid: int, states: str, timeout: float = 5.0) -> bool:
     """Wait until ``pid`` is in one of ``states`` (letters, see `process_state`)."""
     deadline = time.monotonic() + timeout

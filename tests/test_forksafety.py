@@ -23,6 +23,7 @@ import threading
 import time
 
 import pytest
+from _faults import alive
 
 from inparallel import WorkerDied, task
 
@@ -76,20 +77,6 @@ def pipe():
 
 
 gate = pipe
-
-
-def proc_state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2 :].split()[0].decode()
-
-
-def alive(pid: int) -> bool:
-    state = proc_state(pid)
-    return state is not None and state not in "ZX"
 
 
 def survivors(pids: list[int], timeout: float) -> list[int]:

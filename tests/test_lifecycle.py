@@ -20,6 +20,8 @@ import threading
 import time
 
 import pytest
+from _faults import alive
+from _faults import process_state as proc_state
 
 from inparallel import WorkerDied, task
 from inparallel._core import _supervisor
@@ -92,21 +94,6 @@ def read_line(proc: subprocess.Popen[str], prefix: str) -> list[str]:
     line = proc.stdout.readline()
     assert line.startswith(prefix), (line, proc.stderr.read() if proc.poll() is not None else "")
     return line.split()[1:]
-
-
-def proc_state(pid: int) -> str | None:
-    """Return the /proc state letter of ``pid``, or None if it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2 :].split()[0].decode()
-
-
-def alive(pid: int) -> bool:
-    state = proc_state(pid)
-    return state is not None and state not in "ZX"
 
 
 class Watch:

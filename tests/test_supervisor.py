@@ -19,6 +19,7 @@ import threading
 import time
 
 import pytest
+from _faults import process_state as proc_state
 
 from inparallel import InParallelError, TaskTimeout, WorkerDied, task, waitfor
 from inparallel._core import _supervisor
@@ -79,15 +80,6 @@ def hooks(monkeypatch):
     monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args))
     monkeypatch.setattr(sys, "unraisablehook", lambda args: seen.append(args))
     return seen
-
-
-def proc_state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2 :].split()[0].decode()
 
 
 def wait_reaped(pid: int) -> None:

@@ -18,6 +18,7 @@ import threading
 import time
 
 import pytest
+from _faults import process_state as proc_state
 
 from inparallel import InParallelError, TaskFuture, TaskTimeout, WorkerDied, task, waitfor
 from inparallel._core import _supervisor
@@ -81,16 +82,6 @@ def started():
     s = Signal()
     yield s
     s.close()
-
-
-def proc_state(pid: int) -> str | None:
-    """Return the /proc state letter of ``pid`` (R, S, Z, ...), or None if it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2 :].split()[0].decode()
 
 
 def stats() -> dict[str, object]:
