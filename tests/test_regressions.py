@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from inparallel import SpawnError, task
+from inparallel import RemoteError, SpawnError, task
 from inparallel._core import _spawn
 
 np = pytest.importorskip("numpy")
@@ -110,3 +110,36 @@ def test_failed_fork_after_parking_keeps_watching_other_tasks(
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_exception_the_parent_cannot_rebuild_keeps_its_report() -> None:
+    @task
+    def fails() -> None:
+        class Local(Exception):
+            pass
+
+        # A module-level name that exists in the child only: it pickles here, and the
+        # parent's lookup of it fails.
+        Local.__module__, Local.__qualname__ = __name__, "OnlyInChild"
+        globals()["OnlyInChild"] = Local
+        raise Local("disk quota exceeded on /data")
+
+    exc = fails().exception(timeout=BOUND)
+    assert isinstance(exc, RemoteError), repr(exc)
+    assert exc.type_name.endswith("OnlyInChild")
+    assert exc.message == "disk quota exceeded on /data"
+    assert "in fails" in exc.traceback_text
+    assert "could not be unpickled in the parent" in exc.reason
+
+
+def test_large_result_of_a_non_dumpable_task_arrives() -> None:
+    # A task that hardens itself (PR_SET_DUMPABLE 0) cannot lend its fds through /proc: its
+    # big result takes the pipe instead of shared memory.
+    @task
+    def hardened() -> bytes:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+        return b"h" * (3 << 20)
+
+    assert hardened().result(timeout=BOUND) == b"h" * (3 << 20)

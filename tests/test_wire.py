@@ -338,8 +338,12 @@ def test_b7_result_that_fails_to_unpickle_in_the_parent(gate: _faults.Gate, trac
 def test_b7_exception_that_fails_to_unpickle_in_the_parent() -> None:
     exc, _ = wait_exception(raise_parent_only_error())
     assert type(exc) is RemoteError
-    assert exc.type_name.endswith("InjectedFault")
-    assert "unpickl" in exc.reason
+    # The report names the task's own exception; why it could not be rebuilt is the reason.
+    assert exc.type_name.endswith("ParentOnlyError")
+    assert exc.message == "loads in the child only"
+    assert "raise" in exc.traceback_text  # the child's traceback, as text
+    assert "unpickl" in exc.reason and "InjectedFault" in exc.reason
+    assert type(exc.__cause__).__name__ == "InjectedFault"
 
 
 @task

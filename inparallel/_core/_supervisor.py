@@ -302,6 +302,9 @@ class Supervisor:
 
     def _timeout(self) -> float | None:
         heap = self._heap
+        if len(heap) > 2 * len(self._children) + 64:  # mostly stale: rebuild, keep it small
+            heap[:] = [e for e in heap if not e[2].reaped and e[2].deadline == e[0]]
+            heapq.heapify(heap)
         while heap and (heap[0][2].reaped or heap[0][2].deadline != heap[0][0]):
             heapq.heappop(heap)  # stale: moved, or its child is gone; must not wake us
         timeout = None

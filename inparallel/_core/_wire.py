@@ -191,6 +191,8 @@ def encode_error(exc: BaseException, restricted: bool) -> Encoded:
     restricted mode, a surrogate of plain strings is sent and the parent raises `RemoteError`.
     """
     reason = "restricted_results=True: exceptions arrive as RemoteError"
+    cls = type(exc)
+    report = (f"{cls.__module__}.{cls.__qualname__}", _safe_str(exc), _format(exc))
     if not restricted:
         pickles = False  # whether the exception's state pickles at all (with or without tb)
         for pickler_cls in (_ErrorPickler, pickle.Pickler, _ArgsPickler):
@@ -203,10 +205,9 @@ def encode_error(exc: BaseException, restricted: bool) -> Encoded:
             except BaseException as failure:
                 reason = f"could not transfer the exception: {type(failure).__name__}: {failure}"
                 continue
-            return Encoded(Kind.ERROR, payload, [])
-    cls = type(exc)
-    surrogate = (f"{cls.__module__}.{cls.__qualname__}", _safe_str(exc), _format(exc), reason)
-    return Encoded(Kind.SURROGATE, pickle.dumps(surrogate, protocol=5), [])
+            # The plain-text report travels too, for a parent that cannot rebuild the type.
+            return Encoded(Kind.ERROR, pickle.dumps((report, payload), protocol=5), [])
+    return Encoded(Kind.SURROGATE, pickle.dumps((*report, reason), protocol=5), [])
 
 
 def _safe_str(exc: BaseException) -> str:
@@ -223,6 +224,20 @@ def write_all(fd: int, data: memoryview | bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def _parent_can_open_our_fds() -> bool:
+    # The parent reads the memfd through /proc/<pid>/fd, which needs ptrace read access: a
+    # task that changed its credentials or made itself non-dumpable must use the pipe.
+    if sys.platform != "linux":
+        return False
+    try:
+        import ctypes
+
+        dumpable = ctypes.CDLL(None, use_errno=True).prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
+    except (OSError, AttributeError):
+        return False
+    return bool(dumpable == 1)
+
+
 def send(fd: int, encoded: Encoded) -> bool:
     """Write one frame to ``fd``; return True if the buffers went into a memfd.
 
@@ -232,7 +247,7 @@ def send(fd: int, encoded: Encoded) -> bool:
     buffers = encoded.buffers
     total = sum(b.nbytes for b in buffers)
     memfd = -1
-    if total >= SHM_THRESHOLD and hasattr(os, "memfd_create") and sys.platform == "linux":
+    if total >= SHM_THRESHOLD and hasattr(os, "memfd_create") and _parent_can_open_our_fds():
         memfd = os.memfd_create("inparallel-result")
         for buf in buffers:
             write_all(memfd, buf)
@@ -426,7 +441,15 @@ def decode(
         return True, obj
     if kind is Kind.SURROGATE:
         return False, RemoteError(*obj)
-    return False, obj
+    (type_name, message, traceback_text), exc_payload = obj
+    try:
+        return False, pickle.loads(exc_payload)
+    except BaseException as failure:  # the parent lacks the class, or its __reduce__ fails
+        why = f"{type(failure).__name__}: {failure}"
+        reason = f"the exception could not be unpickled in the parent: {why}"
+        error = RemoteError(type_name, message, traceback_text, reason)
+        error.__cause__ = failure
+        return False, error
 
 
 def _remote(exc: BaseException, reason: str) -> RemoteError:
