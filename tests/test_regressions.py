@@ -13,11 +13,11 @@ import pytest
 from inparallel import RemoteError, SpawnError, task
 from inparallel._core import _spawn
 
-np = pytest.importorskip("numpy")
 BOUND = 20.0
 
 
 def test_large_writable_result_is_private_to_the_parent() -> None:
+    np = pytest.importorskip("numpy")  # in the test extra; the numpy array is the common case
     # A >= 1 MiB array arrives through shared memory; the parent's copy must be private, so
     # that a later child's in-place change stays in that child.
     arr = task(lambda: np.zeros(1 << 18))().result(timeout=BOUND)
