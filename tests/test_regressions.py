@@ -143,3 +143,39 @@ def test_large_result_of_a_non_dumpable_task_arrives() -> None:
         return b"h" * (3 << 20)
 
     assert hardened().result(timeout=BOUND) == b"h" * (3 << 20)
+
+
+FD_LIMIT = """
+import os, resource
+from inparallel import SpawnError, task
+
+@task
+def waits(r):
+    os.read(r, 1)
+    return 1
+
+r, w = os.pipe()
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 24, 4096))
+futures = []
+try:
+    for _ in range(100):
+        futures.append(waits(r))
+except SpawnError as exc:
+    error = exc
+os.write(w, b"x" * len(futures))
+assert all(f.result(timeout=20) == 1 for f in futures)
+print(len(futures), type(error).__name__, error.errno, isinstance(error, OSError))
+"""
+
+
+def test_fd_exhaustion_is_spawn_error_and_the_rest_completes() -> None:
+    # catalogue G1: past RLIMIT_NOFILE a call raises SpawnError (EMFILE) synchronously; the
+    # tasks already started are still watched and finish.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", FD_LIMIT], capture_output=True, text=True, timeout=60, cwd=root
+    )
+    assert out.returncode == 0, out.stderr
+    started, name, code, is_oserror = out.stdout.split()
+    assert int(started) >= 3
+    assert (name, code, is_oserror) == ("SpawnError", str(errno.EMFILE), "True")

@@ -84,25 +84,30 @@ def spawn(
         except OSError as exc:
             raise SpawnError(exc.errno, f"could not create a result pipe: {exc}; {_HINT}") from exc
         supervisor.fds.add(rfd)  # so every forked child, this one included, closes it
-        os.set_blocking(rfd, False)
-        prime_lifeline(wfd)
-        _flush_std_streams()
-        child_plan = plan()
-        if PARK:
-            _park(supervisor)
-        started = time.monotonic()
         try:
+            os.set_blocking(rfd, False)
+            prime_lifeline(wfd)
+            _flush_std_streams()
+            child_plan = plan()
+            if PARK:
+                _park(supervisor)
+            started = time.monotonic()
             pid = os.fork()
-        except OSError as exc:
+        except BaseException as exc:
             supervisor.fds.discard(rfd)
             os.close(rfd)
             os.close(wfd)
-            supervisor.resume()  # a parked supervisor has other children to watch
-            raise SpawnError(exc.errno, f"could not fork the task process: {exc}; {_HINT}") from exc
+            with contextlib.suppress(OSError):
+                supervisor.resume()  # a parked supervisor has other children to watch
+            if isinstance(exc, OSError):
+                message = f"could not start the task process: {exc}; {_HINT}"
+                raise SpawnError(exc.errno, message) from exc
+            raise
         if pid == 0:
             # Our own result pipe is a library fd for anything this task forks in turn.
             _inherited_pipe.append(wfd)
             run_child(wfd, call, options, child_plan)
+        pidfd = None
         try:
             os.close(wfd)
             pidfd = _pidfd_open(pid)
@@ -113,24 +118,31 @@ def spawn(
                 pid, name, functools.partial(supervisor.send_signal, child)
             )
             child.future = future
-        except BaseException:
+            supervisor.add(child)
+        except BaseException as exc:
             # Ctrl-C (or anything) between the fork and the registration: do not leave an
             # unwatched child behind.
-            _abandon(supervisor, pid, rfd)
+            _abandon(supervisor, pid, rfd, pidfd)
+            if isinstance(exc, OSError):
+                raise SpawnError(
+                    exc.errno, f"could not watch the task process: {exc}; {_HINT}"
+                ) from exc
             raise
-        supervisor.add(child)
     return future
 
 
-def _abandon(supervisor: _supervisor.Supervisor, pid: int, rfd: int) -> None:
+def _abandon(supervisor: _supervisor.Supervisor, pid: int, rfd: int, pidfd: int | None) -> None:
     with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(OSError):
         os.waitpid(pid, 0)  # SIGKILLed: returns at once
-    supervisor.fds.discard(rfd)
+    for fd in (rfd, pidfd):
+        if fd is not None:
+            supervisor.fds.discard(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
     with contextlib.suppress(OSError):
-        os.close(rfd)
-    supervisor.resume()
+        supervisor.resume()
 
 
 _HINT = "too many tasks in flight? throttle them with waitfor(..., concurrency_factor=N)"
@@ -176,7 +188,10 @@ def _park(supervisor: _supervisor.Supervisor) -> None:
 
 
 def _os_threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:  # EMFILE: cannot tell; do not wait for what we cannot see
+        return 1
 
 
 def _install_hooks() -> None:

@@ -159,8 +159,15 @@ class Supervisor:
         self._heap.clear()  # only stale entries are left
 
     def add(self, child: Child) -> None:
-        """Hand a freshly forked child to the thread, starting the thread if needed."""
+        """Hand a freshly forked child to the thread, starting the thread if needed.
+
+        Raises:
+            OSError: The selector or wakeup pipe could not be created (EMFILE); nothing was
+                registered.
+        """
         with self._lock:
+            if self._selector is None:
+                self._open()  # first, so that a failure leaves no trace
             self._children[child.pid] = child
             self.counts["spawned"] += 1
             self._stop = False  # a park that timed out is called off: the thread carries on
