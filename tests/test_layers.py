@@ -15,8 +15,9 @@ PACKAGE = pathlib.Path(inparallel.__file__).parent
 LAYERS = [
     ("_core._errors",),
     ("_core._wire",),
-    ("_core._options",),
+    ("_core._reader", "_core._options"),
     ("_core._child", "_core._future"),
+    ("_core._record",),
     ("_core._supervisor",),
     ("_core._spawn",),
     ("_task", "_waitfor", "_progress"),

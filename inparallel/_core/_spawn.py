@@ -40,6 +40,7 @@ from ._child import plan, prime_lifeline, run_child
 from ._errors import SpawnError
 from ._future import TaskFuture
 from ._options import TaskOptions
+from ._record import Child
 
 __all__ = ("spawn",)
 
@@ -113,7 +114,7 @@ def spawn(
             pidfd = _pidfd_open(pid)
             if pidfd is not None:
                 supervisor.fds.add(pidfd)
-            child = _supervisor.Child(pid, pidfd, rfd, options, started)
+            child = Child(pid, pidfd, rfd, options, started)
             future: TaskFuture[R] = TaskFuture(
                 pid, name, functools.partial(supervisor.send_signal, child)
             )

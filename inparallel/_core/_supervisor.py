@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import _thread
 import contextlib
-import enum
 import heapq
 import itertools
 import os
@@ -41,17 +40,15 @@ import signal
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import _future
 from ._errors import RemoteError, TaskTimeout, WorkerDied
-from ._future import Rusage, TaskFuture
-from ._options import TaskOptions
-from ._wire import FrameError, FrameReader, decode
+from ._future import Rusage
+from ._reader import FrameError, decode
+from ._record import Child, Phase
 
 __all__ = (
-    "Child",
     "Supervisor",
     "get",
     "statistics",
@@ -75,38 +72,6 @@ THREAD_NAME = "inparallel-supervisor"
 # `threading`'s registry of live threads (stable private names on 3.11-3.13).
 _THREADING_ACTIVE: dict[int, threading.Thread] = getattr(threading, "_active")  # noqa: B009
 _THREADING_LOCK: threading.Lock = getattr(threading, "_active_limbo_lock")  # noqa: B009
-
-
-class Phase(enum.Enum):
-    """Where a child is in its life, as the supervisor sees it."""
-
-    COMPUTING = "computing"  #: no byte of the frame has arrived yet
-    RECEIVING = "receiving"  #: the frame is arriving
-    DELIVERED = "delivered"  #: the outcome is known; waiting for the child to exit
-
-
-@dataclass(eq=False)
-class Child:
-    """The supervisor's record of one child process."""
-
-    pid: int
-    pidfd: int | None
-    rfd: int | None
-    options: TaskOptions
-    started: float
-    future: TaskFuture[Any] | None = None
-    reader: FrameReader = field(init=False)
-    phase: Phase = Phase.COMPUTING
-    outcome: tuple[bool, Any] | None = None
-    deadline: float | None = None
-    last_progress: float = 0.0
-    timed_out: bool = False
-    timeout_armed: bool = False
-    reaped: bool = False
-    detail: str = ""  # why a result that arrived could not be used
-
-    def __post_init__(self) -> None:
-        self.reader = FrameReader(self.options.max_result_size)
 
 
 class Supervisor:

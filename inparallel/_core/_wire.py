@@ -13,14 +13,14 @@ may hold a copy of the write end for ever). Large buffers (numpy arrays, big ``b
 copy-on-write instead of pulling the data through a 64 KiB pipe, so a 100 MB result costs one
 memory copy instead of four (pickle, pipe in, pipe out, unpickle).
 
-Everything here is pure encoding: no threads, no process control.
+This module holds the format and the child's side (encoding and sending); ``_reader`` the
+parent's. Everything here is pure encoding: no threads, no process control.
 """
 
 from __future__ import annotations
 
 import enum
 import io
-import mmap
 import os
 import pickle
 import struct
@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import cloudpickle  # type: ignore[import-untyped]
 from tblib import pickling_support  # type: ignore[import-untyped]
 
-from ._errors import RemoteError, ResultNotPicklable
+from ._errors import ResultNotPicklable
 
 HEADER = struct.Struct("<4sB3xQIi")
 SIZE = struct.Struct("<Q")
@@ -174,7 +174,7 @@ class _ArgsPickler(pickle.Pickler):
         return NotImplemented
 
 
-def _format(exc: BaseException) -> str:
+def format_exception(exc: BaseException) -> str:
     try:
         return "".join(traceback.format_exception(exc))
     except BaseException:
@@ -192,7 +192,7 @@ def encode_error(exc: BaseException, restricted: bool) -> Encoded:
     """
     reason = "restricted_results=True: exceptions arrive as RemoteError"
     cls = type(exc)
-    report = (f"{cls.__module__}.{cls.__qualname__}", _safe_str(exc), _format(exc))
+    report = (f"{cls.__module__}.{cls.__qualname__}", safe_str(exc), format_exception(exc))
     if not restricted:
         pickles = False  # whether the exception's state pickles at all (with or without tb)
         for pickler_cls in (_ErrorPickler, pickle.Pickler, _ArgsPickler):
@@ -210,7 +210,7 @@ def encode_error(exc: BaseException, restricted: bool) -> Encoded:
     return Encoded(Kind.SURROGATE, pickle.dumps((*report, reason), protocol=5), [])
 
 
-def _safe_str(exc: BaseException) -> str:
+def safe_str(exc: BaseException) -> str:
     try:
         return str(exc)
     except BaseException:
@@ -261,201 +261,3 @@ def send(fd: int, encoded: Encoded) -> bool:
         for buf in buffers:
             write_all(fd, buf)
     return memfd >= 0
-
-
-# -- parent side ---------------------------------------------------------------------------------
-
-
-class FrameError(Exception):
-    """The bytes on a result pipe are not a valid frame (corrupt, or over the size cap)."""
-
-
-class FrameReader:
-    """Accumulate one frame from non-blocking reads; memory grows only as bytes arrive."""
-
-    def __init__(self, max_size: int) -> None:
-        self.max_size = max_size
-        self.received = 0
-        self.expected: int | None = None  # total frame length once the sizes are known
-        self.kind = Kind.VALUE
-        self.memfd = -1
-        self.sizes: list[int] = []
-        self.readonly: list[bool] = []
-        self._chunks: list[bytes] = []
-        self._payload_len = 0
-
-    @property
-    def started(self) -> bool:
-        """Whether any byte of the frame has arrived."""
-        return self.received > 0
-
-    @property
-    def complete(self) -> bool:
-        """Whether the whole frame has arrived."""
-        return self.expected is not None and self.received >= self.expected
-
-    def want(self) -> int:
-        """Return how many bytes to read next (never past the end of the frame)."""
-        if self.expected is None:
-            return 1 << 16
-        return min(self.expected - self.received, 1 << 20)
-
-    def feed(self, data: bytes) -> None:
-        """Add bytes read from the pipe.
-
-        Raises:
-            FrameError: The header is corrupt or declares more than ``max_size`` bytes.
-        """
-        self._chunks.append(data)
-        self.received += len(data)
-        if self.expected is None and self.received >= HEADER.size:
-            self._parse_header()
-
-    def _parse_header(self) -> None:
-        head = b"".join(self._chunks)
-        self._chunks = [head]
-        magic, kind, payload_len, count, memfd = HEADER.unpack_from(head)
-        if magic != MAGIC or kind not in Kind.__members__.values() or count > 1 << 20:
-            raise FrameError("corrupt result frame (bad header)")
-        need = HEADER.size + SIZE.size * count
-        if self.received < need:
-            return  # the sizes are still on their way; parse again on the next feed
-        raw = [SIZE.unpack_from(head, HEADER.size + SIZE.size * i)[0] for i in range(count)]
-        self.sizes = [size & ~READONLY for size in raw]
-        self.readonly = [bool(size & READONLY) for size in raw]
-        body = payload_len + sum(self.sizes)
-        if body > self.max_size:
-            raise FrameError(
-                f"result of {body} bytes exceeds max_result_size={self.max_size};"
-                " raise max_result_size= on the task, or return less data"
-            )
-        self.kind, self.memfd, self._payload_len = Kind(kind), memfd, payload_len
-        self.expected = need + payload_len + (sum(self.sizes) if memfd < 0 else 0)
-
-    def parts(self, pid: int, fds: set[int]) -> tuple[bytes, list[Any]]:
-        """Return the payload and its out-of-band buffers from a complete frame.
-
-        Read-only buffers come back as ``bytes``, writable ones as writable buffers (so numpy
-        arrays stay writable). Buffers sent through a memfd are read from the child's file,
-        which the child keeps open until the parent closes the pipe; the file is in ``fds``
-        while it is open (the library's fd set: closed in any child forked meanwhile).
-
-        Raises:
-            FrameError: The shared memory could not be read or is shorter than declared.
-        """
-        data = memoryview(b"".join(self._chunks))
-        self._chunks = []
-        offset = HEADER.size + SIZE.size * len(self.sizes)
-        payload = bytes(data[offset : offset + self._payload_len])
-        offset += self._payload_len
-        if self.memfd >= 0:
-            return payload, _read_child_file(pid, self.memfd, self.sizes, self.readonly, fds)
-        buffers: list[Any] = []
-        for size, readonly in zip(self.sizes, self.readonly, strict=True):
-            piece = data[offset : offset + size]
-            buffers.append(bytes(piece) if readonly else bytearray(piece))
-            offset += size
-        return payload, buffers
-
-
-def _read_child_file(
-    pid: int, fd: int, sizes: list[int], readonly: list[bool], fds: set[int]
-) -> list[Any]:
-    # pread into fresh memory: the kernel's copy is several times cheaper than faulting in
-    # a mapping page by page from user space (measured 0.06 s vs 0.3 s per 100 MB).
-    try:
-        file = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise FrameError(f"could not open the result's shared memory: {exc}") from exc
-    fds.add(file)
-    try:
-        if os.fstat(file).st_size < sum(sizes):
-            raise FrameError("the result's shared memory is shorter than its header says")
-        buffers: list[Any] = []
-        offset = 0
-        for size, ro in zip(sizes, readonly, strict=True):
-            if ro and size < _MAX_READ:
-                data = os.pread(file, size, offset)
-                if len(data) < size:
-                    raise FrameError("the result's shared memory ended early")
-                buffers.append(data)
-            else:
-                # Private, not the default MAP_SHARED: later forks must copy it on write.
-                target = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-                view = memoryview(target)[:size]
-                done = 0
-                while done < size:
-                    got = os.preadv(file, [view[done:]], offset + done)
-                    if got <= 0:
-                        raise FrameError("the result's shared memory ended early")
-                    done += got
-                buffers.append(bytes(view) if ro else view)
-            offset += size
-    finally:
-        fds.discard(file)  # forget it first: the number may be reused as soon as it closes
-        os.close(file)
-    return buffers
-
-
-_MAX_READ = 0x7FFFF000  # Linux transfers at most this much in one read(2)
-
-
-# Protocol 5 has opcodes for every plain type but complex; anything else named is refused.
-_PLAIN = frozenset({"complex"})
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Load only plain data: containers, numbers, strings, bytes. No class can be named."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "builtins" and name in _PLAIN:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"restricted_results=True refuses to load {module}.{name}; return plain data only"
-        )
-
-
-def decode(
-    kind: Kind, payload: bytes, buffers: list[memoryview], restricted: bool
-) -> tuple[bool, Any]:
-    """Rebuild an outcome in the parent: ``(True, value)`` or ``(False, exception)``.
-
-    Never raises: anything that goes wrong while unpickling (even `SystemExit` raised by a
-    ``__reduce__``) becomes a `RemoteError` for this one task.
-    """
-    try:
-        if restricted:
-            if buffers or kind is Kind.ERROR:  # never sent in restricted mode
-                raise pickle.UnpicklingError("restricted_results=True: unexpected frame layout")
-            obj = _RestrictedUnpickler(io.BytesIO(payload)).load()
-            if kind is Kind.SURROGATE and not (
-                isinstance(obj, tuple) and len(obj) == 4 and all(type(x) is str for x in obj)
-            ):
-                raise pickle.UnpicklingError("restricted_results=True: malformed error report")
-        else:
-            obj = pickle.loads(payload, buffers=buffers)
-    except BaseException as exc:
-        what = "result" if kind is Kind.VALUE else "exception"
-        return False, _remote(exc, f"the task's {what} could not be unpickled in the parent")
-    if kind is Kind.VALUE:
-        return True, obj
-    if kind is Kind.SURROGATE:
-        return False, RemoteError(*obj)
-    (type_name, message, traceback_text), exc_payload = obj
-    try:
-        return False, pickle.loads(exc_payload)
-    except BaseException as failure:  # the parent lacks the class, or its __reduce__ fails
-        why = f"{type(failure).__name__}: {failure}"
-        reason = f"the exception could not be unpickled in the parent: {why}"
-        error = RemoteError(type_name, message, traceback_text, reason)
-        error.__cause__ = failure
-        return False, error
-
-
-def _remote(exc: BaseException, reason: str) -> RemoteError:
-    cls = type(exc)
-    error = RemoteError(
-        f"{cls.__module__}.{cls.__qualname__}", _safe_str(exc), _format(exc), reason
-    )
-    error.__cause__ = exc
-    return error

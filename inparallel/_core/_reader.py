@@ -1,0 +1,213 @@
+"""The parent's side of the result frame: reading it as it arrives, and rebuilding the outcome.
+
+The frame format is described in ``_wire``. Everything here runs on the supervisor thread and
+never raises out of `decode`: a bad frame or a failing unpickle fails one task only.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+import pickle
+from typing import Any
+
+from ._errors import RemoteError
+from ._wire import HEADER, MAGIC, READONLY, SIZE, Kind, format_exception, safe_str
+
+__all__ = ("FrameError", "FrameReader", "decode")
+
+
+class FrameError(Exception):
+    """The bytes on a result pipe are not a valid frame (corrupt, or over the size cap)."""
+
+
+class FrameReader:
+    """Accumulate one frame from non-blocking reads; memory grows only as bytes arrive."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self.received = 0
+        self.expected: int | None = None  # total frame length once the sizes are known
+        self.kind = Kind.VALUE
+        self.memfd = -1
+        self.sizes: list[int] = []
+        self.readonly: list[bool] = []
+        self._chunks: list[bytes] = []
+        self._payload_len = 0
+
+    @property
+    def started(self) -> bool:
+        """Whether any byte of the frame has arrived."""
+        return self.received > 0
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole frame has arrived."""
+        return self.expected is not None and self.received >= self.expected
+
+    def want(self) -> int:
+        """Return how many bytes to read next (never past the end of the frame)."""
+        if self.expected is None:
+            return 1 << 16
+        return min(self.expected - self.received, 1 << 20)
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes read from the pipe.
+
+        Raises:
+            FrameError: The header is corrupt or declares more than ``max_size`` bytes.
+        """
+        self._chunks.append(data)
+        self.received += len(data)
+        if self.expected is None and self.received >= HEADER.size:
+            self._parse_header()
+
+    def _parse_header(self) -> None:
+        head = b"".join(self._chunks)
+        self._chunks = [head]
+        magic, kind, payload_len, count, memfd = HEADER.unpack_from(head)
+        if magic != MAGIC or kind not in Kind.__members__.values() or count > 1 << 20:
+            raise FrameError("corrupt result frame (bad header)")
+        need = HEADER.size + SIZE.size * count
+        if self.received < need:
+            return  # the sizes are still on their way; parse again on the next feed
+        raw = [SIZE.unpack_from(head, HEADER.size + SIZE.size * i)[0] for i in range(count)]
+        self.sizes = [size & ~READONLY for size in raw]
+        self.readonly = [bool(size & READONLY) for size in raw]
+        body = payload_len + sum(self.sizes)
+        if body > self.max_size:
+            raise FrameError(
+                f"result of {body} bytes exceeds max_result_size={self.max_size};"
+                " raise max_result_size= on the task, or return less data"
+            )
+        self.kind, self.memfd, self._payload_len = Kind(kind), memfd, payload_len
+        self.expected = need + payload_len + (sum(self.sizes) if memfd < 0 else 0)
+
+    def parts(self, pid: int, fds: set[int]) -> tuple[bytes, list[Any]]:
+        """Return the payload and its out-of-band buffers from a complete frame.
+
+        Read-only buffers come back as ``bytes``, writable ones as writable buffers (so numpy
+        arrays stay writable). Buffers sent through a memfd are read from the child's file,
+        which the child keeps open until the parent closes the pipe; the file is in ``fds``
+        while it is open (the library's fd set: closed in any child forked meanwhile).
+
+        Raises:
+            FrameError: The shared memory could not be read or is shorter than declared.
+        """
+        data = memoryview(b"".join(self._chunks))
+        self._chunks = []
+        offset = HEADER.size + SIZE.size * len(self.sizes)
+        payload = bytes(data[offset : offset + self._payload_len])
+        offset += self._payload_len
+        if self.memfd >= 0:
+            return payload, _read_child_file(pid, self.memfd, self.sizes, self.readonly, fds)
+        buffers: list[Any] = []
+        for size, readonly in zip(self.sizes, self.readonly, strict=True):
+            piece = data[offset : offset + size]
+            buffers.append(bytes(piece) if readonly else bytearray(piece))
+            offset += size
+        return payload, buffers
+
+
+def _read_child_file(
+    pid: int, fd: int, sizes: list[int], readonly: list[bool], fds: set[int]
+) -> list[Any]:
+    # pread into fresh memory: the kernel's copy is several times cheaper than faulting in
+    # a mapping page by page from user space (measured 0.06 s vs 0.3 s per 100 MB).
+    try:
+        file = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FrameError(f"could not open the result's shared memory: {exc}") from exc
+    fds.add(file)
+    try:
+        if os.fstat(file).st_size < sum(sizes):
+            raise FrameError("the result's shared memory is shorter than its header says")
+        buffers: list[Any] = []
+        offset = 0
+        for size, ro in zip(sizes, readonly, strict=True):
+            if ro and size < _MAX_READ:
+                data = os.pread(file, size, offset)
+                if len(data) < size:
+                    raise FrameError("the result's shared memory ended early")
+                buffers.append(data)
+            else:
+                # Private, not the default MAP_SHARED: later forks must copy it on write.
+                target = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+                view = memoryview(target)[:size]
+                done = 0
+                while done < size:
+                    got = os.preadv(file, [view[done:]], offset + done)
+                    if got <= 0:
+                        raise FrameError("the result's shared memory ended early")
+                    done += got
+                buffers.append(bytes(view) if ro else view)
+            offset += size
+    finally:
+        fds.discard(file)  # forget it first: the number may be reused as soon as it closes
+        os.close(file)
+    return buffers
+
+
+_MAX_READ = 0x7FFFF000  # Linux transfers at most this much in one read(2)
+
+
+# Protocol 5 has opcodes for every plain type but complex; anything else named is refused.
+_PLAIN = frozenset({"complex"})
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Load only plain data: containers, numbers, strings, bytes. No class can be named."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "builtins" and name in _PLAIN:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"restricted_results=True refuses to load {module}.{name}; return plain data only"
+        )
+
+
+def decode(
+    kind: Kind, payload: bytes, buffers: list[memoryview], restricted: bool
+) -> tuple[bool, Any]:
+    """Rebuild an outcome in the parent: ``(True, value)`` or ``(False, exception)``.
+
+    Never raises: anything that goes wrong while unpickling (even `SystemExit` raised by a
+    ``__reduce__``) becomes a `RemoteError` for this one task.
+    """
+    try:
+        if restricted:
+            if buffers or kind is Kind.ERROR:  # never sent in restricted mode
+                raise pickle.UnpicklingError("restricted_results=True: unexpected frame layout")
+            obj = _RestrictedUnpickler(io.BytesIO(payload)).load()
+            if kind is Kind.SURROGATE and not (
+                isinstance(obj, tuple) and len(obj) == 4 and all(type(x) is str for x in obj)
+            ):
+                raise pickle.UnpicklingError("restricted_results=True: malformed error report")
+        else:
+            obj = pickle.loads(payload, buffers=buffers)
+    except BaseException as exc:
+        what = "result" if kind is Kind.VALUE else "exception"
+        return False, _remote(exc, f"the task's {what} could not be unpickled in the parent")
+    if kind is Kind.VALUE:
+        return True, obj
+    if kind is Kind.SURROGATE:
+        return False, RemoteError(*obj)
+    (type_name, message, traceback_text), exc_payload = obj
+    try:
+        return False, pickle.loads(exc_payload)
+    except BaseException as failure:  # the parent lacks the class, or its __reduce__ fails
+        why = f"{type(failure).__name__}: {failure}"
+        reason = f"the exception could not be unpickled in the parent: {why}"
+        error = RemoteError(type_name, message, traceback_text, reason)
+        error.__cause__ = failure
+        return False, error
+
+
+def _remote(exc: BaseException, reason: str) -> RemoteError:
+    cls = type(exc)
+    error = RemoteError(
+        f"{cls.__module__}.{cls.__qualname__}", safe_str(exc), format_exception(exc), reason
+    )
+    error.__cause__ = exc
+    return error
