@@ -489,7 +489,7 @@ def test_user_wait_loop_in_another_thread_does_not_hang_tasks():
                     pass
                 time.sleep(0.001)  # a careless user reaper, polling on purpose
 
-        t = threading.Thread(target=reaper)
+        t = threading.Thread(target=reaper, daemon=True)  # a failure must not hang the exit
         t.start()
         results = []
         for i in range(30):
@@ -498,6 +498,11 @@ def test_user_wait_loop_in_another_thread_does_not_hang_tasks():
                 results.append(f.result(timeout=10))
             except WorkerDied as e:
                 results.append(["died", e.exitcode])
+            except TimeoutError:
+                with open(f"/proc/{f.pid}/stat") as stat:
+                    state = stat.read().rsplit(")", 1)[1].split()[0]
+                print("UNRESOLVED", i, repr(f), "child state", state, flush=True)
+                raise
         stop.set()
         t.join()
         print(json.dumps(results), flush=True)

@@ -69,10 +69,6 @@ EXIT_POLL = 0.05
 
 THREAD_NAME = "inparallel-supervisor"
 
-# `threading`'s registry of live threads (stable private names on 3.11-3.13).
-_THREADING_ACTIVE: dict[int, threading.Thread] = getattr(threading, "_active")  # noqa: B009
-_THREADING_LOCK: threading.Lock = getattr(threading, "_active_limbo_lock")  # noqa: B009
-
 
 class Supervisor:
     """Watches children, enforces deadlines and resolves futures. One per process."""
@@ -224,8 +220,10 @@ class Supervisor:
                 self._running = False
         finally:
             # Dummy entries are never removed by `threading` itself (3.11); ours goes now.
-            with _THREADING_LOCK:
-                _THREADING_ACTIVE.pop(threading.get_ident(), None)
+            # `threading`'s registry (stable private names on 3.11-3.13), looked up now: a
+            # forked child gets new ones.
+            with getattr(threading, "_active_limbo_lock"):  # noqa: B009
+                getattr(threading, "_active").pop(threading.get_ident(), None)  # noqa: B009
             self.ident = self.native_id = None
             self._baton.release()
 
