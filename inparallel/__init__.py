@@ -1,7 +1,9 @@
 """inparallel: fork-per-call process parallelism.
 
 Decorate a function with `task`; each call forks the interpreter, runs the function in the
-child and returns a `TaskFuture` at once. `waitfor` throttles and collects futures.
+child and returns a `TaskFuture` at once. `waitfor` throttles and collects futures. Above
+them: read-ahead (`thread_preload`, `process_preload`), parallel maps (`thread_map`,
+`process_map`, `ItemizedMap`), a streaming `StreamExecutor`, and `process_parallel` pipelines.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from ._core._errors import (
     WorkerDied,
 )
 from ._core._future import Rusage, TaskFuture
+from ._map import ItemizedMap, MapIterator, process_map, thread_map
+from ._pipeline import process_parallel
+from ._preload import Preloader, process_preload, thread_preload
+from ._stream import StreamExecutor
 from ._task import task
 from ._waitfor import waitfor
 
@@ -28,15 +34,24 @@ __version__ = "0.1.0.dev0"
 
 __all__ = (
     "InParallelError",
+    "ItemizedMap",
+    "MapIterator",
     "MemoryLimitExceeded",
+    "Preloader",
     "RemoteError",
     "ResultNotPicklable",
     "Rusage",
     "SpawnError",
+    "StreamExecutor",
     "TaskFuture",
     "TaskTimeout",
     "WorkerDied",
     "__version__",
+    "process_map",
+    "process_parallel",
+    "process_preload",
     "task",
+    "thread_map",
+    "thread_preload",
     "waitfor",
 )

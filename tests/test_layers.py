@@ -16,11 +16,14 @@ LAYERS = [
     ("_core._errors",),
     ("_core._wire",),
     ("_core._reader", "_core._options"),
-    ("_core._child", "_core._future"),
+    ("_core._child", "_core._future", "_core._channel"),
     ("_core._record",),
     ("_core._supervisor",),
     ("_core._spawn",),
-    ("_task", "_waitfor", "_progress"),
+    ("_task", "_waitfor", "_progress", "_workers"),
+    ("_pools", "_preload", "_stream"),
+    ("_map",),
+    ("_pipeline",),
 ]
 
 

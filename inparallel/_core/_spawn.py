@@ -20,6 +20,12 @@ right, and we let it through. Filtering the warning instead would hide real haza
 thread-safe (``catch_warnings`` mutates global state). Parking costs a thread stop and start
 per fork (the thread is started bare, without ``Thread.start()``'s handshake, so this stays a
 small fraction of the fork itself); 3.11 does not warn and skips it.
+
+**Private pipes.** The tools above ``task`` (maps, preloaders) talk to long-lived children over
+pipes of their own. `open_pipe` makes them under the fork lock and records both ends; every
+forked child closes them all, except the ones its own `spawn` call names in ``keep=`` (those
+then stay private in that child, so its descendants close them in turn). Without this a worker
+of one map would hold the pipes of another map open, and none would ever see end-of-file.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from ._future import TaskFuture
 from ._options import TaskOptions
 from ._record import Child
 
-__all__ = ("spawn",)
+__all__ = ("close_fd", "open_pipe", "spawn")
 
 R = TypeVar("R")
 
@@ -62,14 +68,22 @@ _fork_lock = threading.RLock()
 _hooks_installed = False
 _native_threads = False  # a thread unknown to `threading` kept the OS thread count above 1
 _inherited_pipe: list[int] = []  # in a task's child: its result pipe, closed in any descendant
+_private_fds: set[int] = set()  # open_pipe() ends: closed in every forked child but the kept ones
+_keep: frozenset[int] = frozenset()  # the kept ones, for the fork in progress (under the lock)
 
 
 def spawn(
-    fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any], options: TaskOptions
+    fn: Callable[..., R],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: TaskOptions,
+    *,
+    keep: frozenset[int] = frozenset(),
 ) -> TaskFuture[R]:
     """Fork a child that runs ``fn(*args, **kwargs)`` and return its future at once.
 
     Blocks only for the fork itself (which copies the page tables: longer for a big parent).
+    ``keep`` names `open_pipe` ends that this child keeps open (all others are closed in it).
 
     Raises:
         SpawnError: No pipe or no process could be made (EMFILE, EAGAIN, ENOMEM). Nothing
@@ -93,7 +107,7 @@ def spawn(
             if PARK:
                 _park(supervisor)
             started = time.monotonic()
-            pid = os.fork()
+            pid = _fork(keep)
         except BaseException as exc:
             supervisor.fds.discard(rfd)
             os.close(rfd)
@@ -130,6 +144,15 @@ def spawn(
                 ) from exc
             raise
     return future
+
+
+def _fork(keep: frozenset[int]) -> int:
+    global _keep
+    _keep = keep  # read by the at-fork hook in the child
+    try:
+        return os.fork()
+    finally:
+        _keep = frozenset()  # in both processes
 
 
 def _abandon(supervisor: _supervisor.Supervisor, pid: int, rfd: int, pidfd: int | None) -> None:
@@ -221,10 +244,38 @@ def _after_fork_child() -> None:
     _supervisor.reset_in_child()
     _future.on_supervisor.active = False  # forked from a done-callback: not the supervisor here
     _child.forget_spares()  # the spares may be this process's live streams now
-    for fd in _inherited_pipe:
+    for fd in [*_inherited_pipe, *(_private_fds - _keep)]:
         with contextlib.suppress(OSError):
             os.close(fd)
     _inherited_pipe.clear()
+    _private_fds.intersection_update(_keep)  # still private: this child's own forks close them
+
+
+def open_pipe() -> tuple[int, int]:
+    """Create a pipe that no forked child inherits unless its `spawn` keeps the end.
+
+    Returns:
+        ``(read_fd, write_fd)``, both blocking. Close them with `close_fd`.
+
+    Raises:
+        SpawnError: No pipe could be made (EMFILE, ENFILE).
+    """
+    with _fork_lock:
+        _install_hooks()
+        try:
+            ends = os.pipe()
+        except OSError as exc:
+            raise SpawnError(exc.errno, f"could not create a pipe: {exc}; {_HINT}") from exc
+        _private_fds.update(ends)
+    return ends
+
+
+def close_fd(fd: int) -> None:
+    """Close an `open_pipe` end (under the fork lock, so no fork sees a reused number)."""
+    with _fork_lock:
+        _private_fds.discard(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _at_exit() -> None:

@@ -1,0 +1,98 @@
+"""`process_parallel`: generator -> parallel processors -> consumer, in bounded memory.
+
+It is a `process_map` pass with the consumer called in the caller's thread::
+
+    work_generator ──(pulled as room allows)──▶ forked workers: work_processor ──▶ result_consumer
+         caller's thread                           process_map pass                caller's thread
+
+At most ``maxsize_jobs + maxsize_results`` items are between the generator and the consumer
+at any time (pulled but not yet consumed), so a slow consumer makes the generator wait instead
+of letting memory grow. An error in any stage stops the workers and closes a generator the
+pipeline made, then is raised in the caller; every result before it has been consumed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from ._map import process_map
+
+__all__ = ("process_parallel",)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+DEFAULT_MAXSIZE = 1000
+
+
+def _size(label: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"process_parallel(): {label} must be an int, not {value!r}")
+    if value < 1:
+        raise ValueError(f"process_parallel(): {label} must be at least 1, not {value}")
+    return value
+
+
+def process_parallel(
+    work_generator: Iterable[T] | Callable[[], Iterable[T]],
+    work_processor: Callable[[T], R],
+    result_consumer: Callable[[R], object],
+    *,
+    workers: int | None = None,
+    maxsize_jobs: int = DEFAULT_MAXSIZE,
+    maxsize_results: int = DEFAULT_MAXSIZE,
+    maxsize_jobsize: int | None = None,
+    ordered: bool = True,
+    progress: bool = False,
+) -> None:
+    """Feed every item of ``work_generator`` through ``work_processor`` into ``result_consumer``.
+
+    Blocks until the generator is exhausted and every result consumed.
+
+    Args:
+        work_generator: An iterable, or a callable returning one (called once, here).
+        work_processor: Runs in forked workers, which inherit it (it need not be picklable);
+            items are pickled to them and results pickled back.
+        result_consumer: Called with each result, in the caller's thread.
+        workers: Worker processes; default ``os.cpu_count()``.
+        maxsize_jobs: Items that may wait for or be in a processor.
+        maxsize_results: Results that may wait for the consumer. Together they bound the
+            items in the pipeline.
+        maxsize_jobsize: The original library's name for ``maxsize_jobs``.
+        ordered: Consume results in input order (default), or as they finish.
+        progress: Show a tqdm progress bar.
+
+    Raises:
+        TypeError: A stage is not callable (or iterable), or a size is not an int.
+        ValueError: ``workers`` or a size is less than 1.
+        Exception: The first error of any stage, re-raised here after the pipeline stopped.
+    """
+    if maxsize_jobsize is not None:
+        maxsize_jobs = maxsize_jobsize
+    jobs = _size("maxsize_jobs", maxsize_jobs)
+    results = _size("maxsize_results", maxsize_results)
+    count = _size("workers", (os.cpu_count() or 1) if workers is None else workers)
+    for label, stage in (("work_processor", work_processor), ("result_consumer", result_consumer)):
+        if not callable(stage):
+            raise TypeError(f"process_parallel(): {label} must be callable, not {stage!r}")
+    made = callable(work_generator)
+    source: Any = work_generator() if callable(work_generator) else work_generator
+    try:
+        mapped = process_map(
+            work_processor,
+            source,
+            num_workers=count,
+            buffer_size=jobs + results,
+            ordered=ordered,
+            progress=progress,
+        )
+        with iter(mapped) as passing:
+            for result in passing:
+                result_consumer(result)
+    finally:
+        if made:
+            close = getattr(source, "close", None)
+            if callable(close):
+                close()  # our generator: runs its finally blocks (GeneratorExit)

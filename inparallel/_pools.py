@@ -1,0 +1,333 @@
+"""The engines behind one pass of a parallel map: worker threads, or forked worker processes.
+
+A pass (``_map``) cuts its input into chunks (`Chunk`) and hands them to a pool; the pool computes
+them and hands back `Done` records, in whatever order they finish. Both pools have the same
+four calls, all made from the consumer's thread:
+
+- ``slots()``: how many more chunks it takes now (two per worker: one running, one queued, so
+  a worker never waits for the parent between chunks);
+- ``submit(chunk)``: never blocks;
+- ``wait()``: blocks until at least one chunk is done, and returns every finished one;
+- ``close(kill)``: ends the pass (``kill=True`` stops the workers at once).
+
+`ProcessPool` forks its workers lazily, as chunks need them, from the consumer's thread. For an
+indexable input a chunk is just ``(start, stop)``: the worker reads the items from its own
+inherited copy of the input, so only results travel. Items of other inputs are pickled into the
+request. A worker that dies fails the chunks it held with `WorkerDied` (naming the item range);
+the other workers go on, so every earlier result is still delivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import queue
+import select
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from ._core._channel import dumps, load_error, pack_error, recv_message, send_message
+from ._core._errors import ResultNotPicklable, WorkerDied
+from ._core._reader import decode
+from ._core._wire import Kind
+from ._workers import Waker, Worker
+
+__all__ = ("Chunk", "Done", "Indexed", "ItemNotPicklable", "ProcessPool", "ThreadPool")
+
+#: Chunks a worker holds at once: the one it computes and the next, already in its pipe.
+PIPELINE = 2
+
+
+class Indexed:
+    """Zipped indexable inputs, seen through a range of positions (a slice of a map)."""
+
+    __slots__ = ("sequences", "view")
+
+    def __init__(self, sequences: Sequence[Sequence[Any]], view: range) -> None:
+        self.sequences = tuple(sequences)
+        self.view = view
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def item(self, i: int) -> tuple[Any, ...]:
+        """The argument tuple at position ``i`` of the view (``0 <= i < len``)."""
+        j = self.view[i]
+        return tuple(s[j] for s in self.sequences)
+
+    def items(self, start: int, stop: int) -> Iterable[tuple[Any, ...]]:
+        """The argument tuples at positions ``start..stop-1``, by slicing when inputs allow."""
+        positions = self.view[start:stop]
+        if positions.step > 0:
+            try:
+                columns = [
+                    s[positions.start : positions.stop : positions.step] for s in self.sequences
+                ]
+            except Exception:  # not sliceable (a plain __getitem__/__len__ class): go by index
+                columns = []
+            if columns and all(len(c) == len(positions) for c in columns):
+                return zip(*columns, strict=False)
+        return (tuple(s[j] for s in self.sequences) for j in positions)
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Positions ``start..stop-1`` of a pass; ``items`` holds them unless the input is indexed."""
+
+    start: int
+    stop: int
+    items: list[tuple[Any, ...]] | None = None
+
+
+class Done(NamedTuple):
+    """A computed chunk: the values in order up to the first error, which ends it."""
+
+    chunk: Chunk
+    values: list[Any]
+    error: BaseException | None
+    elapsed: float  # seconds the worker spent on it (feeds the automatic chunk size)
+
+
+class ItemNotPicklable(Exception):
+    """Item ``index`` of a chunk could not be pickled for a worker process."""
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
+def compute(
+    fn: Callable[..., Any], source: Indexed | None, chunk: Chunk
+) -> tuple[list[Any], BaseException | None, float]:
+    """Run ``fn`` over a chunk's items; stop at the first exception and return it."""
+    started = time.perf_counter()
+    values: list[Any] = []
+    append = values.append
+    error = None
+    try:
+        if chunk.items is not None:
+            for args in chunk.items:
+                append(fn(*args))
+        else:
+            assert source is not None
+            for args in source.items(chunk.start, chunk.stop):
+                append(fn(*args))
+    except BaseException as exc:  # the item's error, whatever it is, belongs to its position
+        error = exc
+    return values, error, time.perf_counter() - started
+
+
+# -- threads ---------------------------------------------------------------------------------
+
+
+class ThreadPool:
+    """Up to ``size`` daemon threads sharing one job queue; started as chunks need them."""
+
+    def __init__(self, fn: Callable[..., Any], source: Indexed | None, size: int) -> None:
+        self._fn, self._source, self._size = fn, source, size
+        self._jobs: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[Done] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._outstanding = 0
+        self._stopped = threading.Event()
+
+    def slots(self) -> int:
+        return PIPELINE * self._size - self._outstanding
+
+    def submit(self, chunk: Chunk) -> None:
+        self._outstanding += 1
+        self._jobs.put(chunk)
+        if len(self._threads) < min(self._size, self._outstanding):
+            thread = threading.Thread(
+                target=_thread_worker,
+                args=(self._fn, self._source, self._jobs, self._done, self._stopped),
+                name=f"inparallel-map-{len(self._threads)}",
+                daemon=True,  # a thread stuck in fn must never block interpreter exit
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def wait(self) -> list[Done]:
+        out = [self._done.get()]
+        with contextlib.suppress(queue.Empty):
+            while True:
+                out.append(self._done.get_nowait())
+        self._outstanding -= len(out)
+        return out
+
+    def close(self, kill: bool) -> None:
+        # Threads cannot be killed: they skip the chunks still queued and end after the one
+        # they are computing.
+        self._stopped.set()
+        for _ in self._threads:
+            self._jobs.put(None)
+
+
+def _thread_worker(
+    fn: Callable[..., Any],
+    source: Indexed | None,
+    jobs: queue.SimpleQueue[Chunk | None],
+    done: queue.SimpleQueue[Done],
+    stopped: threading.Event,
+) -> None:
+    while (chunk := jobs.get()) is not None and not stopped.is_set():
+        done.put(Done(chunk, *compute(fn, source, chunk)))
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+class ProcessPool:
+    """Up to ``size`` forked workers, each fed chunks over its own pipes.
+
+    The workers are forks of the caller at the moment each is started: they see ``fn`` and the
+    input as they are then, and nothing they change comes back but the results.
+    """
+
+    def __init__(
+        self, fn: Callable[..., Any], source: Indexed | None, size: int, name: str
+    ) -> None:
+        self._fn, self._source, self._size, self._name = fn, source, size, name
+        self._workers: dict[Worker, dict[int, Chunk]] = {}  # live worker -> chunks it holds
+        self._waker = Waker()
+        self._closed = False
+
+    def slots(self) -> int:
+        free = (self._size - len(self._workers)) * PIPELINE
+        return free + sum(PIPELINE - len(held) for held in self._workers.values())
+
+    def submit(self, chunk: Chunk) -> None:
+        """Send a chunk to the least busy worker, forking a new one when all are busy.
+
+        Raises:
+            ItemNotPicklable: One of the chunk's items cannot be pickled; nothing was sent.
+            SpawnError: A needed worker could not be started.
+        """
+        payload = _pack_request(chunk)
+        worker = min(self._workers, key=lambda w: len(self._workers[w]), default=None)
+        if worker is None or (self._workers[worker] and len(self._workers) < self._size):
+            worker = Worker(
+                _serve_chunks_factory(self._fn, self._source),
+                f"{self._name} worker",
+                self._waker.wake,
+            )
+            self._workers[worker] = {}
+        self._workers[worker][chunk.start] = chunk
+        worker.send(payload)
+
+    def wait(self) -> list[Done]:
+        while True:
+            out: list[Done] = []
+            for worker, held in list(self._workers.items()):
+                ended = worker.future.done()  # before reading: what it sent is all there
+                out.extend(_unpack_reply(message, held) for message in worker.read())
+                if ended:
+                    out.extend(self._retire(worker))
+            if out:
+                return out
+            self._block()
+
+    def _block(self) -> None:
+        poller = select.poll()
+        poller.register(self._waker.fileno(), select.POLLIN)
+        for worker in self._workers:
+            if not worker.eof:
+                poller.register(worker.replies, select.POLLIN)
+            if worker.wants_write:
+                poller.register(worker.requests, select.POLLOUT)
+        poller.poll()
+        self._waker.clear()
+        for worker in self._workers:
+            worker.flush()
+
+    def _retire(self, worker: Worker) -> list[Done]:
+        """A worker ended: fail what it still held (it has sent all it could)."""
+        held = self._workers.pop(worker)
+        worker.close()
+        if not held:
+            return []
+        cause = worker.future.exception()
+        out = []
+        for chunk in held.values():
+            error: BaseException
+            where = f"while computing items {chunk.start}..{chunk.stop - 1} of the map"
+            if isinstance(cause, WorkerDied):
+                detail = f"{cause.detail}; {where}" if cause.detail else where
+                error = WorkerDied(cause.pid, cause.exitcode, cause.signal, detail)
+                error.__cause__ = cause
+            else:
+                error = RuntimeError(f"map worker {worker.future.pid} ended {where}")
+                error.__cause__ = cause
+            out.append(Done(chunk, [], error, 0.0))
+        return out
+
+    def close(self, kill: bool) -> None:
+        """End the pass: ``kill`` SIGKILLs the workers, else they exit once their pipe ends."""
+        if self._closed:
+            return
+        self._closed = True
+        for worker in self._workers:
+            if kill:
+                worker.kill()
+            else:
+                worker.close()
+        self._workers.clear()
+        self._waker.close()
+
+
+def _pack_request(chunk: Chunk) -> bytes:
+    try:
+        return dumps((chunk.start, chunk.stop, chunk.items))
+    except ResultNotPicklable:
+        assert chunk.items is not None
+        for index, item in enumerate(chunk.items):
+            try:
+                dumps(item)
+            except ResultNotPicklable as exc:
+                raise ItemNotPicklable(index, exc.__cause__ or exc) from None
+        raise
+
+
+def _unpack_reply(message: bytes, held: dict[int, Chunk]) -> Done:
+    start, values_bytes, error_packed, elapsed = pickle.loads(message)
+    chunk = held.pop(start)
+    error = None if error_packed is None else load_error(error_packed)
+    ok, values = decode(Kind.VALUE, values_bytes, [], restricted=False)
+    if not ok:  # the parent lacks a class, or a __reduce__ fails here: fail the chunk
+        error, values = values, []
+    return Done(chunk, values, error, elapsed)
+
+
+def _serve_chunks_factory(
+    fn: Callable[..., Any], source: Indexed | None
+) -> Callable[[int, int], None]:
+    def serve(requests: int, replies: int) -> None:
+        """In the worker child: compute chunks until the parent closes the request pipe."""
+        while (message := recv_message(requests)) is not None:
+            start, stop, items = pickle.loads(message)
+            chunk = Chunk(start, stop, items)
+            values, error, elapsed = compute(fn, source, chunk)
+            send_message(replies, _pack_reply(start, values, error, elapsed))
+
+    return serve
+
+
+def _pack_reply(
+    start: int, values: list[Any], error: BaseException | None, elapsed: float
+) -> bytes:
+    try:
+        values_bytes = dumps(values)
+    except ResultNotPicklable:
+        for index, value in enumerate(values):
+            try:
+                dumps(value)
+            except ResultNotPicklable as exc:
+                values, error = values[:index], exc
+                break
+        values_bytes = dumps(values)
+    packed = None if error is None else pack_error(error)
+    return pickle.dumps((start, values_bytes, packed, elapsed), protocol=5)

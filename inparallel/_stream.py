@@ -1,0 +1,458 @@
+"""`StreamExecutor`: a `concurrent.futures.Executor` whose ``map`` streams its input.
+
+``submit`` runs each call in a forked child (``mode="process"``, one `task` per call) or in a
+worker thread (``mode="thread"``), at most ``max_workers`` at a time; the rest wait in a queue.
+In process mode a call starts in the submitting thread when a slot is free, and otherwise in a
+dispatcher thread that lives only while calls are queued.
+
+``map`` returns at once. A daemon *feeder* thread pulls the input and submits it, staying at
+most ``buffer_size`` items ahead of the consumer; the consumer waits on the futures in input
+order. An abandoned map (closed, garbage-collected, timed out, or failed) stops its feeder
+and cancels the work it had submitted (killing the children of running calls). The feeder is
+a daemon, so a live map never blocks interpreter exit, and a feeder stuck inside ``next()`` of
+its input is abandoned safely: it submits nothing once it comes back.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
+from itertools import islice
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from ._core._future import TaskFuture
+from ._core._options import TaskOptions
+from ._core._spawn import spawn
+
+__all__ = ("StreamExecutor",)
+
+R = TypeVar("R")
+_MISSING: Any = object()
+
+
+class _Call(Future[Any]):
+    """A submitted call; while it runs in a child, `cancel` kills the child."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]):
+        super().__init__()
+        self.call = (fn, args, kwargs)
+        self.task: TaskFuture[Any] | None = None
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self._state in {PENDING, FINISHED}:
+                return super().cancel()
+            task = self.task
+            if self._state != RUNNING or task is None:  # a thread call cannot be stopped
+                return self._state == CANCELLED_AND_NOTIFIED
+            self._state = CANCELLED_AND_NOTIFIED
+            self._condition.notify_all()
+        task.cancel()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+        return True
+
+    def copy_from(self, task: Future[Any]) -> None:
+        with self._condition:
+            if self._state != RUNNING:  # cancelled meanwhile
+                return
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            self.set_result(task.result())
+        else:
+            self.set_exception(error)
+
+
+class StreamExecutor(Executor):
+    """An executor that forks a child per call, or runs calls in threads.
+
+    Args:
+        max_workers: Most calls running at once; default ``os.cpu_count()`` for processes,
+            ``min(32, cpu count + 4)`` for threads.
+        mode: ``"process"`` (each call runs in a fresh fork of the caller: arguments and
+            ``fn`` are inherited, not pickled; the result is pickled back) or ``"thread"``.
+
+    Raises:
+        TypeError: ``max_workers`` is not an int.
+        ValueError: ``max_workers < 1``, or an unknown ``mode``.
+    """
+
+    def __init__(
+        self, max_workers: int | None = None, *, mode: Literal["process", "thread"] = "process"
+    ) -> None:
+        if mode not in ("process", "thread"):
+            raise ValueError(f"StreamExecutor mode must be 'process' or 'thread', not {mode!r}")
+        if max_workers is None:
+            cpus = os.cpu_count() or 1
+            max_workers = cpus if mode == "process" else min(32, cpus + 4)
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+            raise TypeError(f"max_workers must be an int or None, not {max_workers!r}")
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, not {max_workers}")
+        self._max, self._mode = max_workers, mode
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: deque[_Call] = deque()
+        self._running = 0
+        self._threads = 0  # dispatcher or worker threads alive
+        self._shutdown = False
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shutdown else f"{self._running} running"
+        return f"<StreamExecutor {self._mode} x{self._max}: {state}, {len(self._pending)} queued>"
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        """Schedule ``fn(*args, **kwargs)`` and return its future at once.
+
+        Raises:
+            RuntimeError: The executor is shut down.
+            TypeError: ``fn`` is not callable.
+        """
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable, not {type(fn).__name__} {fn!r}")
+        call = _Call(fn, args, kwargs)
+        start_now = False
+        with self._cond:
+            if self._shutdown:
+                raise RuntimeError("cannot submit to a StreamExecutor after shutdown()")
+            if self._mode == "process" and self._running < self._max and not self._pending:
+                self._running += 1
+                start_now = True
+            else:
+                self._pending.append(call)
+                self._ensure_thread()
+        if start_now:
+            self._start(call)
+        return call
+
+    def _ensure_thread(self) -> None:
+        # Under the lock. Process mode needs one dispatcher; thread mode one thread per call.
+        wanted = (
+            1 if self._mode == "process" else min(self._max, self._running + len(self._pending))
+        )
+        if self._threads < wanted:
+            self._threads += 1
+            target = self._dispatch if self._mode == "process" else self._work
+            threading.Thread(target=target, name="inparallel-stream", daemon=True).start()
+
+    def _start(self, call: _Call) -> None:
+        """Fork the call's child (process mode)."""
+        if not call.set_running_or_notify_cancel():
+            self._release()
+            return
+        fn, args, kwargs = call.call
+        try:
+            call.task = spawn(fn, args, kwargs, TaskOptions())
+        except BaseException as exc:
+            call.set_exception(exc)
+            self._release()
+            return
+        call.task.add_done_callback(functools.partial(self._finished, call))
+
+    def _finished(self, call: _Call, task: Future[Any]) -> None:
+        call.copy_from(task)
+        self._release()
+
+    def _release(self) -> None:
+        with self._cond:
+            self._running -= 1
+            self._cond.notify_all()
+
+    def _dispatch(self) -> None:
+        """Process mode: start queued calls as slots free up; end when none is queued."""
+        while True:
+            with self._cond:
+                while self._pending and self._running >= self._max:
+                    self._cond.wait()
+                if not self._pending:
+                    self._threads -= 1
+                    self._cond.notify_all()
+                    return
+                call = self._pending.popleft()
+                self._running += 1
+            self._start(call)
+
+    def _work(self) -> None:
+        """Thread mode: run queued calls; end when none is queued."""
+        while True:
+            with self._cond:
+                if not self._pending:
+                    self._threads -= 1
+                    self._cond.notify_all()
+                    return
+                call = self._pending.popleft()
+                self._running += 1
+            if call.set_running_or_notify_cancel():
+                fn, args, kwargs = call.call
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    call.set_exception(exc)
+                else:
+                    call.set_result(result)
+                del result
+            self._release()
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffer_size: int | None = 10000,
+        buffersize: int | None = _MISSING,
+    ) -> Iterator[R]:
+        """Return an iterator over ``fn(*items)`` for the zipped inputs, without blocking.
+
+        A background thread acquires the inputs and submits them, at most ``buffer_size``
+        items ahead of the consumer (``None``: no limit). Results come in input order.
+        ``timeout`` counts from this call: a result not there by then raises `TimeoutError`.
+        An item's error is raised at its position (after every earlier result) and ends the
+        map; so does closing the iterator, which also cancels the work submitted ahead.
+
+        Args:
+            fn: The function; inherited by the children in process mode.
+            iterables: Inputs, zipped (shortest wins); none at all gives an empty map.
+            timeout: Seconds from now for the whole map, or None.
+            chunksize: Items per submitted call (process mode amortises the fork).
+            buffer_size: Most items submitted but not yet consumed.
+            buffersize: The Python 3.14 spelling of ``buffer_size``.
+
+        Raises:
+            TypeError: ``fn`` is not callable, or both spellings of the buffer are given.
+            ValueError: ``buffer_size`` or ``chunksize`` is less than 1.
+            RuntimeError: The executor is shut down.
+        """
+        if buffersize is not _MISSING:
+            if buffer_size not in {10000, buffersize}:
+                raise TypeError("give buffer_size= or buffersize= (its alias), not both")
+            buffer_size = buffersize
+        if not callable(fn):
+            raise TypeError(f"map() needs a callable first, not {type(fn).__name__} {fn!r}")
+        for label, value in (("buffer_size", buffer_size), ("chunksize", chunksize)):
+            if value is None and label == "buffer_size":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"map(): {label} must be an int, not {value!r}")
+            if value < 1:
+                raise ValueError(
+                    f"map(): {label} must be at least 1, not {value}"
+                    + (" (None means no limit)" if label == "buffer_size" else "")
+                )
+        if self._shutdown:
+            raise RuntimeError("cannot map on a StreamExecutor after shutdown()")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not iterables:
+            return iter(())
+        state = _MapState(self, fn, zip(*iterables, strict=False), chunksize, buffer_size)
+        return _MapIterator(state, deadline)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuse new calls; optionally cancel queued ones; optionally wait for the rest.
+
+        Running calls finish (use ``future.cancel()`` to kill one in process mode). Maps in
+        progress fail with `CancelledError` at the first cancelled item.
+        """
+        with self._cond:
+            self._shutdown = True
+            cancelled = list(self._pending) if cancel_futures else []
+        for call in cancelled:
+            call.cancel()
+        if wait:
+            with self._cond:
+                while self._running or self._pending or self._threads:
+                    self._cond.wait()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown(wait=True)
+
+
+def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
+    values = []
+    for args in chunk:
+        try:
+            values.append(fn(*args))
+        except BaseException as exc:
+            raise _PartialChunk(values) from exc
+    return values
+
+
+class _PartialChunk(Exception):
+    """A chunk stopped at an error (its cause); ``args[0]`` holds the values before it."""
+
+
+_live_maps: weakref.WeakSet[_MapState] = weakref.WeakSet()
+_exit_hook = False
+
+
+class _MapState:
+    """What the feeder thread and the consumer share (the iterator itself is not shared)."""
+
+    def __init__(
+        self,
+        executor: StreamExecutor,
+        fn: Callable[..., Any],
+        items: Iterator[tuple[Any, ...]],
+        chunksize: int,
+        buffer_size: int | None,
+    ) -> None:
+        global _exit_hook
+        self.cond = threading.Condition(threading.Lock())
+        self.futures: deque[tuple[Future[Any], int]] = deque()
+        self.ahead = 0  # items pulled (or being pulled) and not yet consumed
+        self.limit = buffer_size
+        self.chunked = chunksize > 1  # each future holds a list of values
+        self.fed = False  # the feeder has ended
+        self.error: BaseException | None = None  # the input's own error, after the futures
+        self.stopped = False
+        with self.cond:
+            if not _exit_hook:
+                _exit_hook = True
+                atexit.register(_stop_all)
+            _live_maps.add(self)
+        thread = threading.Thread(
+            target=self._feed,
+            args=(executor, fn, items, chunksize),
+            name="inparallel-stream-feeder",
+            daemon=True,
+        )
+        thread.start()
+
+    def _feed(
+        self,
+        executor: StreamExecutor,
+        fn: Callable[..., Any],
+        items: Iterator[tuple[Any, ...]],
+        chunksize: int,
+    ) -> None:
+        cond = self.cond
+        try:
+            while True:
+                with cond:
+                    while self.limit is not None and self.ahead >= self.limit and not self.stopped:
+                        cond.wait()
+                    if self.stopped:
+                        return
+                    take = (
+                        chunksize if self.limit is None else min(chunksize, self.limit - self.ahead)
+                    )
+                    self.ahead += take
+                try:
+                    chunk = list(islice(items, take))
+                except BaseException as exc:  # the input's error: raised after the results
+                    self.error = exc
+                    return
+                if not chunk:
+                    return
+                if self.chunked:
+                    future = executor.submit(_run_chunk, fn, chunk)
+                else:
+                    future = executor.submit(fn, *chunk[0])
+                with cond:
+                    self.ahead -= take - len(chunk)
+                    if self.is_stopped():  # stop() ran while we pulled or submitted
+                        future.cancel()
+                        return
+                    self.futures.append((future, len(chunk)))
+                    cond.notify_all()
+                if len(chunk) < take:
+                    return
+        except BaseException as exc:  # submit refused (shut down) or could not fork
+            self.error = exc
+        finally:
+            with cond:
+                self.fed = True
+                cond.notify_all()
+
+    def is_stopped(self) -> bool:
+        return self.stopped
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            futures = [f for f, _ in self.futures]
+            self.futures.clear()
+            self.cond.notify_all()
+        for future in futures:
+            future.cancel()
+
+
+def _stop_all() -> None:
+    for state in list(_live_maps):
+        state.stop()
+
+
+class _MapIterator(Iterator[Any]):
+    def __init__(self, state: _MapState, deadline: float | None) -> None:
+        self._state, self._deadline = state, deadline
+        self._values: deque[Any] = deque()
+        self._error: BaseException | None = None
+        self._finalizer = weakref.finalize(self, state.stop)
+
+    def __iter__(self) -> _MapIterator:
+        return self
+
+    def _remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - time.monotonic())
+
+    def __next__(self) -> Any:
+        if self._values:
+            return self._values.popleft()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        state = self._state
+        with state.cond:
+            while not state.futures and not state.fed and not state.stopped:
+                remaining = self._remaining()
+                if remaining == 0.0:
+                    break
+                state.cond.wait(remaining)
+            if not state.futures:
+                failure, state.error = state.error, None
+                timed_out = not state.fed and not state.stopped
+        if not state.futures:
+            self.close()
+            if timed_out:
+                raise TimeoutError("StreamExecutor.map timed out waiting for its input")
+            if failure is not None:
+                raise failure
+            raise StopIteration
+        future, count = state.futures[0]
+        try:
+            result = future.result(self._remaining())
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, _PartialChunk) and exc.__cause__ is not None:
+                self._values.extend(exc.args[0])
+                self._error = exc.__cause__
+                return next(self)
+            raise
+        with state.cond:
+            state.futures.popleft()
+            state.ahead -= count
+            state.cond.notify_all()
+        if not state.chunked:
+            return result
+        self._values.extend(result)
+        return self._values.popleft()
+
+    def close(self) -> None:
+        """Stop the feeder and cancel every call submitted ahead."""
+        self._finalizer()
