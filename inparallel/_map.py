@@ -208,7 +208,7 @@ class MapIterator(Iterator[R]):
         items: list[tuple[Any, ...]] = []
         try:
             items.extend(islice(self._items, size))
-        except BaseException as exc:  # the input's own error, raised at its position
+        except Exception as exc:  # the input's own error, raised at its position (not Ctrl-C)
             self._fail_at(self._pulled + len(items), exc)
             return items
         if len(items) < size:
@@ -231,7 +231,7 @@ class MapIterator(Iterator[R]):
             assert chunk.items is not None
             chunk = Chunk(chunk.start, chunk.start + bad.index, chunk.items[: bad.index])
             self._pool.submit(chunk)
-        except BaseException as exc:  # SpawnError: no worker; fail this position
+        except Exception as exc:  # SpawnError: no worker; fail this position
             self._fail_at(chunk.start, exc)
             return
         self._pulled = max(self._pulled, chunk.stop)

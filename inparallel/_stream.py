@@ -55,6 +55,8 @@ class _Call(Future[Any]):
             if self._state != RUNNING or task is None:  # a thread call cannot be stopped
                 return self._state == CANCELLED_AND_NOTIFIED
             self._state = CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:  # wait() and as_completed() see it at once
+                waiter.add_cancelled(self)
             self._condition.notify_all()
         task.cancel()
         self._invoke_callbacks()  # type: ignore[attr-defined]
@@ -155,6 +157,8 @@ class StreamExecutor(Executor):
         except BaseException as exc:
             call.set_exception(exc)
             self._release()
+            if not isinstance(exc, Exception):
+                raise  # Ctrl-C in the submitting thread: the call failed, and so does submit
             return
         call.task.add_done_callback(functools.partial(self._finished, call))
 
