@@ -324,7 +324,7 @@ def _pack_reply(
     except ResultNotPicklable:
         for index, value in enumerate(values):
             try:
-                dumps(value)
+                dumps(value, "the mapped function returned")
             except ResultNotPicklable as exc:
                 values, error = values[:index], exc
                 break

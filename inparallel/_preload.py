@@ -122,11 +122,14 @@ class _ThreadState:
                 item = next(source)
             except BaseException as exc:  # StopIteration or the source's own error
                 with cond:
-                    self._ended = True
-                    self._end = None if isinstance(exc, StopIteration) else exc
+                    if not self._stopped:  # closed meanwhile: the consumer wants nothing more
+                        self._ended = True
+                        self._end = None if isinstance(exc, StopIteration) else exc
                     cond.notify_all()
                 return
             with cond:
+                if self._stopped:
+                    return
                 self._items.append(item)
                 cond.notify_all()
 
@@ -146,6 +149,7 @@ class _ThreadState:
         with self._cond:
             self._stopped = self._ended = True
             self._items.clear()
+            self._end = None
             self._cond.notify_all()
 
 
@@ -185,7 +189,7 @@ def _serve_source(source: Iterator[Any]) -> Any:
                 send_message(replies, pickle.dumps((_ERROR, pack_error(exc))))
                 return
             try:
-                payload = dumps(item)
+                payload = dumps(item, "the source yielded")
             except ResultNotPicklable as exc:
                 send_message(replies, pickle.dumps((_ERROR, pack_error(exc))))
                 return
@@ -256,6 +260,7 @@ class _ProcessState:
     def stop(self) -> None:
         self._ended = True
         self._items.clear()
+        self._end = None
         self._worker.kill()
         self._waker.close()
 

@@ -37,8 +37,10 @@ __all__ = (
 LENGTH = struct.Struct("<Q")
 
 
-def dumps(obj: object) -> bytes:
+def dumps(obj: object, what: str = "the worker sent") -> bytes:
     """Pickle ``obj`` for a message: plain pickle, cloudpickle for what it refuses.
+
+    ``what`` starts the error message ("the source yielded", ...).
 
     Raises:
         ResultNotPicklable: Neither could pickle it; the pickling error is the cause.
@@ -50,7 +52,7 @@ def dumps(obj: object) -> bytes:
             data: bytes = cloudpickle.dumps(obj, protocol=5)
         except BaseException:
             why = f"{type(first).__name__}: {first}"
-            raise ResultNotPicklable(type(obj).__qualname__, why) from first
+            raise ResultNotPicklable(type(obj).__qualname__, why, what) from first
         return data
 
 

@@ -137,22 +137,24 @@ class MemoryLimitExceeded(InParallelError, MemoryError):
 
 
 class ResultNotPicklable(InParallelError, TypeError):
-    """The task's return value could not be pickled in the child.
+    """A value a child sends back could not be pickled there.
 
-    The pickling error is attached as ``__cause__``.
+    The value is a task's result, a map's result or a preloaded item. The pickling error is
+    attached as ``__cause__``; ``what`` says where the value came from.
     """
 
-    def __init__(self, type_name: str, reason: str) -> None:
+    def __init__(self, type_name: str, reason: str, what: str = "the task returned") -> None:
         self.type_name = type_name
         self.reason = reason
+        self.what = what
         super().__init__(
-            f"the task returned a {type_name} that could not be pickled ({reason}); return plain"
+            f"{what} a {type_name} that could not be pickled ({reason}); return plain"
             " data (numbers, strings, lists, dicts, arrays) instead of live objects such as"
             " locks, open files, sockets or generators"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.type_name, self.reason))
+        return (type(self), (self.type_name, self.reason, self.what))
 
 
 class RemoteError(InParallelError):
