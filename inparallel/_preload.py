@@ -121,17 +121,22 @@ class _ThreadState:
             try:
                 item = next(source)
             except BaseException as exc:  # StopIteration or the source's own error
-                with cond:
-                    if not self._stopped:  # closed meanwhile: the consumer wants nothing more
-                        self._ended = True
-                        self._end = None if isinstance(exc, StopIteration) else exc
-                    cond.notify_all()
+                self._deliver(None, None if isinstance(exc, StopIteration) else exc, end=True)
                 return
-            with cond:
-                if self._stopped:
-                    return
+            if not self._deliver(item, None, end=False):
+                return
+
+    def _deliver(self, item: Any, error: BaseException | None, *, end: bool) -> bool:
+        """Hand over an item or the end; False once closed (the consumer wants nothing more)."""
+        with self._cond:
+            if self._stopped:
+                return False
+            if end:
+                self._ended, self._end = True, error
+            else:
                 self._items.append(item)
-                cond.notify_all()
+            self._cond.notify_all()
+            return True
 
     def next(self) -> tuple[bool, Any]:
         with self._cond:
