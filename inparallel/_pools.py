@@ -293,12 +293,17 @@ def _pack_request(chunk: Chunk) -> bytes:
 
 
 def _unpack_reply(message: bytes, held: dict[int, Chunk]) -> Done:
-    start, values_bytes, error_packed, elapsed = pickle.loads(message)
+    start, values_blob, value_blobs, error_packed, elapsed = pickle.loads(message)
     chunk = held.pop(start)
     error = None if error_packed is None else load_error(error_packed)
-    ok, values = decode(Kind.VALUE, values_bytes, [], restricted=False)
-    if not ok:  # the parent lacks a class, or a __reduce__ fails here: fail the chunk
-        error, values = values, []
+    if values_blob is not None:  # plain data: cannot fail to load
+        return Done(chunk, pickle.loads(values_blob), error, elapsed)
+    values: list[Any] = []
+    for blob in value_blobs:
+        ok, value = decode(Kind.VALUE, blob, [], restricted=False)
+        if not ok:  # the parent lacks a class, or a __reduce__ fails here: fail this item
+            return Done(chunk, values, value, elapsed)
+        values.append(value)
     return Done(chunk, values, error, elapsed)
 
 
@@ -316,18 +321,28 @@ def _serve_chunks_factory(
     return serve
 
 
+#: Result types whose pickles always load: a chunk of only these travels as one pickle.
+_PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
 def _pack_reply(
     start: int, values: list[Any], error: BaseException | None, elapsed: float
 ) -> bytes:
-    try:
-        values_bytes = dumps(values)
-    except ResultNotPicklable:
-        for index, value in enumerate(values):
+    """Encode a computed chunk (in the worker child).
+
+    Plain values go as one pickle. Others go one pickle each, so that a value that will not
+    pickle here, or not load in the parent, fails at its own position and every value before
+    it is still delivered.
+    """
+    values_blob, value_blobs = None, []
+    if all(type(v) in _PLAIN for v in values):
+        values_blob = pickle.dumps(values, protocol=5)
+    else:
+        for value in values:
             try:
-                dumps(value, "the mapped function returned")
+                value_blobs.append(dumps(value, "the mapped function returned"))
             except ResultNotPicklable as exc:
-                values, error = values[:index], exc
+                error = exc
                 break
-        values_bytes = dumps(values)
     packed = None if error is None else pack_error(error)
-    return pickle.dumps((start, values_bytes, packed, elapsed), protocol=5)
+    return pickle.dumps((start, values_blob, value_blobs, packed, elapsed), protocol=5)

@@ -31,7 +31,7 @@ from typing import Any, Literal, TypeVar
 
 from ._core._future import TaskFuture
 from ._core._options import TaskOptions
-from ._core._spawn import spawn
+from ._core._spawn import install_hooks, spawn
 
 __all__ = ("StreamExecutor",)
 
@@ -107,6 +107,7 @@ class StreamExecutor(Executor):
         self._running = 0
         self._threads = 0  # dispatcher or worker threads alive
         self._shutdown = False
+        _at_exit_stop(self)
 
     def __repr__(self) -> str:
         state = "shut down" if self._shutdown else f"{self._running} running"
@@ -299,8 +300,24 @@ class _PartialChunk(Exception):
     """A chunk stopped at an error (its cause); ``args[0]`` holds the values before it."""
 
 
-_live_maps: weakref.WeakSet[_MapState] = weakref.WeakSet()
+_stop_at_exit: weakref.WeakSet[StreamExecutor | _MapState] = weakref.WeakSet()
+_exit_lock = threading.Lock()
 _exit_hook = False
+
+
+def _at_exit_stop(obj: StreamExecutor | _MapState) -> None:
+    """Stop ``obj`` at interpreter exit, before the core kills and reaps every child.
+
+    Daemon threads keep running while ``atexit`` handlers do; without this a feeder or a
+    dispatcher would go on forking while the interpreter tears itself down.
+    """
+    global _exit_hook
+    with _exit_lock:
+        if not _exit_hook:
+            install_hooks()  # registered first, so the core's handler runs after ours
+            atexit.register(_stop_all)
+            _exit_hook = True
+        _stop_at_exit.add(obj)
 
 
 class _MapState:
@@ -314,7 +331,6 @@ class _MapState:
         chunksize: int,
         buffer_size: int | None,
     ) -> None:
-        global _exit_hook
         self.cond = threading.Condition(threading.Lock())
         self.futures: deque[tuple[Future[Any], int]] = deque()
         self.ahead = 0  # items pulled (or being pulled) and not yet consumed
@@ -323,11 +339,7 @@ class _MapState:
         self.fed = False  # the feeder has ended
         self.error: BaseException | None = None  # the input's own error, after the futures
         self.stopped = False
-        with self.cond:
-            if not _exit_hook:
-                _exit_hook = True
-                atexit.register(_stop_all)
-            _live_maps.add(self)
+        _at_exit_stop(self)
         thread = threading.Thread(
             target=self._feed,
             args=(executor, fn, items, chunksize),
@@ -396,8 +408,11 @@ class _MapState:
 
 
 def _stop_all() -> None:
-    for state in list(_live_maps):
-        state.stop()
+    for obj in list(_stop_at_exit):
+        if isinstance(obj, StreamExecutor):
+            obj.shutdown(wait=False, cancel_futures=True)
+        else:
+            obj.stop()
 
 
 class _MapIterator(Iterator[Any]):

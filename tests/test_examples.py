@@ -103,7 +103,68 @@ def test_demo_shows_each_feature_in_under_five_seconds() -> None:
     assert elapsed < 5.0, f"the demo took {elapsed:.1f} s"
 
 
-@pytest.mark.parametrize("name", ["demo.py", "uname.py", "throttled.py"])
+def test_iterlib_seed_example_preloads_and_maps_with_threads_and_processes() -> None:
+    lines = run_example("iterlib_seed.py")
+    total = sum(x**2 for x in range(100000))
+    per_map = [
+        "ItemizedMap of 100000 items",
+        f"mapped_gen[3] = 9, mapped_gen[-1] = {99999**2}",
+        "first five = [0, 1, 4, 9, 16]",
+        f"sum = {total}",
+    ]
+    assert lines == [
+        f"thread_preload: sum = {total}",
+        f"process_preload: sum = {total}",
+        *(f"thread_map: {line}" for line in per_map),
+        *(f"process_map: {line}" for line in per_map),
+        "after thread_map(square, gen): square was called for []",
+        f"lazy[10] = 100, lazy[-2] = {99998**2}: square was called for [10, 99998]",
+    ]
+
+
+def test_stream_executor_seed_example_streams_in_about_one_second() -> None:
+    started = time.monotonic()
+    lines = run_example("stream_executor_seed.py", timeout=20)
+    elapsed = time.monotonic() - started
+    odd = str(list(range(1, 20, 2)))
+    assert len(lines) == 2, lines
+    builtin = re.fullmatch(rf"built-in map: {re.escape(odd)} in (\d+\.\d) s", lines[0])
+    assert builtin, lines[0]
+    assert 2.5 <= float(builtin[1]) < 4.0
+    stream = re.fullmatch(rf"StreamExecutor\.map: {re.escape(odd)} in (\d+\.\d) s", lines[1])
+    assert stream, lines[1]
+    # 20 calls of 0.1 s, two at a time; the client's 0.5 s sleep overlaps them.
+    assert 0.8 <= float(stream[1]) <= 2.0
+    assert elapsed < 6.0, f"the example took {elapsed:.1f} s"
+
+
+def test_pipeline_seed_example_writes_one_token_per_line_for_each_call_form() -> None:
+    lines = run_example("pipeline_seed.py")
+    tokens = (
+        "['this', 'is', 'an', 'example', 'text', 'another', 'text', 'with', 'no', 'meaning',"
+        " 'some', 'more', 'text', 'here']"
+    )
+    assert lines == [
+        "process_parallel(work_generator, work_processor, result_consumer)",
+        f"    {tokens}",
+        "process_parallel(..., maxsize_jobsize=100, maxsize_results=100)",
+        f"    {tokens}",
+        "process_parallel(..., workers=2)",
+        f"    {tokens}",
+    ]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "demo.py",
+        "uname.py",
+        "throttled.py",
+        "iterlib_seed.py",
+        "stream_executor_seed.py",
+        "pipeline_seed.py",
+    ],
+)
 def test_examples_run_as_modules_from_the_repository_root(name: str) -> None:
     lines = run_example(name, as_module=True)
     assert lines

@@ -48,7 +48,7 @@ from ._future import TaskFuture
 from ._options import TaskOptions
 from ._record import Child
 
-__all__ = ("close_fd", "open_pipe", "spawn")
+__all__ = ("close_fd", "install_hooks", "open_pipe", "spawn")
 
 R = TypeVar("R")
 
@@ -249,6 +249,16 @@ def _after_fork_child() -> None:
             os.close(fd)
     _inherited_pipe.clear()
     _private_fds.intersection_update(_keep)  # still private: this child's own forks close them
+
+
+def install_hooks() -> None:
+    """Install the at-fork hooks and the exit handler now (idempotent).
+
+    A layer above that registers its own ``atexit`` handler after this one has it run first
+    (handlers run in reverse order), before every child is killed.
+    """
+    with _fork_lock:
+        _install_hooks()
 
 
 def open_pipe() -> tuple[int, int]:

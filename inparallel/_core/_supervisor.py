@@ -143,7 +143,13 @@ class Supervisor:
                     self._wake()
                 return
             self._pending.append(child)
-            self._start()
+            try:
+                self._start()
+            except BaseException:  # no thread (interpreter shutdown): the caller abandons it
+                self._pending.remove(child)
+                del self._children[child.pid]
+                self.counts["spawned"] -= 1
+                raise
 
     def _start(self) -> None:
         # Under the lock (and the fork lock, for the fds `_open` creates).
@@ -155,7 +161,12 @@ class Supervisor:
         # A bare thread, not threading.Thread: start() would wait until the new thread has
         # run, and right after a fork that costs ~1 ms on 2 cores (measured) while the child
         # takes the CPU. The baton stands in for join().
-        _thread.start_new_thread(self._main, ())
+        try:
+            _thread.start_new_thread(self._main, ())
+        except BaseException:
+            self._running = False
+            self._baton.release()
+            raise
 
     def park(self, timeout: float) -> bool:
         """Stop the thread and wait up to ``timeout`` seconds for it to end.

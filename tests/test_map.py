@@ -1,0 +1,968 @@
+"""Parallel maps: `thread_map`, `process_map`, the lazy `ItemizedMap` and the `MapIterator`.
+
+Covers the result types per kind of input, zipping, lazy indexing and slicing, fresh passes,
+ordering, errors at their position (the function's, the input's, pickling, dead workers),
+early exit and garbage collection, the read-ahead bound, infinite inputs, many workers, argument
+checks, fork semantics, progress bars, and a ledger that accounts for every id of a stopped run.
+
+Workers are synchronised with pipes (`Beacon`, `Gate`) and counted through an append-only file
+that threads and forked workers alike write to. Sleeps appear only as simulated work and while
+polling ``/proc`` for another process's exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import itertools
+import os
+import pickle
+import random
+import signal
+import struct
+import subprocess
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from _faults import Beacon, ErrorAtUnpickle, Gate, InjectedFault, alive, kill_self
+from conftest import child_pids
+
+from inparallel import (
+    ItemizedMap,
+    MapIterator,
+    RemoteError,
+    ResultNotPicklable,
+    WorkerDied,
+    process_map,
+    thread_map,
+)
+
+Engine = Callable[..., Any]
+
+ENGINES = [
+    pytest.param(thread_map, id="thread"),
+    pytest.param(process_map, id="process"),
+]
+
+GONE = 2.0  # seconds a stopped pass's workers get to disappear
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(*xs: int) -> int:
+    return sum(xs)
+
+
+def identity(x: object) -> object:
+    return x
+
+
+def fail_at_37(x: int) -> int:
+    if x == 37:
+        raise ValueError(f"bad item {x} in process {os.getpid()}")
+    return x * 3
+
+
+class Pulled:
+    """An iterator over ``source`` that counts the items taken from it."""
+
+    def __init__(self, source: Iterable[Any]) -> None:
+        self._it = iter(source)
+        self.count = 0
+
+    def __iter__(self) -> Pulled:
+        return self
+
+    def __next__(self) -> Any:
+        item = next(self._it)
+        self.count += 1
+        return item
+
+
+class CallLog:
+    """An append-only file of 8-byte records, written by worker threads or forked workers.
+
+    ``O_APPEND`` makes each small write atomic, so records from concurrent writers never mix,
+    and there is no pipe capacity to fill up.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def record(self, value: int) -> None:
+        os.write(self.fd, struct.pack("<q", value))
+
+    def values(self) -> list[int]:
+        return [v for (v,) in struct.iter_unpack("<q", self.path.read_bytes())]
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@pytest.fixture
+def calls(tmp_path: Path) -> Iterator[CallLog]:
+    log = CallLog(tmp_path / "calls.bin")
+    yield log
+    log.close()
+
+
+def wait_gone(pids: Iterable[int], timeout: float = GONE) -> bool:
+    """Wait until none of ``pids`` is running (a zombie counts as gone)."""
+    pids = set(pids)
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)  # another process's exit: nothing in this process to wait on
+    return True
+
+
+def drain(it: Iterator[Any]) -> tuple[list[Any], BaseException | None]:
+    """Consume ``it``; return the values and the exception that ended it (or None)."""
+    out: list[Any] = []
+    try:
+        for value in it:
+            out.append(value)
+    except BaseException as exc:
+        return out, exc
+    return out, None
+
+
+def assert_exhausted(it: Iterator[Any]) -> None:
+    for _ in range(3):
+        with pytest.raises(StopIteration):
+            next(it)
+
+
+def is_process(engine: Engine) -> bool:
+    return engine is process_map
+
+
+# -- result types and zipping ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: list(range(20)), id="list"),
+        pytest.param(lambda: tuple(range(20)), id="tuple"),
+        pytest.param(lambda: range(20), id="range"),
+        pytest.param(lambda: np.arange(20), id="numpy"),
+    ],
+)
+def test_indexable_inputs_give_an_itemized_map(engine: Engine, make: Callable[[], Any]) -> None:
+    m = engine(square, make())
+    assert isinstance(m, ItemizedMap)
+    assert len(m) == 20
+    assert list(m) == [i * i for i in range(20)]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: (i for i in range(20)), id="generator"),
+        pytest.param(lambda: iter(list(range(20))), id="list-iterator"),
+        pytest.param(lambda: map(int, range(20)), id="map-object"),
+        pytest.param(lambda: Pulled(range(20)), id="custom-iterator"),
+    ],
+)
+def test_iterators_give_a_map_iterator(engine: Engine, make: Callable[[], Any]) -> None:
+    it = engine(square, make())
+    assert isinstance(it, MapIterator)
+    assert not isinstance(it, ItemizedMap)
+    assert iter(it) is it
+    assert list(it) == [i * i for i in range(20)]
+    assert_exhausted(it)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_dict_is_iterated_over_its_keys_not_indexed(engine: Engine) -> None:
+    data = {10: "a", 20: "b", 30: "c"}
+    it = engine(identity, data)
+    assert isinstance(it, MapIterator)
+    assert list(it) == [10, 20, 30]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_several_inputs_are_zipped_and_the_shortest_wins(engine: Engine) -> None:
+    m = engine(add, [1, 2, 3, 4], range(10, 13))
+    assert isinstance(m, ItemizedMap)
+    assert len(m) == 3
+    assert list(m) == [11, 13, 15]
+
+    three = engine(add, range(100), np.arange(0, 50), tuple(range(7)))
+    assert isinstance(three, ItemizedMap)
+    assert list(three) == [3 * i for i in range(7)]
+
+    mixed = engine(add, (i for i in range(5)), [100] * 10)
+    assert isinstance(mixed, MapIterator)
+    assert list(mixed) == [100, 101, 102, 103, 104]
+
+    endless = engine(add, itertools.count(), iter(range(0, 30, 10)))
+    assert list(endless) == [0, 11, 22]
+
+
+# -- ItemizedMap: lazy indexing, slices, passes ----------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_indexing_computes_lazily_in_the_caller_each_time(engine: Engine) -> None:
+    called: list[int] = []
+    me = os.getpid()
+
+    def fn(x: int) -> tuple[int, int]:
+        called.append(x)
+        return x * 10, os.getpid()
+
+    m = engine(fn, range(10))
+    assert called == []  # building the map computes nothing
+    assert m[3] == (30, me)
+    assert called == [3]
+    assert m[-1] == (90, me)
+    assert m[-10] == (0, me)
+    assert called == [3, 9, 0]
+    assert m[3] == (30, me)  # not cached: computed again
+    assert called == [3, 9, 0, 3]
+    for bad in (10, 11, -11, 10**9):
+        with pytest.raises(IndexError):
+            m[bad]
+    for wrong in ("1", 1.0, None):
+        with pytest.raises(TypeError):
+            m[wrong]  # type: ignore[index]
+    assert called == [3, 9, 0, 3]
+
+
+SLICES = [
+    slice(2, 10),
+    slice(None, None, 3),
+    slice(None, None, -1),
+    slice(-5, None),
+    slice(25, 2, -2),
+    slice(-3, -20, -4),
+    slice(100, 200),
+    slice(5, 5),
+    slice(1, None, 7),
+]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("sl", SLICES, ids=str)
+def test_slices_are_itemized_maps_matching_the_builtin_map(engine: Engine, sl: slice) -> None:
+    data = list(range(0, 60, 2))
+    m = engine(square, data)
+    sub = m[sl]
+    assert isinstance(sub, ItemizedMap)
+    want = list(map(square, data[sl]))
+    assert len(sub) == len(want)
+    assert list(sub) == want
+    if want:
+        assert sub[0] == want[0]
+        assert sub[-1] == want[-1]
+    with pytest.raises(IndexError):
+        sub[len(want)]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_nested_slices_of_zipped_inputs(engine: Engine) -> None:
+    a, b = list(range(40)), range(100, 130)
+    m = engine(add, a, b)
+    want = list(map(add, a, b))
+    assert len(m) == 30
+    nested = m[::2][1::3][::-1]
+    assert isinstance(nested, ItemizedMap)
+    assert list(nested) == want[::2][1::3][::-1]
+    assert list(m[-3::-4][1:]) == want[-3::-4][1:]
+    assert list(m[5:25][::-3][1:-1]) == want[5:25][::-3][1:-1]
+    assert nested[0] == want[::2][1::3][::-1][0]
+
+
+def test_slicing_computes_nothing() -> None:
+    called: list[int] = []
+
+    def fn(x: int) -> int:
+        called.append(x)
+        return x
+
+    m = thread_map(fn, range(50))
+    sub = m[10:40:3][::-1]
+    assert len(sub) == 10
+    assert called == []
+    assert sub[0] == 37
+    assert called == [37]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_each_iteration_is_a_fresh_parallel_pass(engine: Engine) -> None:
+    me = os.getpid()
+
+    def fn(x: int) -> tuple[int, int]:
+        return x * x, os.getpid()
+
+    m = engine(fn, range(30), num_workers=2)
+    first, second = list(m), list(m)
+    assert [v for v, _ in first] == [v for v, _ in second] == [i * i for i in range(30)]
+    if is_process(engine):
+        pids1, pids2 = {p for _, p in first}, {p for _, p in second}
+        assert me not in pids1 | pids2
+        assert not pids1 & pids2  # each pass forks its own workers
+    else:
+        assert {p for _, p in first} == {me}
+
+    it1, it2 = iter(m), iter(m)
+    assert it1 is not it2
+    assert isinstance(it1, MapIterator)
+    interleaved = [(next(it1)[0], next(it2)[0]) for _ in range(5)]
+    assert interleaved == [(i * i, i * i) for i in range(5)]
+    it1.close()
+    assert [v for v, _ in it2] == [i * i for i in range(5, 30)]
+
+
+# -- ordering --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_output_is_in_input_order_by_default(engine: Engine) -> None:
+    # Item 0 cannot finish before item 9 has been computed. With 12 workers the first dispatch
+    # gives items 0..11 a worker each (a worker also holds one queued chunk: item 9 must not
+    # wait behind item 0).
+    with Beacon() as nine_done:
+
+        def fn(x: int) -> int:
+            if x == 0:
+                nine_done.receive(1, timeout=10)
+            if x == 9:
+                nine_done.send()
+            return x * 2
+
+        out = list(engine(fn, range(30), num_workers=12, chunksize=1))
+    assert out == [x * 2 for x in range(30)]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_unordered_output_is_in_completion_order(engine: Engine) -> None:
+    # Item 0 is held until the consumer has received some other value: only a map that yields
+    # in completion order gets there (an ordered one would wait for item 0 until the timeout).
+    with Gate() as gate:
+
+        def fn(x: int) -> int:
+            if x == 0:
+                gate.wait(timeout=10)
+            return x * 2
+
+        it = iter(engine(fn, range(30), num_workers=4, chunksize=1, ordered=False))
+        first = next(it)
+        gate.release()
+        out = [first, *it]
+    assert first != 0
+    assert sorted(out) == [x * 2 for x in range(30)]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_unordered_itemized_map_gives_the_same_multiset(engine: Engine) -> None:
+    m = engine(square, list(range(200)), ordered=False)
+    assert isinstance(m, ItemizedMap)
+    assert sorted(m) == [i * i for i in range(200)]
+    assert m[7] == 49
+
+
+# -- errors at their position ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("chunksize", [1, None, 7], ids=["chunk1", "auto", "chunk7"])
+@pytest.mark.parametrize("kind", ["list", "iterator"])
+def test_an_error_surfaces_at_its_position_with_its_traceback(
+    engine: Engine, chunksize: int | None, kind: str
+) -> None:
+    source: Iterable[int] = range(100) if kind == "list" else iter(range(100))
+    it = iter(engine(fail_at_37, source, chunksize=chunksize, num_workers=2))
+    out, error = drain(it)
+    assert out == [x * 3 for x in range(37)]
+    assert type(error) is ValueError
+    message = str(error)
+    assert message.startswith("bad item 37 in process ")
+    pid = int(message.rsplit(" ", 1)[1])
+    if is_process(engine):
+        assert pid != os.getpid()  # raised in a worker, carried back with its traceback
+    else:
+        assert pid == os.getpid()
+    frames = traceback.extract_tb(error.__traceback__)
+    assert any(f.name == "fail_at_37" for f in frames)
+    assert any("raise ValueError" in (f.line or "") for f in frames if f.name == "fail_at_37")
+    assert_exhausted(it)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+def test_a_later_error_does_not_overtake_earlier_results(engine: Engine, ordered: bool) -> None:
+    # Item 20 fails while item 3 is still being computed. With 24 workers the first dispatch
+    # gives items 0..23 a worker each, so item 20 never waits in a queue behind item 3.
+    with Beacon() as failed:
+
+        def fn(x: int) -> int:
+            if x == 3:
+                failed.receive(1, timeout=10)
+            if x == 20:
+                failed.send()
+                raise InjectedFault("item 20")
+            return x
+
+        it = engine(fn, range(30), num_workers=24, chunksize=1, buffer_size=64, ordered=ordered)
+        out, error = drain(iter(it))
+    assert isinstance(error, InjectedFault)
+    assert str(error) == "item 20"
+    if ordered:
+        assert out == list(range(20))
+    else:
+        # Everything was in flight when item 20 failed: every other value comes out first.
+        assert sorted(out) == [x for x in range(30) if x != 20]
+        assert out.index(3) > 0  # completion order: item 3 came late
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("chunksize", [1, 4, None], ids=["chunk1", "chunk4", "auto"])
+def test_an_indexable_input_error_surfaces_at_its_position(
+    engine: Engine, chunksize: int | None
+) -> None:
+    class Flaky:
+        """A sequence (no slicing) whose item 10 cannot be read."""
+
+        def __len__(self) -> int:
+            return 20
+
+        def __getitem__(self, i: int) -> int:
+            if not isinstance(i, int):
+                raise TypeError("Flaky takes integer indices only")
+            if i == 10:
+                raise InjectedFault("cannot read item 10")
+            return i
+
+    m = engine(square, Flaky(), chunksize=chunksize)
+    assert isinstance(m, ItemizedMap)
+    it = iter(m)
+    out, error = drain(it)
+    assert out == [i * i for i in range(10)]
+    assert isinstance(error, InjectedFault)
+    assert str(error) == "cannot read item 10"
+    assert_exhausted(it)
+    assert m[11] == 121
+    with pytest.raises(InjectedFault):
+        m[10]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_unordered_yields_every_computed_value_before_the_error(
+    engine: Engine, calls: CallLog
+) -> None:
+    def fn(x: int) -> int:
+        if x == 10:
+            raise InjectedFault("item 10")
+        calls.record(x)  # computed successfully
+        return x
+
+    it = iter(engine(fn, range(200), num_workers=2, chunksize=1, ordered=False))
+    out, error = drain(it)
+    assert isinstance(error, InjectedFault)
+    assert str(error) == "item 10"
+    assert_exhausted(it)
+    assert 10 not in out
+    assert len(out) == len(set(out))
+    computed = calls.values()
+    assert sorted(out) == sorted(computed)  # nothing computed was dropped
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("chunksize", [1, None], ids=["chunk1", "auto"])
+def test_an_input_iterator_error_surfaces_at_its_position(
+    engine: Engine, chunksize: int | None
+) -> None:
+    raised: list[BaseException] = []
+
+    def source() -> Iterator[int]:
+        yield from range(10)
+        error = InjectedFault("the input broke at 10")
+        raised.append(error)
+        raise error
+
+    it = engine(square, source(), chunksize=chunksize)
+    out, error = drain(it)
+    assert out == [i * i for i in range(10)]
+    assert raised and error is raised[0]
+    assert any(f.name == "source" for f in traceback.extract_tb(error.__traceback__))
+    assert_exhausted(it)
+
+
+@pytest.mark.parametrize("chunksize", [1, None, 4], ids=["chunk1", "auto", "chunk4"])
+def test_unpicklable_items_of_an_iterator_fail_at_their_position(chunksize: int | None) -> None:
+    items: list[object] = [0, 1, 2, threading.Lock(), 4, 5, 6]
+    it = process_map(type, iter(items), chunksize=chunksize)
+    out, error = drain(it)
+    assert out == [int, int, int]
+    assert isinstance(error, TypeError)
+    assert "pickle" in str(error)
+    notes = getattr(error, "__notes__", [])
+    assert any("item 3" in n and "indexable" in n for n in notes), notes
+    assert_exhausted(it)
+
+
+@pytest.mark.parametrize("chunksize", [1, None, 4], ids=["chunk1", "auto", "chunk4"])
+def test_unpicklable_results_fail_at_their_position(chunksize: int | None) -> None:
+    def fn(x: int) -> object:
+        return threading.Lock() if x == 6 else x
+
+    it = iter(process_map(fn, range(20), chunksize=chunksize))
+    out, error = drain(it)
+    assert out == list(range(6))
+    assert isinstance(error, ResultNotPicklable)
+    assert isinstance(error, TypeError)
+    assert "lock" in str(error)
+    assert_exhausted(it)
+
+
+@pytest.mark.parametrize("chunksize", [1, 5, None], ids=["chunk1", "chunk5", "auto"])
+def test_a_result_the_parent_cannot_unpickle_fails_at_its_position(chunksize: int | None) -> None:
+    def fn(x: int) -> object:
+        return ErrorAtUnpickle("item 7 will not load") if x == 7 else x
+
+    it = iter(process_map(fn, range(20), chunksize=chunksize, num_workers=2))
+    out, error = drain(it)
+    assert isinstance(error, RemoteError)
+    assert "item 7 will not load" in str(error)
+    assert out == list(range(7))  # the good values computed before it are not lost
+    assert_exhausted(it)
+
+
+def test_indexable_inputs_are_not_pickled() -> None:
+    locks = [threading.Lock() for _ in range(12)]
+    locks[4].acquire()
+    try:
+        m = process_map(lambda lock: lock.locked(), locks, chunksize=3)
+        assert [x for x in m] == [i == 4 for i in range(12)]
+    finally:
+        locks[4].release()
+
+
+SENTINELS: list[object] = [
+    None,
+    "STOP",
+    "__end__",
+    "<object object at 0x7f0000001234>",
+    "None",
+    "",
+    StopIteration("done"),
+    StopIteration,
+    GeneratorExit(),
+    Ellipsis,
+    NotImplemented,
+    0,
+    False,
+    (),
+    b"",
+    [None],
+]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind", ["list", "iterator"])
+def test_sentinel_like_values_pass_through(engine: Engine, kind: str) -> None:
+    source: Iterable[object] = SENTINELS if kind == "list" else iter(SENTINELS)
+    out = list(engine(identity, source, chunksize=1))
+    assert len(out) == len(SENTINELS)
+    for got, want in zip(out, SENTINELS, strict=True):
+        assert type(got) is type(want)
+        if isinstance(want, BaseException):
+            assert got.args == want.args  # type: ignore[attr-defined]
+        elif want is None or want is Ellipsis or want is NotImplemented or want is StopIteration:
+            assert got is want
+        else:
+            assert got == want
+
+
+# -- dead workers ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunksize", [1, None], ids=["chunk1", "auto"])
+def test_a_worker_that_kills_itself_fails_its_position(chunksize: int | None) -> None:
+    def fn(x: int) -> int:
+        if x == 500:
+            kill_self()
+        return x
+
+    it = iter(process_map(fn, range(1000), chunksize=chunksize, num_workers=2))
+    out, error = drain(it)
+    assert isinstance(error, WorkerDied)
+    assert error.signal == signal.SIGKILL
+    assert error.exitcode == -signal.SIGKILL
+    assert out == list(range(len(out)))
+    if chunksize == 1:
+        assert len(out) == 500
+        assert "items 500..500" in str(error)
+    else:
+        assert len(out) <= 500
+    assert_exhausted(it)
+
+
+def test_a_worker_killed_from_outside_fails_its_position(calls: CallLog) -> None:
+    # A helper process kills the worker computing item 5 as soon as that item starts: the
+    # consumer is blocked in next() meanwhile, as it would be in real use.
+    with Beacon() as started, Gate() as gate:
+
+        def fn(x: int) -> int:
+            if x == 5:
+                calls.record(os.getpid())
+                started.send(b"%d\n" % os.getpid())
+                gate.wait(timeout=30)
+            return x
+
+        killer = subprocess.Popen(
+            ["/bin/sh", "-c", 'read pid && kill -KILL "$pid"'], stdin=started.r
+        )
+        try:
+            it = iter(process_map(fn, range(40), chunksize=1, num_workers=2))
+            out, error = drain(it)
+        finally:
+            assert killer.wait(timeout=10) == 0
+    assert out == [0, 1, 2, 3, 4]
+    assert isinstance(error, WorkerDied)
+    assert [error.pid] == calls.values()
+    assert error.signal == signal.SIGKILL
+    assert "items 5..5" in str(error)
+    assert_exhausted(it)
+
+
+# -- early exit, close, garbage collection ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_early_break_stops_the_workers_and_bounds_the_read_ahead(engine: Engine) -> None:
+    source = Pulled(itertools.count())
+    before = child_pids()
+    taken = []
+    workers: set[int] = set()
+    for x in engine(square, source, buffer_size=8, num_workers=2):
+        taken.append(x)
+        if len(taken) == 3:
+            workers = child_pids() - before
+            break
+    assert taken == [0, 1, 4]
+    assert 3 <= source.count <= 3 + 8
+    if is_process(engine):
+        assert workers
+    assert wait_gone(workers)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_close_and_with_block_end_a_pass(engine: Engine) -> None:
+    before = child_pids()
+    it = engine(square, itertools.count(), num_workers=2)
+    assert next(it) == 0
+    workers = child_pids() - before
+    it.close()
+    assert_exhausted(it)
+    it.close()  # idempotent
+    assert wait_gone(workers)
+
+    source = Pulled(itertools.count())
+    with engine(square, source, buffer_size=4) as it2:
+        assert [next(it2) for _ in range(3)] == [0, 1, 4]
+        workers = child_pids() - before
+    pulled = source.count
+    assert pulled <= 3 + 4
+    assert_exhausted(it2)
+    assert source.count == pulled  # nothing is read after the end
+    assert wait_gone(workers)
+
+    with iter(engine(square, [1, 2, 3])) as it3:  # a pass over an ItemizedMap, too
+        assert next(it3) == 1
+    assert_exhausted(it3)
+
+
+def test_dropping_an_unfinished_process_map_kills_its_busy_workers() -> None:
+    with Gate() as gate:
+
+        def fn(x: int) -> int:
+            if x >= 2:
+                gate.wait(timeout=30)  # only a kill ends this worker early
+            return x
+
+        before = child_pids()
+        it = process_map(fn, itertools.count(), num_workers=2, chunksize=1)
+        assert [next(it), next(it)] == [0, 1]
+        workers = child_pids() - before
+        assert len(workers) == 2
+        assert all(alive(p) for p in workers)
+        del it
+        gc.collect()
+        assert wait_gone(workers)
+
+
+def test_dropping_an_unfinished_thread_map_stops_pulling_and_its_threads_end() -> None:
+    source = Pulled(itertools.count())
+    threads0 = set(threading.enumerate())
+    it = thread_map(square, source, num_workers=4, buffer_size=6)
+    assert [next(it) for _ in range(3)] == [0, 1, 4]
+    assert set(threading.enumerate()) - threads0
+    pulled = source.count
+    assert pulled <= 3 + 6
+    del it
+    gc.collect()
+    assert source.count == pulled
+    # The worker threads end on their own; the leak check waits for them.
+
+
+def test_a_process_map_that_is_never_iterated_forks_nothing() -> None:
+    before = child_pids()
+    it = process_map(square, itertools.count())
+    m = process_map(square, range(1000))
+    assert child_pids() == before
+    del it, m
+    gc.collect()
+
+
+# -- read-ahead bound ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("buffer_size", [1, 3, 8, 32])
+@pytest.mark.parametrize("kind", ["indexable", "iterator"])
+def test_read_ahead_is_bounded_by_buffer_size(
+    engine: Engine, buffer_size: int, kind: str, calls: CallLog
+) -> None:
+    def fn(x: int) -> int:
+        calls.record(x)
+        return x
+
+    source = Pulled(range(10_000))
+    data: Iterable[int] = range(10_000) if kind == "indexable" else source
+    before = child_pids()
+    consumed = 0
+    with iter(engine(fn, data, buffer_size=buffer_size, num_workers=2)) as it:
+        for consumed, value in enumerate(it, 1):
+            assert value == consumed - 1
+            if kind == "iterator":
+                assert source.count - consumed <= buffer_size
+            if consumed == 12:
+                break
+        workers = child_pids() - before
+    assert wait_gone(workers)
+    computed = calls.values()
+    assert len(computed) == len(set(computed))
+    assert set(range(12)) <= set(computed)
+    assert len(computed) - consumed <= buffer_size
+    if kind == "iterator":
+        assert source.count - consumed <= buffer_size
+        assert max(computed) < source.count
+
+
+def test_an_infinite_input_maps_in_bounded_read_ahead() -> None:
+    source = Pulled(itertools.count())
+    worst = 0
+    total = 0
+    n = 50_000
+    with process_map(square, source, buffer_size=512) as it:
+        for consumed, value in enumerate(itertools.islice(it, n), 1):
+            total += value
+            worst = max(worst, source.count - consumed)
+    assert total == sum(i * i for i in range(n))
+    assert worst <= 512
+    assert source.count <= n + 512
+
+
+# -- many workers, empty and single inputs ---------------------------------------------------------
+
+
+def test_thread_map_with_128_workers_runs_them_at_once() -> None:
+    barrier = threading.Barrier(128, timeout=10)
+
+    def fn(x: int) -> tuple[int, int]:
+        if x < 128:
+            barrier.wait()  # breaks (and fails the test) unless 128 threads are in fn at once
+        return x, threading.get_ident()
+
+    out = list(thread_map(fn, range(1000), num_workers=128))
+    assert [x for x, _ in out] == list(range(1000))
+    assert len({t for _, t in out[:128]}) == 128
+    assert len({t for _, t in out}) <= 128
+
+
+def test_process_map_with_8_workers_runs_them_at_once() -> None:
+    with Beacon() as arrived, Beacon() as released:
+
+        def fn(x: int) -> int:
+            if x < 8:
+                arrived.send()
+                if x == 0:  # item 0 lets the others go once all eight are in fn at once
+                    with contextlib.suppress(TimeoutError):
+                        arrived.receive(8, timeout=5)
+                    released.send(b"g" * 7)
+                else:
+                    released.receive(1, timeout=15)
+            return os.getpid()
+
+        pids = list(process_map(fn, range(1000), num_workers=8))
+    assert len(pids) == 1000
+    assert len(set(pids[:8])) == 8
+    assert len(set(pids)) <= 8
+    assert os.getpid() not in pids
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_empty_and_single_inputs(engine: Engine) -> None:
+    before = child_pids()
+    empty = engine(square, [])
+    assert isinstance(empty, ItemizedMap)
+    assert len(empty) == 0
+    assert list(empty) == []
+    assert list(engine(square, iter([]))) == []
+    assert list(engine(square, [], range(10))) == []
+    assert child_pids() == before  # nothing to compute, nothing forked
+    assert list(engine(square, [7])) == [49]
+    assert list(engine(square, iter([7]))) == [49]
+    assert list(engine(add, (7,), [5, 6])) == [12]
+
+
+# -- argument checks -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_argument_errors(engine: Engine) -> None:
+    with pytest.raises(TypeError):
+        engine(square)
+    with pytest.raises(TypeError):
+        engine(42, [1, 2])
+    with pytest.raises(TypeError):
+        engine("square", [1, 2])
+    with pytest.raises(TypeError):
+        engine(square, 5)
+    with pytest.raises(TypeError):
+        engine(square, [1, 2], None)
+    for name in ("num_workers", "buffer_size", "chunksize"):
+        for bad in (0, -1):
+            with pytest.raises(ValueError, match=name):
+                engine(square, [1, 2], **{name: bad})
+        for wrong in (2.0, "2", [2]):
+            with pytest.raises(TypeError, match=name):
+                engine(square, [1, 2], **{name: wrong})
+    before = child_pids()
+    with pytest.raises(ValueError):
+        engine(square, itertools.count(), buffer_size=0)
+    assert child_pids() == before
+
+
+# -- fork semantics --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["indexable", "iterator"])
+def test_process_map_runs_unpicklable_closures_and_worker_mutations_stay_there(
+    kind: str,
+) -> None:
+    big = list(range(200_000))
+    lock = threading.Lock()
+    seen: list[int] = []
+    lock.acquire()
+    try:
+
+        def fn(i: int) -> int:
+            seen.append(i)
+            big[i] = -1
+            return big[i + 1] + lock.locked()
+
+        with pytest.raises(Exception):  # a local closure over a lock: pickle cannot carry it
+            pickle.dumps(fn)
+        data: Iterable[int] = (
+            range(0, 1000, 10) if kind == "indexable" else iter(range(0, 1000, 10))
+        )
+        out = list(process_map(fn, data, num_workers=2))
+    finally:
+        lock.release()
+    assert out == [i + 1 + 1 for i in range(0, 1000, 10)]  # the child saw the held lock
+    assert seen == []
+    assert big == list(range(200_000))
+
+
+# -- progress bars ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_progress_bar_is_written_to_stderr(
+    engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert list(engine(square, range(20), progress=True)) == [i * i for i in range(20)]
+    err = capsys.readouterr().err
+    assert "20/20" in err
+    assert "square" in err
+    assert list(engine(square, iter(range(13)), progress=True)) == [i * i for i in range(13)]
+    err = capsys.readouterr().err
+    assert "13it" in err
+
+
+# -- ledger ----------------------------------------------------------------------------------------
+
+
+# Seeds picked so that runs end by a planned failure (1, 3, 9), by the consumer stopping (4, 6)
+# and by the input running out (470).
+@pytest.mark.parametrize("seed", [1, 3, 4, 6, 9, 470])
+def test_ledger_of_a_stopped_run(seed: int, calls: CallLog) -> None:
+    n = 2000
+    rng = random.Random(seed)
+    plan = rng.choices(["ok", "raise", "slow"], weights=[94, 0.1, 5.9], k=n)
+    stop = rng.randrange(1, n + 200)  # past n: the run may end by itself
+    buffer_size = rng.choice([4, 16, 64])
+    chunksize = rng.choice([1, 5, None])
+
+    def fn(i: int) -> int:
+        calls.record(i)
+        if plan[i] == "raise":
+            raise InjectedFault(f"planned failure of id {i}")
+        if plan[i] == "slow":
+            time.sleep(0.002)  # simulated work, not synchronisation
+        return i
+
+    source = Pulled(range(n))
+    delivered: list[int] = []
+    failed: list[int] = []
+    worst = 0
+    before = child_pids()
+    with process_map(fn, source, buffer_size=buffer_size, chunksize=chunksize, num_workers=2) as it:
+        try:
+            for value in it:
+                delivered.append(value)
+                worst = max(worst, source.count - len(delivered))
+                if len(delivered) == stop:
+                    break
+        except InjectedFault as error:
+            failed.append(int(str(error).rsplit(" ", 1)[1]))
+        workers = child_pids() - before
+    assert wait_gone(workers)
+    pulled = list(range(source.count))  # the source is read in order
+
+    first_raise = plan.index("raise") if "raise" in plan else n
+    assert delivered == list(range(len(delivered)))  # in order, unique, nothing skipped
+    assert len(failed) <= 1
+    if failed:
+        assert failed == [first_raise] == [len(delivered)]
+    else:
+        assert len(delivered) == min(stop, n)
+        assert first_raise >= len(delivered)
+    discarded = set(pulled) - set(delivered) - set(failed)
+    assert len(pulled) == len(delivered) + len(failed) + len(discarded)
+    assert all(i > len(delivered) - 1 for i in discarded)
+    assert len(pulled) - len(delivered) <= buffer_size
+    assert worst <= buffer_size
+    computed = calls.values()
+    assert len(computed) == len(set(computed))  # nothing computed twice
+    assert set(delivered) | set(failed) <= set(computed) <= set(pulled)
