@@ -179,3 +179,29 @@ def test_fd_exhaustion_is_spawn_error_and_the_rest_completes() -> None:
     started, name, code, is_oserror = out.stdout.split()
     assert int(started) >= 3
     assert (name, code, is_oserror) == ("SpawnError", str(errno.EMFILE), "True")
+
+
+def test_a_supervisor_thread_that_cannot_start_leaves_nothing_registered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import _thread
+
+    from inparallel._core import _supervisor
+
+    @task
+    def one() -> int:
+        return 1
+
+    assert _supervisor.wait_idle(BOUND)  # no thread runs: the next call must start one
+
+    def refuse(*args: object) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(_thread, "start_new_thread", refuse)
+    with pytest.raises(RuntimeError, match="interpreter shutdown"):
+        one()
+    monkeypatch.undo()
+    supervisor = _supervisor.get()
+    assert not supervisor.thread_alive()
+    assert supervisor.statistics()["in_flight"] == 0  # the abandoned child is forgotten
+    assert one().result(timeout=BOUND) == 1  # and the next call starts a thread again
