@@ -161,10 +161,14 @@ class ThreadPool:
 
     def close(self, kill: bool) -> None:
         # Threads cannot be killed: they skip the chunks still queued and end after the one
-        # they are computing.
+        # they are computing. At the normal end they are idle: wait for them, so that no
+        # thread of ours is left when the caller forks next (3.12+ would warn).
         self._stopped.set()
         for _ in self._threads:
             self._jobs.put(None)
+        if not kill:
+            for thread in self._threads:
+                thread.join()
 
 
 def _thread_worker(
