@@ -40,27 +40,44 @@ _MISSING: Any = object()
 
 
 class _Call(Future[Any]):
-    """A submitted call; while it runs in a child, `cancel` kills the child."""
+    """A submitted call; in process mode `cancel` also works while it runs (killing the child)."""
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]):
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        killable: bool,
+    ) -> None:
         super().__init__()
         self.call = (fn, args, kwargs)
+        self.killable = killable
         self.task: TaskFuture[Any] | None = None
 
     def cancel(self) -> bool:
         with self._condition:
             if self._state in {PENDING, FINISHED}:
                 return super().cancel()
-            task = self.task
-            if self._state != RUNNING or task is None:  # a thread call cannot be stopped
+            if self._state != RUNNING or not self.killable:  # a thread call cannot be stopped
                 return self._state == CANCELLED_AND_NOTIFIED
+            # Running, or being forked (no task yet: `attach` kills it when the fork returns).
+            task = self.task
             self._state = CANCELLED_AND_NOTIFIED
             for waiter in self._waiters:  # wait() and as_completed() see it at once
                 waiter.add_cancelled(self)
             self._condition.notify_all()
-        task.cancel()
+        if task is not None:
+            task.cancel()
         self._invoke_callbacks()  # type: ignore[attr-defined]
         return True
+
+    def attach(self, task: TaskFuture[Any]) -> None:
+        """Record the child just forked for this call; kill it if the call was cancelled."""
+        with self._condition:
+            self.task = task
+            cancelled = self._state != RUNNING
+        if cancelled:
+            task.cancel()
 
     def copy_from(self, task: Future[Any]) -> None:
         with self._condition:
@@ -122,7 +139,7 @@ class StreamExecutor(Executor):
         """
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, not {type(fn).__name__} {fn!r}")
-        call = _Call(fn, args, kwargs)
+        call = _Call(fn, args, kwargs, killable=self._mode == "process")
         start_now = False
         with self._cond:
             if self._shutdown:
@@ -154,14 +171,16 @@ class StreamExecutor(Executor):
             return
         fn, args, kwargs = call.call
         try:
-            call.task = spawn(fn, args, kwargs, TaskOptions())
+            task = spawn(fn, args, kwargs, TaskOptions())
         except BaseException as exc:
-            call.set_exception(exc)
+            if not call.cancelled():
+                call.set_exception(exc)
             self._release()
             if not isinstance(exc, Exception):
                 raise  # Ctrl-C in the submitting thread: the call failed, and so does submit
             return
-        call.task.add_done_callback(functools.partial(self._finished, call))
+        call.attach(task)
+        task.add_done_callback(functools.partial(self._finished, call))
 
     def _finished(self, call: _Call, task: Future[Any]) -> None:
         call.copy_from(task)
@@ -204,7 +223,7 @@ class StreamExecutor(Executor):
                     call.set_exception(exc)
                 else:
                     call.set_result(result)
-                del result
+                    del result  # the future holds it; this thread must not
             self._release()
 
     def map(
@@ -367,11 +386,11 @@ class _MapState:
                         chunksize if self.limit is None else min(chunksize, self.limit - self.ahead)
                     )
                     self.ahead += take
+                chunk: list[tuple[Any, ...]] = []
                 try:
-                    chunk = list(islice(items, take))
+                    chunk.extend(islice(items, take))
                 except BaseException as exc:  # the input's error: raised after the results
-                    self.error = exc
-                    return
+                    self.error = exc  # (the items pulled before it still go out below)
                 if not chunk:
                     return
                 if self.chunked:
@@ -385,7 +404,7 @@ class _MapState:
                         return
                     self.futures.append((future, len(chunk)))
                     cond.notify_all()
-                if len(chunk) < take:
+                if len(chunk) < take:  # the input ended (or failed)
                     return
         except BaseException as exc:  # submit refused (shut down) or could not fork
             self.error = exc
@@ -403,7 +422,9 @@ class _MapState:
             futures = [f for f, _ in self.futures]
             self.futures.clear()
             self.cond.notify_all()
-        for future in futures:
+        # Latest first: the queued calls are cancelled before a killed running one frees a
+        # slot that the dispatcher could give them.
+        for future in reversed(futures):
             future.cancel()
 
 

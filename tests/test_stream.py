@@ -1,0 +1,854 @@
+"""StreamExecutor: submit, cancel, shutdown, and a map that streams its input in the background.
+
+Most tests run in both modes (``mode`` fixture): forked children per call, or worker threads.
+Calls are held with `Hold` (a pipe for children, a semaphore for threads) and report through a
+`_faults.Beacon`; inputs run in the map's feeder thread, so they are held with events and
+counted with `Counted`. A process that should be gone is watched through a pidfd.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import gc
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+from concurrent.futures import CancelledError, Future
+from itertools import count, islice
+from pathlib import Path
+from typing import Any
+
+import _faults
+import pytest
+
+from inparallel import StreamExecutor
+
+PATIENCE = 10.0  # generous bound (seconds) for anything that should take milliseconds
+PROMPT = 2.0  # "promptly", on a noisy 2-core machine
+
+
+@pytest.fixture(params=["process", "thread"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@contextlib.contextmanager
+def executor(max_workers: int | None = None, *, mode: str = "process") -> Iterator[StreamExecutor]:
+    """A `StreamExecutor` shut down at the end like ``with`` does, but failing if that hangs."""
+    ex = StreamExecutor(max_workers, mode=mode)  # type: ignore[arg-type]
+    try:
+        yield ex
+    finally:
+        waiter = threading.Thread(target=ex.shutdown, name="stream-test-shutdown", daemon=True)
+        waiter.start()
+        waiter.join(PATIENCE)
+        if waiter.is_alive():
+            raise AssertionError(f"shutdown(wait=True) hung: {ex!r}")
+
+
+class Hold:
+    """Holds calls until the test releases them, in a forked child or in a worker thread.
+
+    A child waits on a `_faults.Gate` (a pipe it inherited); a thread of this process waits on
+    a semaphore, so closing the gate's fds can never race a thread blocked on them. `close`
+    releases everyone. Use as a context manager, inside the executor's ``with`` so that the
+    calls are let go before the executor waits for them.
+    """
+
+    def __init__(self) -> None:
+        self._gate = _faults.Gate()
+        self._sem = threading.Semaphore(0)
+        self._owner = os.getpid()
+
+    def wait(self, timeout: float = 30.0) -> None:
+        if os.getpid() == self._owner:
+            ok = self._sem.acquire(timeout=timeout)
+        else:
+            ok = self._gate.wait(timeout)
+        if not ok:
+            raise AssertionError("a held call was never released")
+
+    def release(self, n: int = 1) -> None:
+        self._sem.release(n)
+        self._gate.release(n)
+
+    def close(self) -> None:
+        self._sem.release(10_000)
+        self._gate.close()
+
+    def __enter__(self) -> Hold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Counted(Iterator[Any]):
+    """An input that counts the items pulled from it (pulls happen in the map's feeder thread)."""
+
+    def __init__(self, source: Iterable[Any]) -> None:
+        self._it = iter(source)
+        self._cond = threading.Condition()
+        self.pulled = 0
+
+    def __next__(self) -> Any:
+        item = next(self._it)
+        with self._cond:
+            self.pulled += 1
+            self._cond.notify_all()
+        return item
+
+    def wait_pulled(self, n: int, timeout: float = PATIENCE) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.pulled >= n, timeout)
+
+
+def survivors(pids: Iterable[int], timeout: float = PROMPT) -> list[int]:
+    """Wait up to ``timeout`` for every process to exit (a zombie counts as gone)."""
+    fds: dict[int, int] = {}
+    try:
+        for pid in set(pids):
+            try:
+                fds[os.pidfd_open(pid)] = pid
+            except ProcessLookupError:
+                continue  # already exited and reaped
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        pending = set(fds)
+        deadline = time.monotonic() + timeout
+        while pending and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                pending.discard(fd)
+                poller.unregister(fd)
+        return sorted(fds[fd] for fd in pending)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def frame_names(exc: BaseException) -> list[str]:
+    return [frame.name for frame in traceback.extract_tb(exc.__traceback__)]
+
+
+def add(a: int, b: int = 0, *, c: int = 0) -> int:
+    return a + b + c
+
+
+def ident(x: Any) -> Any:
+    return x
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def repeat(s: str, n: int) -> str:
+    return s * n
+
+
+def fail_with(message: str) -> None:
+    raise LookupError(message)
+
+
+def fail_at_six(i: int) -> int:
+    if i == 6:
+        raise KeyError(f"item {i}")
+    return i
+
+
+# -- constructor and argument checks ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"max_workers": 0}, ValueError),
+        ({"max_workers": -3}, ValueError),
+        ({"mode": "fiber"}, ValueError),
+        ({"max_workers": "2"}, TypeError),
+        ({"max_workers": 2.0}, TypeError),
+    ],
+    ids=["zero-workers", "negative-workers", "fiber", "str-workers", "float-workers"],
+)
+def test_bad_constructor_arguments(kwargs: dict[str, Any], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        StreamExecutor(**kwargs)
+
+
+def test_submit_rejects_a_non_callable(mode: str) -> None:
+    with executor(mode=mode) as ex, pytest.raises(TypeError):
+        ex.submit(42)  # type: ignore[arg-type]
+
+
+# -- submit ---------------------------------------------------------------------------------------
+
+
+def test_submit_returns_a_future_with_the_result(mode: str) -> None:
+    with executor(mode=mode) as ex:
+        fut = ex.submit(add, 1, 2, c=3)
+        assert isinstance(fut, Future)
+        assert fut.result(PATIENCE) == 6
+        assert fut.done() and not fut.cancelled() and fut.exception() is None
+        assert ex.submit(add, a=5, b=6).result(PATIENCE) == 11
+
+
+def test_submit_exception_keeps_type_message_and_traceback(mode: str) -> None:
+    with executor(max_workers=1, mode=mode) as ex:
+        fut = ex.submit(fail_with, "no such key")
+        exc = fut.exception(PATIENCE)
+        # The failure cost nothing but its own call: the next one runs in the freed slot.
+        assert ex.submit(add, 1, 2).result(PATIENCE) == 3
+    assert type(exc) is LookupError and str(exc) == "no such key"
+    assert "fail_with" in frame_names(exc)
+    with pytest.raises(LookupError, match="no such key") as info:
+        fut.result()
+    assert "fail_with" in frame_names(info.value)
+
+
+def test_process_mode_runs_each_call_in_its_own_child() -> None:
+    with executor(max_workers=2) as ex:
+        pids = [f.result(PATIENCE) for f in [ex.submit(os.getpid) for _ in range(4)]]
+    assert os.getpid() not in pids and len(set(pids)) == 4
+
+
+def test_works_with_wait_and_as_completed(mode: str) -> None:
+    with executor(max_workers=2, mode=mode) as ex, Hold() as hold:
+
+        def held() -> str:
+            hold.wait()
+            return "held"
+
+        slow = ex.submit(held)
+        quick = ex.submit(add, 1, 1)
+        done, not_done = concurrent.futures.wait(
+            [slow, quick], timeout=PATIENCE, return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        assert done == {quick} and not_done == {slow}
+        hold.release()
+        order = list(concurrent.futures.as_completed([slow, quick], timeout=PATIENCE))
+        assert set(order) == {slow, quick} and slow.result() == "held"
+        futures = [ex.submit(square, i) for i in range(6)]
+        got = sorted(f.result() for f in concurrent.futures.as_completed(futures, PATIENCE))
+        assert got == [i * i for i in range(6)]
+        done, not_done = concurrent.futures.wait(futures, timeout=PATIENCE)
+        assert done == set(futures) and not not_done
+
+
+def test_max_workers_bounds_concurrency(mode: str) -> None:
+    with _faults.Beacon() as log, executor(max_workers=2, mode=mode) as ex, Hold() as hold:
+
+        def work(i: int) -> int:
+            log.send(b"s")
+            hold.wait()
+            log.send(b"e")
+            return i
+
+        futures = [ex.submit(work, i) for i in range(6)]
+        assert log.receive(2) == b"ss"
+        time.sleep(0.2)  # time for a third call to start if the bound leaked; absence has no event
+        assert not log.pending()
+        assert [f.running() for f in futures] == [True, True, False, False, False, False]
+        hold.release(6)
+        assert [f.result(PATIENCE) for f in futures] == list(range(6))
+        events = b"ss" + log.receive(10)
+    # A call writes "e" before it returns, so the next "s" can only follow it: the running
+    # count along the log is the real number of calls running at once.
+    running = most = 0
+    for byte in events:
+        running += 1 if byte == ord("s") else -1
+        most = max(most, running)
+    assert most == 2 and running == 0
+
+
+# -- cancel ---------------------------------------------------------------------------------------
+
+
+def test_cancel_a_queued_call_and_it_never_runs(mode: str) -> None:
+    with _faults.Beacon() as log, executor(max_workers=1, mode=mode) as ex, Hold() as hold:
+
+        def work(i: int) -> int:
+            log.send_int(i)
+            hold.wait()
+            return i
+
+        first = ex.submit(work, 1)
+        assert log.receive_int() == 1
+        second = ex.submit(work, 2)
+        seen: list[Future[Any]] = []
+        second.add_done_callback(seen.append)
+        assert not second.running()
+        assert second.cancel()
+        assert second.cancelled() and second.done() and seen == [second]
+        with pytest.raises(CancelledError):
+            second.result(0)
+        third = ex.submit(work, 3)
+        hold.release(2)
+        assert first.result(PATIENCE) == 1
+        assert third.result(PATIENCE) == 3
+        assert log.receive_int() == 3
+        ex.shutdown(wait=True)
+        assert not log.pending(), "the cancelled call ran"
+        assert seen == [second]
+
+
+def test_cancel_a_running_call_kills_its_child() -> None:
+    with _faults.Beacon() as log, executor(max_workers=1) as ex, Hold() as hold:
+
+        def work() -> str:
+            log.send_int(os.getpid())
+            hold.wait()
+            return "finished"
+
+        fut = ex.submit(work)
+        pid = log.receive_int()
+        assert pid != os.getpid() and fut.running()
+        seen: list[Future[Any]] = []
+        fut.add_done_callback(seen.append)
+        assert fut.cancel()
+        assert fut.cancelled() and fut.done()
+        with pytest.raises(CancelledError):
+            fut.result(0)
+        assert survivors([pid]) == [], "cancel() left the child running"
+        assert seen == [fut]
+        assert fut.cancel()  # cancelling again is harmless
+        assert seen == [fut]
+        # The slot was given back: the next call runs.
+        assert ex.submit(add, 2, 3).result(PATIENCE) == 5
+
+
+def test_cancelling_a_running_call_wakes_wait() -> None:
+    with _faults.Beacon() as log, executor(max_workers=1) as ex, Hold() as hold:
+
+        def work() -> str:
+            log.send()
+            hold.wait()
+            return "finished"
+
+        fut = ex.submit(work)
+        log.receive()
+
+        def cancel_later() -> None:
+            time.sleep(0.2)  # let wait() block first; if it has not yet, the test still holds
+            fut.cancel()
+
+        canceller = threading.Thread(target=cancel_later, name="stream-test-cancel")
+        canceller.start()
+        try:
+            start = time.monotonic()
+            done, _ = concurrent.futures.wait([fut], timeout=PATIENCE)
+            assert done == {fut} and time.monotonic() - start < PROMPT
+            assert list(concurrent.futures.as_completed([fut], timeout=PATIENCE)) == [fut]
+            assert fut.cancelled()
+        finally:
+            canceller.join(PATIENCE)
+
+
+def test_cancel_a_running_thread_call_is_refused() -> None:
+    with executor(max_workers=1, mode="thread") as ex, Hold() as hold:
+        started = threading.Event()
+
+        def work() -> str:
+            started.set()
+            hold.wait()
+            return "finished"
+
+        fut = ex.submit(work)
+        assert started.wait(PATIENCE)
+        assert fut.cancel() is False
+        assert fut.running() and not fut.cancelled()
+        hold.release()
+        assert fut.result(PATIENCE) == "finished"
+
+
+# -- shutdown and the context manager -------------------------------------------------------------
+
+
+def test_shutdown_wait_waits_for_every_call(mode: str) -> None:
+    with executor(max_workers=2, mode=mode) as ex, Hold() as hold:
+
+        def work(i: int) -> int:
+            hold.wait()
+            return i
+
+        futures = [ex.submit(work, i) for i in range(4)]
+        returned = threading.Event()
+
+        def shut() -> None:
+            ex.shutdown(wait=True)
+            returned.set()
+
+        waiter = threading.Thread(target=shut, name="stream-test-shutdown")
+        waiter.start()
+        try:
+            assert not returned.wait(0.2), "shutdown(wait=True) returned with calls held"
+            hold.release(4)
+            assert returned.wait(PATIENCE)
+            # Everything was finished by the time shutdown() returned.
+            assert all(f.done() for f in futures)
+            assert [f.result(0) for f in futures] == [0, 1, 2, 3]
+        finally:
+            hold.close()
+            waiter.join(PATIENCE)
+        assert not waiter.is_alive()
+
+
+def test_shutdown_cancel_futures_cancels_queued_calls(mode: str) -> None:
+    with _faults.Beacon() as log, executor(max_workers=1, mode=mode) as ex, Hold() as hold:
+
+        def work(i: int) -> int:
+            log.send_int(i)
+            hold.wait()
+            return i
+
+        futures = [ex.submit(work, i) for i in range(4)]
+        assert log.receive_int() == 0
+        ex.shutdown(wait=False, cancel_futures=True)
+        assert [f.cancelled() for f in futures] == [False, True, True, True]
+        hold.release()
+        assert futures[0].result(PATIENCE) == 0
+        ex.shutdown(wait=True)
+        assert not log.pending(), "a cancelled call ran"
+
+
+def test_submit_and_map_after_shutdown_raise(mode: str) -> None:
+    ex = StreamExecutor(mode=mode)
+    ex.shutdown()
+    with pytest.raises(RuntimeError):
+        ex.submit(add, 1)
+    with pytest.raises(RuntimeError):
+        ex.map(square, [1, 2])
+    ex.shutdown()  # a second shutdown is harmless
+
+
+def test_context_manager_shuts_down_and_waits(mode: str) -> None:
+    with StreamExecutor(max_workers=2, mode=mode) as ex:
+        assert isinstance(ex, StreamExecutor)
+        futures = [ex.submit(time.sleep, 0.05) for _ in range(4)]  # calls that take a while
+    assert all(f.done() and f.result() is None for f in futures)
+    with pytest.raises(RuntimeError):
+        ex.submit(add, 1)
+
+
+# -- map: shape and ordering ---------------------------------------------------------------------
+
+
+def test_map_returns_before_reading_its_input(mode: str) -> None:
+    opened = threading.Event()
+    reading = threading.Event()
+    readers: list[threading.Thread] = []
+
+    def source() -> Iterator[int]:
+        readers.append(threading.current_thread())
+        reading.set()
+        assert opened.wait(PATIENCE)
+        yield from range(5)
+
+    with executor(max_workers=2, mode=mode) as ex:
+        try:
+            m = ex.map(square, source())  # returns while the input is still held
+            assert reading.wait(PATIENCE), "the input was not read in the background"
+            assert readers != [threading.current_thread()]
+        finally:
+            opened.set()
+        assert list(m) == [0, 1, 4, 9, 16]
+
+
+def test_map_results_come_in_input_order(mode: str) -> None:
+    with _faults.Beacon() as log, executor(max_workers=3, mode=mode) as ex, Hold() as hold:
+
+        def work(i: int) -> int:
+            if i == 0:
+                hold.wait()
+            else:
+                log.send_int(i)
+            return i * 10
+
+        m = ex.map(work, range(8))
+        # Every later item finished while item 0 was still held.
+        assert sorted(log.receive_int() for _ in range(7)) == list(range(1, 8))
+        hold.release()
+        assert list(m) == [i * 10 for i in range(8)]
+
+
+def test_map_without_iterables_is_empty(mode: str) -> None:
+    with executor(mode=mode) as ex:
+        m = ex.map(square)
+        assert list(m) == []
+        with pytest.raises(StopIteration):
+            next(m)
+
+
+def test_map_over_an_empty_input(mode: str) -> None:
+    with executor(mode=mode) as ex:
+        assert list(ex.map(square, [])) == []
+
+
+def test_next_after_the_end_raises_stop_iteration_again(mode: str) -> None:
+    with executor(mode=mode) as ex:
+        m = ex.map(square, [3])
+        assert next(m) == 9
+        for _ in range(3):
+            with pytest.raises(StopIteration):
+                next(m)
+
+
+def test_map_zips_several_iterables_shortest_wins(mode: str) -> None:
+    with executor(max_workers=2, mode=mode) as ex:
+        assert list(ex.map(pow, [2, 3, 4], [5, 6])) == [32, 729]
+        assert list(ex.map(repeat, "abc", count(1))) == ["a", "bb", "ccc"]
+        assert list(ex.map(add, range(100), range(3, 6))) == [3, 5, 7]
+
+
+@pytest.mark.parametrize(("chunksize", "buffer_size"), [(2, 10000), (4, 10000), (7, 10), (4, 3)])
+def test_map_chunksize_gives_the_same_results(mode: str, chunksize: int, buffer_size: int) -> None:
+    with executor(max_workers=2, mode=mode) as ex:
+        got = list(ex.map(square, range(30), chunksize=chunksize, buffer_size=buffer_size))
+        assert got == [i * i for i in range(30)]
+        assert list(ex.map(add, range(9), range(5), chunksize=chunksize)) == [0, 2, 4, 6, 8]
+
+
+# -- map: buffer_size ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keyword", "size"),
+    [("buffer_size", 1), ("buffer_size", 3), ("buffer_size", 8), ("buffersize", 3)],
+)
+def test_map_pulls_at_most_buffer_size_ahead(mode: str, keyword: str, size: int) -> None:
+    source = Counted(count())
+    with executor(max_workers=2, mode=mode) as ex:
+        m = ex.map(ident, source, **{keyword: size})
+        consumed = 0
+        for checkpoint in (0, 1, 5):
+            while consumed < checkpoint:
+                assert next(m) == consumed
+                consumed += 1
+            assert source.wait_pulled(consumed + size), "the feeder did not fill its buffer"
+            time.sleep(0.05)  # an unbounded feeder would pull more now; absence has no event
+            assert source.pulled == consumed + size
+        m.close()
+
+
+def test_map_buffer_size_none_is_unbounded(mode: str) -> None:
+    source = Counted(range(100))
+    with executor(max_workers=2, mode=mode) as ex:
+        m = ex.map(ident, source, buffer_size=None)
+        assert source.wait_pulled(100), "buffer_size=None did not read the whole input ahead"
+        assert list(m) == list(range(100))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"buffer_size": 0}, {"buffer_size": -1}, {"buffersize": 0}, {"buffersize": -5}],
+    ids=["zero", "negative", "alias-zero", "alias-negative"],
+)
+def test_map_buffer_size_below_one_is_a_value_error(mode: str, kwargs: dict[str, int]) -> None:
+    with executor(mode=mode) as ex, pytest.raises(ValueError):
+        ex.map(square, [1, 2, 3], **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("buffer_size", "buffersize"), [(3, 5), (None, 5), (3, None)], ids=["3-5", "None-5", "3-None"]
+)
+def test_map_both_buffer_spellings_disagreeing_is_a_type_error(
+    mode: str, buffer_size: int | None, buffersize: int | None
+) -> None:
+    with executor(mode=mode) as ex, pytest.raises(TypeError):
+        ex.map(square, [1, 2, 3], buffer_size=buffer_size, buffersize=buffersize)
+
+
+def test_map_both_buffer_spellings_agreeing_is_accepted(mode: str) -> None:
+    with executor(mode=mode) as ex:
+        assert list(ex.map(square, [1, 2, 3], buffer_size=2, buffersize=2)) == [1, 4, 9]
+
+
+# -- map: errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunksize", [1, 4])
+def test_map_item_error_comes_after_every_earlier_result(mode: str, chunksize: int) -> None:
+    with executor(max_workers=2, mode=mode) as ex:
+        m = ex.map(fail_at_six, range(20), chunksize=chunksize)
+        got = []
+        with pytest.raises(KeyError) as info:
+            for value in m:
+                got.append(value)
+        assert got == [0, 1, 2, 3, 4, 5]
+        assert info.value.args == ("item 6",)
+        assert "fail_at_six" in frame_names(info.value)
+        with pytest.raises(StopIteration):
+            next(m)  # the error ended the map
+
+
+@pytest.mark.parametrize("chunksize", [1, 4])
+def test_map_input_error_comes_after_every_earlier_result(mode: str, chunksize: int) -> None:
+    def source() -> Iterator[int]:
+        yield from range(5)
+        raise _faults.InjectedFault("the input broke")
+
+    with executor(max_workers=2, mode=mode) as ex:
+        m = ex.map(square, source(), chunksize=chunksize)
+        got = []
+        with pytest.raises(_faults.InjectedFault, match="the input broke"):
+            for value in m:
+                got.append(value)
+        assert got == [0, 1, 4, 9, 16]
+        with pytest.raises(StopIteration):
+            next(m)
+
+
+# -- map: timeout --------------------------------------------------------------------------------
+
+
+def test_map_timeout_raises_after_about_the_timeout(mode: str) -> None:
+    def slow(i: int) -> int:
+        time.sleep(0.3)  # each item takes a known time: that is the scenario
+        return i
+
+    with executor(max_workers=2, mode=mode) as ex:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            list(ex.map(slow, range(10), timeout=0.5))  # the whole map needs 1.5 s
+        elapsed = time.monotonic() - start
+    assert 0.45 <= elapsed < 1.2, elapsed
+
+
+def test_map_timeout_counts_from_the_map_call(mode: str) -> None:
+    with executor(max_workers=2, mode=mode) as ex, Hold() as hold:
+
+        def work(i: int) -> int:
+            if i >= 2:
+                hold.wait()
+            return i
+
+        start = time.monotonic()
+        m = ex.map(work, range(6), timeout=1.0)
+        time.sleep(0.6)  # the consumer starts late: that is the scenario
+        begun = time.monotonic()
+        assert next(m) == 0 and next(m) == 1
+        with pytest.raises(TimeoutError):
+            next(m)
+        end = time.monotonic()
+        assert 0.95 <= end - start < 1.8, end - start
+        assert end - begun < 0.85, "the timeout was counted from the first next()"
+        with pytest.raises(StopIteration):
+            next(m)  # a timed-out map is over
+
+
+# -- map: abandoned ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["close", "del"])
+def test_abandoned_map_stops_reading_and_cancels_its_work(mode: str, how: str) -> None:
+    source = Counted(count())
+    with _faults.Beacon() as log, executor(max_workers=2, mode=mode) as ex, Hold() as hold:
+
+        def work(i: int) -> int:
+            log.send_int(os.getpid())
+            if i >= 3:
+                hold.wait()
+            return i
+
+        m = ex.map(work, source, buffer_size=5)
+        assert [next(m) for _ in range(3)] == [0, 1, 2]
+        assert source.wait_pulled(3 + 5)
+        pids = [log.receive_int() for _ in range(5)]  # items 0-4 started; 3 and 4 are held
+        if how == "close":
+            m.close()
+        else:
+            del m
+            gc.collect()
+        if mode == "process":
+            assert survivors(pids) == [], "the held children were not killed"
+        time.sleep(0.2)  # a feeder still running would pull more now; absence has no event
+        assert source.pulled == 3 + 5
+        hold.release(5)  # thread mode: the two held calls cannot be killed; let them finish
+        ex.shutdown(wait=True)
+        assert not log.pending(), "work queued ahead ran after the map was abandoned"
+
+
+def test_abandoned_map_that_was_never_iterated(mode: str) -> None:
+    source = Counted(count())
+    with executor(max_workers=2, mode=mode) as ex:
+        m = ex.map(square, source, buffer_size=4)
+        assert source.wait_pulled(4)
+        del m
+        gc.collect()
+        time.sleep(0.1)  # a feeder still running would pull more now; absence has no event
+        assert source.pulled == 4
+
+
+# -- map: an input blocked forever (H6) ----------------------------------------------------------
+
+
+def test_shutdown_is_not_held_up_by_a_blocked_input(mode: str) -> None:
+    opened = threading.Event()  # opened only at the end of the test
+    passed = threading.Event()
+
+    def source() -> Iterator[int]:
+        yield from range(3)
+        opened.wait()
+        passed.set()
+        yield 3
+
+    with _faults.Beacon() as log:
+
+        def work(i: int) -> int:
+            log.send_int(i)
+            return i
+
+        ex = StreamExecutor(max_workers=2, mode=mode)
+        returned = threading.Event()
+
+        def shut() -> None:
+            ex.shutdown(wait=True, cancel_futures=True)
+            returned.set()
+
+        waiter = threading.Thread(target=shut, name="stream-test-shutdown", daemon=True)
+        try:
+            m = ex.map(work, source(), buffer_size=4)
+            assert [next(m) for _ in range(3)] == [0, 1, 2]
+            waiter.start()  # the feeder is now stuck in next() of the input
+            assert returned.wait(PROMPT), "shutdown(cancel_futures=True) waited for the input"
+        finally:
+            opened.set()
+            if waiter.is_alive():
+                waiter.join(PATIENCE)
+            ex.shutdown(wait=True)
+        assert passed.wait(PATIENCE)
+        # The feeder came back after the shutdown: the map ends with an error, item 3 never runs.
+        with pytest.raises((RuntimeError, CancelledError)):
+            next(m)
+        assert sorted(log.receive_int() for _ in range(3)) == [0, 1, 2]
+        assert not log.pending()
+
+
+# -- interpreter exit ----------------------------------------------------------------------------
+
+EXIT_SCRIPT = """
+import itertools, os, sys, time
+from inparallel import StreamExecutor
+
+mode, log_path = sys.argv[1], sys.argv[2]
+
+def slow(i):
+    with open(log_path, "a") as f:
+        f.write(f"{i} {os.getpid()}\\n")
+    if i >= 2:
+        time.sleep(60)  # far longer than the test: the interpreter's exit must not wait
+    return i
+
+def started():
+    with open(log_path) as f:
+        return len(f.read().split("\\n")) - 1
+
+ex = StreamExecutor(max_workers=2, mode=mode)
+m = ex.map(slow, itertools.count())
+assert next(m) == 0 and next(m) == 1
+deadline = time.monotonic() + 20
+while started() < 4 and time.monotonic() < deadline:
+    time.sleep(0.01)  # items 2 and 3 start in other processes or threads: poll the log
+print("END", started(), time.monotonic(), flush=True)
+"""
+
+
+def test_a_live_map_never_blocks_interpreter_exit(mode: str, tmp_path: Path) -> None:
+    log_path, out_path, err_path = tmp_path / "log", tmp_path / "out", tmp_path / "err"
+    log_path.touch()
+    # stdout and stderr go to files: a surviving worker holding a pipe must not hang the test.
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", EXIT_SCRIPT, mode, str(log_path)],
+            cwd=_faults.REPO_ROOT,
+            env=_faults.python_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+        )
+    try:
+        rc = proc.wait(30)
+        exited = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    workers = {
+        int(i): int(pid) for i, pid in (line.split() for line in log_path.read_text().splitlines())
+    }
+    others = [pid for pid in workers.values() if pid != proc.pid]
+    try:
+        gone = survivors(others)
+    finally:
+        for pid in others:
+            if _faults.alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    stdout, stderr = out_path.read_text(), err_path.read_text()
+    assert rc == 0, (rc, stdout, stderr)
+    assert stderr == ""
+    words = stdout.split()
+    assert words[:2] == ["END", "4"], stdout
+    assert exited - float(words[2]) < 3.0, "interpreter exit was held up by the live map"
+    assert {0, 1, 2, 3} <= set(workers)
+    if mode == "process":
+        assert len(set(others)) == len(workers)
+    else:
+        assert others == []
+    assert gone == [], "a worker outlived the interpreter"
+
+
+# -- the seed README example ---------------------------------------------------------------------
+
+
+def process(i: int) -> int:
+    time.sleep(0.1)
+    return i
+
+
+def is_odd(x: int) -> int:
+    return x % 2
+
+
+@pytest.mark.parametrize(("workers", "low", "high"), [(2, 0.8, 2.0), (10, 0.0, 1.2)])
+def test_seed_example_timing(mode: str, workers: int, low: float, high: float) -> None:
+    n = 10  # will need 20 numbers to get 10 odd ones
+    start = time.monotonic()
+    # StreamExecutor.map takes 0.1 * 20 / 2 = 1 sec
+    # starts processing here, without waiting for iteration
+    executor = StreamExecutor(max_workers=workers, mode=mode)
+    m = executor.map(process, count())
+    g = islice(filter(is_odd, m), n)
+    time.sleep(0.5)
+    assert list(g) == list(range(1, 2 * n, 2))
+    elapsed = time.monotonic() - start
+    del g, m
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert low <= elapsed < high, elapsed
+
+
+# -- load ----------------------------------------------------------------------------------------
+
+
+def test_many_thread_workers() -> None:
+    base = threading.active_count()
+    most = 0
+    lock = threading.Lock()
+
+    def work(i: int) -> int:
+        nonlocal most
+        with lock:
+            most = max(most, threading.active_count())
+        return i * 3
+
+    with executor(max_workers=128, mode="thread") as ex:
+        assert list(ex.map(work, range(1000))) == [i * 3 for i in range(1000)]
+        futures = [ex.submit(work, i) for i in range(1000)]
+        assert [f.result(PATIENCE) for f in futures] == [i * 3 for i in range(1000)]
+    assert most <= base + 128 + 1  # the workers and the map's feeder
