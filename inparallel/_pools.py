@@ -58,8 +58,11 @@ class Indexed:
         j = self.view[i]
         return tuple(s[j] for s in self.sequences)
 
-    def items(self, start: int, stop: int) -> Iterable[tuple[Any, ...]]:
-        """The argument tuples at positions ``start..stop-1``, by slicing when inputs allow."""
+    def items(self, start: int, stop: int) -> Iterable[Any]:
+        """The items at positions ``start..stop-1`` (tuples of them for several inputs).
+
+        Slices the inputs when they allow it; indexes them one by one otherwise.
+        """
         positions = self.view[start:stop]
         if positions.step > 0:
             try:
@@ -69,7 +72,10 @@ class Indexed:
             except Exception:  # not sliceable (a plain __getitem__/__len__ class): go by index
                 columns = []
             if columns and all(len(c) == len(positions) for c in columns):
-                return zip(*columns, strict=False)
+                return columns[0] if len(columns) == 1 else zip(*columns, strict=False)
+        if len(self.sequences) == 1:
+            (sequence,) = self.sequences
+            return (sequence[j] for j in positions)
         return (tuple(s[j] for s in self.sequences) for j in positions)
 
 
@@ -79,7 +85,7 @@ class Chunk:
 
     start: int
     stop: int
-    items: list[tuple[Any, ...]] | None = None
+    items: list[Any] | None = None
 
 
 class Done(NamedTuple):
@@ -100,22 +106,35 @@ class ItemNotPicklable(Exception):
         self.error = error
 
 
+def spread(fn: Callable[..., Any]) -> Callable[[tuple[Any, ...]], Any]:
+    """Adapt ``fn`` to items that are tuples of arguments (a map over several inputs)."""
+
+    def call(args: tuple[Any, ...]) -> Any:
+        return fn(*args)
+
+    return call
+
+
 def compute(
-    fn: Callable[..., Any], source: Indexed | None, chunk: Chunk
+    call: Callable[[Any], Any], source: Indexed | None, chunk: Chunk
 ) -> tuple[list[Any], BaseException | None, float]:
-    """Run ``fn`` over a chunk's items; stop at the first exception and return it."""
+    """Run ``call(item)`` over a chunk's items; stop at the first exception and return it.
+
+    ``call`` is the mapped function for one input, `spread` of it for several.
+    """
     started = time.perf_counter()
     values: list[Any] = []
-    append = values.append
     error = None
     try:
-        if chunk.items is not None:
-            for args in chunk.items:
-                append(fn(*args))
-        else:
+        items: Iterable[Any]
+        if chunk.items is None:
             assert source is not None
-            for args in source.items(chunk.start, chunk.stop):
-                append(fn(*args))
+            items = source.items(chunk.start, chunk.stop)
+        else:
+            items = chunk.items
+        # The loop runs in C; when an item raises, extend() has kept the values before it,
+        # so len(values) is the failing item's offset.
+        values.extend(map(call, items))
     except BaseException as exc:  # the item's error, whatever it is, belongs to its position
         error = exc
     return values, error, time.perf_counter() - started
@@ -163,6 +182,8 @@ class ThreadPool:
         # Threads cannot be killed: they skip the chunks still queued and end after the one
         # they are computing. At the normal end they are idle: wait for them, so that no
         # thread of ours is left when the caller forks next (3.12+ would warn).
+        if self._stopped.is_set():
+            return
         self._stopped.set()
         for _ in self._threads:
             self._jobs.put(None)
@@ -211,6 +232,8 @@ class ProcessPool:
             ItemNotPicklable: One of the chunk's items cannot be pickled; nothing was sent.
             SpawnError: A needed worker could not be started.
         """
+        if self._closed:
+            raise RuntimeError("this map pass is over; start a new one")
         payload = _pack_request(chunk)
         worker = min(self._workers, key=lambda w: len(self._workers[w]), default=None)
         if worker is None or (self._workers[worker] and len(self._workers) < self._size):
@@ -339,7 +362,7 @@ def _pack_reply(
     it is still delivered.
     """
     values_blob, value_blobs = None, []
-    if all(type(v) in _PLAIN for v in values):
+    if _PLAIN.issuperset(map(type, values)):
         values_blob = pickle.dumps(values, protocol=5)
     else:
         for value in values:

@@ -184,6 +184,7 @@ class StreamExecutor(Executor):
 
     def _finished(self, call: _Call, task: Future[Any]) -> None:
         call.copy_from(task)
+        call.task = None  # the task's callbacks hold the call: break the cycle, free the result
         self._release()
 
     def _release(self) -> None:

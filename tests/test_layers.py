@@ -22,6 +22,7 @@ LAYERS = [
     ("_core._spawn",),
     ("_task", "_waitfor", "_progress", "_workers"),
     ("_pools", "_preload", "_stream"),
+    ("_pass",),
     ("_map",),
     ("_pipeline",),
 ]

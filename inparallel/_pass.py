@@ -1,0 +1,268 @@
+"""One pass of a parallel map: dispatch, read-ahead bound, ordering and errors.
+
+A pass is one parallel run over the input, driven entirely by the consumer's thread: each time
+the consumer has used up the results it was given, the pass tops the pool up with chunks
+(pulling input only then), waits for finished chunks and hands over their values, a list per
+chunk. No background thread of the map's own is ever started, so there is nothing to leak on
+an early ``break``, and for the process pool every fork happens from the consumer's thread. A
+pass holds at most ``buffer_size`` items that were pulled but not yet consumed: that bounds both
+the results computed ahead and the input read ahead, so an infinite input maps in constant
+memory.
+
+Chunk size adapts unless given: a pass starts with one item per chunk (the first result comes
+back at once) and then aims at `TARGET_CHUNK_SECONDS` of work per chunk, measured by the
+workers, within the buffer and, for inputs of known length, small enough that every worker
+gets a share of what is left.
+
+Errors belong to their position. In order (the default), a pass hands over every earlier
+value, then raises the error and ends; with ``ordered=False`` it first hands over every value
+already computed or in flight, then raises. Either way nothing computed before the error is
+lost.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Literal
+
+from ._pools import Chunk, Done, Indexed, ItemNotPicklable, ProcessPool, ThreadPool
+from ._progress import Progress, open_progress
+
+__all__ = ("MAX_CHUNK", "TARGET_CHUNK_SECONDS", "MapOptions", "Pass")
+
+#: Seconds of work an automatic chunk aims at: long enough that the per-chunk cost (a message
+#: each way, about 50 us) is noise, short enough that the consumer sees results steadily.
+TARGET_CHUNK_SECONDS = 0.02
+
+#: Largest automatic chunk: bounds the memory one chunk of results takes.
+MAX_CHUNK = 4096
+
+Engine = Literal["thread", "process"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MapOptions:
+    """What a map was asked for (checked by the public functions)."""
+
+    engine: Engine
+    workers: int
+    buffer_size: int | None
+    chunksize: int | None
+    ordered: bool
+    progress: bool
+
+
+class Pass:
+    """The state of one pass; `chunks` is its output, consumed from one thread.
+
+    ``call`` takes one item: the mapped function itself for one input, `spread` of it (the
+    items are argument tuples) for several.
+    """
+
+    def __init__(
+        self,
+        call: Callable[[Any], Any],
+        inputs: Indexed | Iterator[Any],
+        options: MapOptions,
+        name: str,
+    ) -> None:
+        self.options = options
+        source = inputs if isinstance(inputs, Indexed) else None
+        self._items = None if isinstance(inputs, Indexed) else inputs
+        self._length = None if source is None else len(source)
+        workers = options.workers
+        if self._length is not None:
+            workers = max(1, min(workers, self._length))
+        self.workers = workers
+        if options.engine == "process":
+            self.pool: ThreadPool | ProcessPool = ProcessPool(call, source, workers, name)
+        else:
+            self.pool = ThreadPool(call, source, workers)
+        self._progress: Progress = open_progress(
+            options.progress, total=self._length, desc=name, stacklevel=5
+        )
+        self.pulled = 0  # positions handed to the pool (or found to be past the end)
+        self.consumed = 0  # values handed over in lists the consumer has finished
+        self._limit: int | None = self._length  # no position at or past it is dispatched
+        self._chunk = options.chunksize or 1
+        self._in_flight = 0  # chunks submitted and not yet returned
+        self._finished: dict[int, Done] = {}  # ordered: done chunks by start, not handed over
+        self._next_start = 0
+        self._ready: deque[list[Any]] = deque()
+        self._current: list[Any] = []  # the list the consumer is iterating now
+        self._error: BaseException | None = None  # raised once _ready is empty
+        self._late_errors: list[BaseException] = []  # ordered=False: raised after the values
+        self._failed = False  # an error is known: dispatch nothing more
+        self._settled = False  # ordered: the error is next in line; later chunks are moot
+        self.done = False
+
+    def chunks(self) -> Iterator[list[Any]]:
+        """Yield the results, a list at a time, in output order; then raise or end.
+
+        Blocks while waiting for workers. Resuming it means the consumer has used up the list
+        yielded before, which is what makes room in the buffer.
+        """
+        try:
+            while not self.done:  # closed while the consumer held a list: nothing more
+                self.consumed += len(self._current)
+                self._progress.update(len(self._current))
+                self._dispatch()
+                while not self._ready:
+                    if self._error is not None:
+                        error, self._error = self._error, None
+                        raise error
+                    if self.is_done():  # _finish() ended it
+                        return
+                    if self._in_flight == 0:
+                        self._finish()
+                        continue
+                    self._collect(self.pool.wait())
+                    self._dispatch()
+                self._current = self._ready.popleft()
+                yield self._current
+        except GeneratorExit:
+            raise  # the iterator was dropped: its finalizer stops the pool
+        except BaseException:  # an item's error, or Ctrl-C while waiting: the pass is over
+            self.close()
+            raise
+
+    def is_done(self) -> bool:
+        """Whether the pass has ended (normally, by an error, or closed)."""
+        return self.done
+
+    def close(self) -> None:
+        """Stop the pass now: kill worker processes, tell worker threads to stop."""
+        self.done = True
+        self._ready.clear()
+        self._current.clear()  # what the consumer has not taken yet is not handed over
+        self._finished.clear()
+        self._error = None
+        self.pool.close(kill=True)
+        self._progress.close()
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def _buffer(self) -> int:
+        if self.options.buffer_size is not None:
+            return self.options.buffer_size
+        return max(16, 4 * self.workers * self._chunk)
+
+    def _chunk_size(self, room: int) -> int:
+        size = min(self._chunk, room)
+        if self._limit is not None:
+            left = self._limit - self.pulled
+            if self.options.chunksize is None:  # share the tail among the workers
+                size = min(size, math.ceil(left / self.workers))
+            size = min(size, left)
+        return max(size, 1)
+
+    def _dispatch(self) -> None:
+        """Submit chunks while the pool has room, the buffer allows, and input remains."""
+        while not self._failed and self.pool.slots() > 0:
+            if self._limit is not None and self.pulled >= self._limit:
+                return
+            room = self._buffer() - (self.pulled - self.consumed)
+            if room <= 0:
+                return
+            size = self._chunk_size(room)
+            start = self.pulled
+            if self._items is None:
+                chunk = Chunk(start, start + size)
+            else:
+                items = self._pull(size)
+                if not items:
+                    return
+                chunk = Chunk(start, start + len(items), items)
+            self._submit(chunk)
+
+    def _pull(self, size: int) -> list[Any]:
+        assert self._items is not None
+        items: list[Any] = []
+        try:
+            items.extend(islice(self._items, size))
+        except Exception as exc:  # the input's own error, raised at its position (not Ctrl-C)
+            self._fail_at(self.pulled + len(items), exc)
+            return items
+        if len(items) < size:
+            self._limit = self.pulled + len(items)  # the input is exhausted
+        return items
+
+    def _submit(self, chunk: Chunk) -> None:
+        try:
+            self.pool.submit(chunk)
+        except ItemNotPicklable as bad:
+            error = bad.error
+            error.add_note(
+                f"process_map could not send input item {chunk.start + bad.index} to a worker:"
+                " items of a non-indexable input are pickled; pass a list (or any indexable"
+                " input: the workers read it from their inherited memory) or picklable items"
+            )
+            self._fail_at(chunk.start + bad.index, error)
+            if bad.index == 0:
+                return
+            assert chunk.items is not None
+            chunk = Chunk(chunk.start, chunk.start + bad.index, chunk.items[: bad.index])
+            self.pool.submit(chunk)
+        except Exception as exc:  # SpawnError: no worker; fail this position
+            self._fail_at(chunk.start, exc)
+            return
+        self.pulled = max(self.pulled, chunk.stop)
+        self._in_flight += 1
+
+    def _fail_at(self, position: int, error: BaseException) -> None:
+        self._failed = True
+        self._limit = position if self._limit is None else min(self._limit, position)
+        self.pulled = max(self.pulled, position)
+        self._record(Done(Chunk(position, position), [], error, 0.0))
+
+    # -- collection --------------------------------------------------------------------------
+
+    def _collect(self, results: list[Done]) -> None:
+        for done in results:
+            if self._settled:
+                return
+            self._in_flight -= 1
+            if self.options.chunksize is None and done.values and done.elapsed > 0:
+                per_item = done.elapsed / len(done.values)
+                self._chunk = max(1, min(MAX_CHUNK, int(TARGET_CHUNK_SECONDS / per_item)))
+            if done.error is not None:
+                self._failed = True
+                position = done.chunk.start + len(done.values)
+                if self._limit is None or position < self._limit:
+                    self._limit = position
+            self._record(done)
+
+    def _record(self, done: Done) -> None:
+        if not self.options.ordered:
+            if done.values:
+                self._ready.append(done.values)
+            if done.error is not None:
+                self._late_errors.append(done.error)
+            return
+        self._finished[done.chunk.start] = done
+        while (head := self._finished.pop(self._next_start, None)) is not None:
+            if head.values:
+                self._ready.append(head.values)
+            if head.error is not None:
+                self._error = head.error
+                # The error is next in line: what is still in flight comes after it.
+                self._finished.clear()
+                self._failed = self._settled = True
+                self._in_flight = 0
+                self.pool.close(kill=True)
+                return
+            self._next_start = head.chunk.stop
+
+    def _finish(self) -> None:
+        """Nothing is in flight and nothing more will be dispatched: the pass is over."""
+        if self._late_errors:  # ordered=False: every computed value went out first
+            self._error = self._late_errors[0]
+            self._late_errors.clear()
+            return
+        self.done = True
+        self.pool.close(kill=False)
+        self._progress.close()
