@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ._core._channel import dumps, load_error, pack_error, recv_message, send_message
+from ._core._channel import dumps, load_error, pack_error, recv_message, send_parts, split_parts
 from ._core._errors import ResultNotPicklable, WorkerDied
 from ._core._reader import decode
-from ._core._wire import Kind
+from ._core._wire import Kind, encode_value
 from ._workers import Waker, Worker
 
 __all__ = ("Chunk", "Done", "Indexed", "ItemNotPicklable", "ProcessPool", "ThreadPool")
@@ -319,17 +319,22 @@ def _pack_request(chunk: Chunk) -> bytes:
         raise
 
 
-def _unpack_reply(message: bytes, held: dict[int, Chunk]) -> Done:
-    start, values_blob, value_blobs, error_packed, elapsed = pickle.loads(message)
+def _unpack_reply(message: bytes | bytearray, held: dict[int, Chunk]) -> Done:
+    """Rebuild a computed chunk in the parent (never raises for a bad value: fails it)."""
+    envelope, *parts = split_parts(message)
+    start, whole, layout, error_packed, elapsed = pickle.loads(envelope)
     chunk = held.pop(start)
     error = None if error_packed is None else load_error(error_packed)
-    if values_blob is not None:  # plain data: cannot fail to load
-        return Done(chunk, pickle.loads(values_blob), error, elapsed)
     values: list[Any] = []
-    for blob in value_blobs:
-        ok, value = decode(Kind.VALUE, blob, [], restricted=False)
+    index = 0
+    for count in layout:
+        payload, buffers = parts[index], parts[index + 1 : index + 1 + count]
+        index += 1 + count
+        ok, value = decode(Kind.VALUE, payload, buffers, restricted=False)
         if not ok:  # the parent lacks a class, or a __reduce__ fails here: fail this item
             return Done(chunk, values, value, elapsed)
+        if whole:
+            return Done(chunk, value, error, elapsed)
         values.append(value)
     return Done(chunk, values, error, elapsed)
 
@@ -343,7 +348,7 @@ def _serve_chunks_factory(
             start, stop, items = pickle.loads(message)
             chunk = Chunk(start, stop, items)
             values, error, elapsed = compute(fn, source, chunk)
-            send_message(replies, _pack_reply(start, values, error, elapsed))
+            send_parts(replies, _pack_reply(start, values, error, elapsed))
 
     return serve
 
@@ -354,22 +359,27 @@ _PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
 def _pack_reply(
     start: int, values: list[Any], error: BaseException | None, elapsed: float
-) -> bytes:
-    """Encode a computed chunk (in the worker child).
+) -> list[bytes | memoryview]:
+    """Encode a computed chunk (in the worker child) as the parts of one message.
 
     Plain values go as one pickle. Others go one pickle each, so that a value that will not
     pickle here, or not load in the parent, fails at its own position and every value before
-    it is still delivered.
+    it is still delivered. Big buffers (``bytes``, numpy arrays) travel out of band, as
+    separate parts written from where they are.
     """
-    values_blob, value_blobs = None, []
-    if _PLAIN.issuperset(map(type, values)):
-        values_blob = pickle.dumps(values, protocol=5)
-    else:
-        for value in values:
-            try:
-                value_blobs.append(dumps(value, "the mapped function returned"))
-            except ResultNotPicklable as exc:
-                error = exc
-                break
+    whole = _PLAIN.issuperset(map(type, values))
+    parts: list[bytes | memoryview] = []
+    layout = []  # out-of-band buffers per pickle
+    for value in [values] if whole else values:
+        try:
+            encoded = encode_value(value, restricted=False)
+        except ResultNotPicklable as exc:
+            error = ResultNotPicklable(exc.type_name, exc.reason, "the mapped function returned")
+            error.__cause__ = exc.__cause__
+            break
+        parts.append(encoded.payload)
+        parts.extend(encoded.buffers)
+        layout.append(len(encoded.buffers))
     packed = None if error is None else pack_error(error)
-    return pickle.dumps((start, values_blob, value_blobs, packed, elapsed), protocol=5)
+    envelope = pickle.dumps((start, whole, layout, packed, elapsed), protocol=5)
+    return [envelope, *parts]

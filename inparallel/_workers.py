@@ -136,7 +136,7 @@ class Worker:
                 return
             del self._outbox[:written]
 
-    def read(self) -> list[bytes]:
+    def read(self) -> list[bytes | bytearray]:
         """Return the whole reply messages that have arrived (never blocks)."""
         if self.eof or self.replies < 0:
             return []

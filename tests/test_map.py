@@ -966,3 +966,37 @@ def test_ledger_of_a_stopped_run(seed: int, calls: CallLog) -> None:
     computed = calls.values()
     assert len(computed) == len(set(computed))  # nothing computed twice
     assert set(delivered) | set(failed) <= set(computed) <= set(pulled)
+
+
+# -- big results -------------------------------------------------------------------------------
+
+
+def test_big_results_arrive_whole_and_in_order() -> None:
+    # Big bytes and numpy arrays travel as out-of-band parts read straight into place.
+    size = 3 << 20
+
+    def big(i: int) -> bytes:
+        return bytes([i]) * size
+
+    out = list(process_map(big, range(6), chunksize=2))
+    assert [len(b) for b in out] == [size] * 6
+    assert all(b == bytes([i]) * size for i, b in enumerate(out))
+    assert all(type(b) is bytes for b in out)
+
+    arrays = list(process_map(lambda i: np.full(size // 8, i, dtype=np.float64), iter(range(5))))
+    assert [float(a[0]) for a in arrays] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert all(a.shape == (size // 8,) and float(a[-1]) == i for i, a in enumerate(arrays))
+    arrays[0][:] = 9.0  # writable, and private to the parent
+    assert float(arrays[1][0]) == 1.0
+
+
+def test_mixed_small_and_big_values_in_one_chunk() -> None:
+    def value(i: int) -> object:
+        return {"i": i, "blob": b"x" * (2 << 20)} if i % 3 == 0 else (i, "small")
+
+    out = list(process_map(value, range(9), chunksize=9))
+    for i, v in enumerate(out):
+        if i % 3 == 0:
+            assert v == {"i": i, "blob": b"x" * (2 << 20)}
+        else:
+            assert v == (i, "small")

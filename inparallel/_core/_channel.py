@@ -32,9 +32,12 @@ __all__ = (
     "pack_error",
     "recv_message",
     "send_message",
+    "send_parts",
+    "split_parts",
 )
 
 LENGTH = struct.Struct("<Q")
+COUNT = struct.Struct("<I")
 
 
 def dumps(obj: object, what: str = "the worker sent") -> bytes:
@@ -108,53 +111,102 @@ def recv_message(fd: int) -> bytes | None:
     return payload
 
 
+def send_parts(fd: int, parts: list[bytes | memoryview]) -> None:
+    """Write one message made of several parts (a pickle and its out-of-band buffers).
+
+    The message body is ``count u32 | size u64 per part | the parts``; `split_parts` cuts
+    it again. Big parts are written from where they are, never joined into one copy.
+    """
+    views = [memoryview(p).cast("B") for p in parts]
+    table = COUNT.pack(len(views)) + b"".join(LENGTH.pack(v.nbytes) for v in views)
+    total = len(table) + sum(v.nbytes for v in views)
+    small = bytearray(LENGTH.pack(total) + table)
+    for view in views:
+        if view.nbytes >= 1 << 16:
+            write_all(fd, small)
+            small.clear()
+            write_all(fd, view)
+        else:
+            small += view
+    if small:
+        write_all(fd, small)
+
+
+def split_parts(message: bytes | bytearray) -> list[memoryview]:
+    """Cut a `send_parts` message into its parts (views of ``message``, no copies)."""
+    view = memoryview(message)
+    (count,) = COUNT.unpack_from(view, 0)
+    offset = COUNT.size + count * LENGTH.size
+    parts = []
+    for i in range(count):
+        (size,) = LENGTH.unpack_from(view, COUNT.size + i * LENGTH.size)
+        parts.append(view[offset : offset + size])
+        offset += size
+    return parts
+
+
+#: Messages at least this big are read straight into their own buffer (one copy, not three).
+BIG_MESSAGE = 1 << 20
+
+
 class MessageBuffer:
     """Cut a byte stream read from a non-blocking pipe into whole messages (parent side)."""
 
-    __slots__ = ("_data", "_max")
+    __slots__ = ("_big", "_data", "_filled", "_max")
 
     def __init__(self, max_size: int = DEFAULT_MAX_RESULT_SIZE) -> None:
         self._data = bytearray()
+        self._big: bytearray | None = None  # a big message being read in place
+        self._filled = 0
         self._max = max_size
 
-    def read_from(self, fd: int) -> tuple[list[bytes], bool]:
+    def read_from(self, fd: int) -> tuple[list[bytes | bytearray], bool]:
         """Read what ``fd`` has now; return ``(whole messages, end_of_file)``.
 
         Raises:
             ValueError: A message announces more than the size cap (a corrupt stream).
             OSError: Reading failed for a reason other than having nothing to read.
         """
-        eof = False
-        while True:
-            try:
-                data = os.read(fd, 1 << 20)
-            except BlockingIOError:
-                break
-            if not data:
-                eof = True
-                break
-            self._data += data
-            if len(data) < 1 << 20:
-                break
-        return self._split(), eof
+        out: list[bytes | bytearray] = []
+        try:
+            while True:
+                if self._big is not None:
+                    n = os.readv(fd, [memoryview(self._big)[self._filled :]])
+                    if not n:
+                        return out, True
+                    self._filled += n
+                    if self._filled == len(self._big):
+                        out.append(self._big)
+                        self._big = None
+                    continue
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    return out, True
+                self._data += data
+                self._split(out)
+        except BlockingIOError:
+            return out, False
 
-    def _split(self) -> list[bytes]:
-        out = []
+    def _split(self, out: list[bytes | bytearray]) -> None:
         data, start = self._data, 0
         while len(data) - start >= LENGTH.size:
             (size,) = LENGTH.unpack_from(data, start)
             if size > self._max:
                 raise ValueError(f"a worker message announces {size} bytes, over the cap")
-            end = start + LENGTH.size + size
+            begin, end = start + LENGTH.size, start + LENGTH.size + size
             if end > len(data):
+                if size >= BIG_MESSAGE:  # read the rest straight into the message's buffer
+                    self._big = bytearray(size)
+                    self._filled = len(data) - begin
+                    self._big[: self._filled] = data[begin:]
+                    start = len(data)
                 break
-            out.append(bytes(data[start + LENGTH.size : end]))
+            out.append(bytes(data[begin:end]))
             start = end
         if start:
             del data[:start]
-        return out
 
     @property
     def partial(self) -> bool:
         """Whether part of a message is buffered (the writer died in the middle of it)."""
-        return bool(self._data)
+        return bool(self._data) or self._big is not None

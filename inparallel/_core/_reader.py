@@ -168,7 +168,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def decode(
-    kind: Kind, payload: bytes, buffers: list[memoryview], restricted: bool
+    kind: Kind, payload: bytes | memoryview, buffers: list[memoryview], restricted: bool
 ) -> tuple[bool, Any]:
     """Rebuild an outcome in the parent: ``(True, value)`` or ``(False, exception)``.
 

@@ -217,7 +217,7 @@ def safe_str(exc: BaseException) -> str:
         return f"<unprintable {type(exc).__name__}>"
 
 
-def write_all(fd: int, data: memoryview | bytes) -> None:
+def write_all(fd: int, data: memoryview | bytes | bytearray) -> None:
     """Write every byte to a blocking fd, resuming after partial writes."""
     view = memoryview(data).cast("B")
     while view:
