@@ -174,15 +174,26 @@ def _make(
     *,
     fn: Callable[..., R],
     iterables: tuple[Iterable[Any], ...],
-    workers: int,
+    num_workers: int | None,
     buffer_size: int | None,
     chunksize: int | None,
     ordered: bool,
     progress: bool,
 ) -> ItemizedMap[R] | MapIterator[R]:
+    """Check the arguments of `thread_map`/`process_map` and build the map."""
+    _check(
+        f"{engine}_map",
+        fn=fn,
+        iterables=iterables,
+        num_workers=num_workers,
+        buffer_size=buffer_size,
+        chunksize=chunksize,
+    )
+    cpus = os.cpu_count() or 1
+    default_workers = cpus if engine == "process" else min(32, cpus + 4)
     options = MapOptions(
         engine=engine,
-        workers=workers,
+        workers=num_workers or default_workers,
         buffer_size=buffer_size,
         chunksize=chunksize,
         ordered=bool(ordered),
@@ -230,20 +241,11 @@ def thread_map(
         TypeError: ``fn`` is not callable, an input is not iterable, or there is none.
         ValueError: A size argument is less than 1.
     """
-    _check(
-        "thread_map",
-        fn=fn,
-        iterables=iterables,
-        num_workers=num_workers,
-        buffer_size=buffer_size,
-        chunksize=chunksize,
-    )
-    workers = num_workers or min(32, (os.cpu_count() or 1) + 4)
     return _make(
         "thread",
         fn=fn,
         iterables=iterables,
-        workers=workers,
+        num_workers=num_workers,
         buffer_size=buffer_size,
         chunksize=chunksize,
         ordered=ordered,
@@ -290,20 +292,11 @@ def process_map(
         TypeError: ``fn`` is not callable, an input is not iterable, or there is none.
         ValueError: A size argument is less than 1.
     """
-    _check(
-        "process_map",
-        fn=fn,
-        iterables=iterables,
-        num_workers=num_workers,
-        buffer_size=buffer_size,
-        chunksize=chunksize,
-    )
-    workers = num_workers or os.cpu_count() or 1
     return _make(
         "process",
         fn=fn,
         iterables=iterables,
-        workers=workers,
+        num_workers=num_workers,
         buffer_size=buffer_size,
         chunksize=chunksize,
         ordered=ordered,

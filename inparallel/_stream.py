@@ -194,28 +194,24 @@ class StreamExecutor(Executor):
 
     def _dispatch(self) -> None:
         """Process mode: start queued calls as slots free up; end when none is queued."""
-        while True:
-            with self._cond:
-                while self._pending and self._running >= self._max:
-                    self._cond.wait()
-                if not self._pending:
-                    self._threads -= 1
-                    self._cond.notify_all()
-                    return
-                call = self._pending.popleft()
-                self._running += 1
+        while (call := self._take()) is not None:
             self._start(call)
+
+    def _take(self) -> _Call | None:
+        """Take the next queued call once a slot is free; None (the thread ends) if none."""
+        with self._cond:
+            while self._pending and self._running >= self._max:
+                self._cond.wait()
+            if not self._pending:
+                self._threads -= 1
+                self._cond.notify_all()
+                return None
+            self._running += 1
+            return self._pending.popleft()
 
     def _work(self) -> None:
         """Thread mode: run queued calls; end when none is queued."""
-        while True:
-            with self._cond:
-                if not self._pending:
-                    self._threads -= 1
-                    self._cond.notify_all()
-                    return
-                call = self._pending.popleft()
-                self._running += 1
+        while (call := self._take()) is not None:
             if call.set_running_or_notify_cancel():
                 fn, args, kwargs = call.call
                 try:
