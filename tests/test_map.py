@@ -1000,3 +1000,12 @@ def test_mixed_small_and_big_values_in_one_chunk() -> None:
             assert v == {"i": i, "blob": b"x" * (2 << 20)}
         else:
             assert v == (i, "small")
+
+
+def test_small_numpy_results_are_writable() -> None:
+    # Small messages are copied out of the stream; the copy must be writable, as a task's is.
+    arrays = list(process_map(lambda i: np.full(4, i), range(3)))
+    for i, a in enumerate(arrays):
+        assert a.flags.writeable
+        a += 1
+        assert a.tolist() == [i + 1] * 4

@@ -3,7 +3,12 @@
 A `task` child sends one frame and exits (``_wire``). A worker serves many requests, so its
 pipes carry a stream of messages instead, each one self-delimiting::
 
-    length u64 | pickle protocol 5 bytes (in-band buffers)
+    length u64 | body                       (send_message / recv_message)
+    length u64 | count u32 | size u64 x count | the parts     (send_parts / split_parts)
+
+A body is a pickle; a message in parts is a pickle and its out-of-band buffers (big ``bytes``,
+numpy arrays), written from where they are. A message of `BIG_MESSAGE` bytes or more is read
+straight into its own buffer.
 
 The child writes whole messages with blocking writes; the parent reads without blocking and
 cuts the stream into messages with `MessageBuffer`. Outcomes inside a message are values as they
@@ -201,7 +206,7 @@ class MessageBuffer:
                     self._big[: self._filled] = data[begin:]
                     start = len(data)
                 break
-            out.append(bytes(data[begin:end]))
+            out.append(data[begin:end])  # a writable copy: numpy results stay writable
             start = end
         if start:
             del data[:start]
