@@ -121,7 +121,9 @@ class Pass:
                         self._finish()
                         continue
                     self._collect(self.pool.wait())
-                    self._dispatch()
+                    # Keep the workers fed, but fork new ones only after the consumer has
+                    # had these results: a fork holds up the parent for 1-3 ms.
+                    self._dispatch(grow=not self._ready)
                 self._current = self._ready.popleft()
                 yield self._current
         except GeneratorExit:
@@ -160,9 +162,12 @@ class Pass:
             size = min(size, left)
         return max(size, 1)
 
-    def _dispatch(self) -> None:
-        """Submit chunks while the pool has room, the buffer allows, and input remains."""
-        while not self._failed and self.pool.slots() > 0:
+    def _dispatch(self, grow: bool = True) -> None:
+        """Submit chunks while the pool has room, the buffer allows, and input remains.
+
+        ``grow=False`` uses only the workers already started.
+        """
+        while not self._failed and self.pool.slots(grow) > 0:
             if self._limit is not None and self.pulled >= self._limit:
                 return
             room = self._buffer() - (self.pulled - self.consumed)
@@ -177,7 +182,7 @@ class Pass:
                 if not items:
                     return
                 chunk = Chunk(start, start + len(items), items)
-            self._submit(chunk)
+            self._submit(chunk, grow)
 
     def _pull(self, size: int) -> list[Any]:
         assert self._items is not None
@@ -191,9 +196,9 @@ class Pass:
             self._limit = self.pulled + len(items)  # the input is exhausted
         return items
 
-    def _submit(self, chunk: Chunk) -> None:
+    def _submit(self, chunk: Chunk, grow: bool) -> None:
         try:
-            self.pool.submit(chunk)
+            self.pool.submit(chunk, grow)
         except ItemNotPicklable as bad:
             error = bad.error
             error.add_note(
@@ -206,7 +211,7 @@ class Pass:
                 return
             assert chunk.items is not None
             chunk = Chunk(chunk.start, chunk.start + bad.index, chunk.items[: bad.index])
-            self.pool.submit(chunk)
+            self.pool.submit(chunk, grow)
         except Exception as exc:  # SpawnError: no worker; fail this position
             self._fail_at(chunk.start, exc)
             return

@@ -20,6 +20,7 @@ the other workers go on, so every earlier result is still delivered.
 from __future__ import annotations
 
 import contextlib
+import math
 import pickle
 import queue
 import select
@@ -39,6 +40,12 @@ __all__ = ("Chunk", "Done", "Indexed", "ItemNotPicklable", "ProcessPool", "Threa
 
 #: Chunks a worker holds at once: the one it computes and the next, already in its pipe.
 PIPELINE = 2
+
+#: A process pass forks its first worker alone, gives it one chunk and waits this long (or
+#: for its first result, if sooner) before forking the others: a fork costs 1-3 ms of the
+#: parent's time, and the consumer's first result should not wait for all of them. Slow items
+#: lose at most this much.
+PROBE_SECONDS = 0.02
 
 
 class Indexed:
@@ -154,10 +161,10 @@ class ThreadPool:
         self._outstanding = 0
         self._stopped = threading.Event()
 
-    def slots(self) -> int:
-        return PIPELINE * self._size - self._outstanding
+    def slots(self, grow: bool = True) -> int:
+        return PIPELINE * self._size - self._outstanding  # starting a thread costs little
 
-    def submit(self, chunk: Chunk) -> None:
+    def submit(self, chunk: Chunk, grow: bool = True) -> None:
         self._outstanding += 1
         self._jobs.put(chunk)
         if len(self._threads) < min(self._size, self._outstanding):
@@ -220,13 +227,26 @@ class ProcessPool:
         self._workers: dict[Worker, dict[int, Chunk]] = {}  # live worker -> chunks it holds
         self._waker = Waker()
         self._closed = False
+        self._probe_end: float | None = None  # while set: one worker only, until then
 
-    def slots(self) -> int:
-        free = (self._size - len(self._workers)) * PIPELINE
-        return free + sum(PIPELINE - len(held) for held in self._workers.values())
+    def _probing(self) -> bool:
+        if self._probe_end is not None and time.monotonic() >= self._probe_end:
+            self._probe_end = None
+        return self._probe_end is not None
 
-    def submit(self, chunk: Chunk) -> None:
+    def slots(self, grow: bool = True) -> int:
+        """Chunks the pool takes now; with ``grow=False``, only what the workers it has take."""
+        if self._workers and self._probing():  # the first worker, one chunk at a time
+            return 1 - sum(len(chunks) for chunks in self._workers.values())
+        held = sum(PIPELINE - len(chunks) for chunks in self._workers.values())
+        if self._workers and not grow:
+            return held
+        return held + (self._size - len(self._workers)) * PIPELINE
+
+    def submit(self, chunk: Chunk, grow: bool = True) -> None:
         """Send a chunk to the least busy worker, forking a new one when all are busy.
+
+        With ``grow=False`` it goes to a worker already started (`slots` said one has room).
 
         Raises:
             ItemNotPicklable: One of the chunk's items cannot be pickled; nothing was sent.
@@ -236,7 +256,14 @@ class ProcessPool:
             raise RuntimeError("this map pass is over; start a new one")
         payload = _pack_request(chunk)
         worker = min(self._workers, key=lambda w: len(self._workers[w]), default=None)
-        if worker is None or (self._workers[worker] and len(self._workers) < self._size):
+        if worker is None or (
+            grow
+            and self._workers[worker]
+            and len(self._workers) < self._size
+            and not self._probing()
+        ):
+            if not self._workers and self._probe_end is None and self._size > 1:
+                self._probe_end = time.monotonic() + PROBE_SECONDS
             worker = Worker(
                 _serve_chunks_factory(self._fn, self._source),
                 f"{self._name} worker",
@@ -255,10 +282,18 @@ class ProcessPool:
                 if ended:
                     out.extend(self._retire(worker))
             if out:
+                self._probe_end = None  # a result is back: start the other workers now
                 return out
-            self._block()
+            if self._probing():
+                assert self._probe_end is not None
+                if not self._block(self._probe_end - time.monotonic()):
+                    self._probe_end = None
+                    return out  # nothing yet: the caller dispatches to new workers
+                continue
+            self._block(None)
 
-    def _block(self) -> None:
+    def _block(self, timeout: float | None) -> bool:
+        """Wait for a reply, a worker's end or room to write; False if ``timeout`` passed."""
         poller = select.poll()
         poller.register(self._waker.fileno(), select.POLLIN)
         for worker in self._workers:
@@ -266,10 +301,11 @@ class ProcessPool:
                 poller.register(worker.replies, select.POLLIN)
             if worker.wants_write:
                 poller.register(worker.requests, select.POLLOUT)
-        poller.poll()
+        events = poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
         self._waker.clear()
         for worker in self._workers:
             worker.flush()
+        return bool(events)
 
     def _retire(self, worker: Worker) -> list[Done]:
         """A worker ended: fail what it still held (it has sent all it could)."""

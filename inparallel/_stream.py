@@ -23,7 +23,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, wait
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from itertools import islice
 from types import TracebackType
@@ -37,6 +37,10 @@ __all__ = ("StreamExecutor",)
 
 R = TypeVar("R")
 _MISSING: Any = object()
+
+#: A map's first call gets this long (or until it finishes) before the feeder forks more:
+#: each fork holds the parent for 1-3 ms, and the first result should not wait for them.
+FIRST_CALL_HEAD_START = 0.02
 
 
 class _Call(Future[Any]):
@@ -372,6 +376,7 @@ class _MapState:
         chunksize: int,
     ) -> None:
         cond = self.cond
+        first = True
         try:
             while True:
                 with cond:
@@ -401,8 +406,14 @@ class _MapState:
                         return
                     self.futures.append((future, len(chunk)))
                     cond.notify_all()
+                if first:
+                    first = False
+                    wait([future], timeout=FIRST_CALL_HEAD_START)
                 if len(chunk) < take:  # the input ended (or failed)
                     return
+                # Let the supervisor and the consumer in: filling a big buffer would otherwise
+                # hold the GIL for tens of ms at a time and delay the first results.
+                os.sched_yield()
         except BaseException as exc:  # submit refused (shut down) or could not fork
             self.error = exc
         finally:
