@@ -54,7 +54,8 @@ def process_parallel(
     Args:
         work_generator: An iterable, or a callable returning one (called once, here).
         work_processor: Runs in forked workers, which inherit it (it need not be picklable);
-            items are pickled to them and results pickled back.
+            results are pickled back, and so are the items unless ``work_generator`` is
+            indexable (a list: the workers read it from their inherited copy).
         result_consumer: Called with each result, in the caller's thread.
         workers: Worker processes; default ``os.cpu_count()``.
         maxsize_jobs: Items that may wait for or be in a processor.
@@ -65,11 +66,14 @@ def process_parallel(
         progress: Show a tqdm progress bar.
 
     Raises:
-        TypeError: A stage is not callable (or iterable), or a size is not an int.
+        TypeError: A stage is not callable (or iterable), a size is not an int, or both
+            ``maxsize_jobs`` and ``maxsize_jobsize`` are given.
         ValueError: ``workers`` or a size is less than 1.
         Exception: The first error of any stage, re-raised here after the pipeline stopped.
     """
     if maxsize_jobsize is not None:
+        if maxsize_jobs not in {DEFAULT_MAXSIZE, maxsize_jobsize}:
+            raise TypeError("give maxsize_jobs= or maxsize_jobsize= (its old name), not both")
         maxsize_jobs = maxsize_jobsize
     jobs = _size("maxsize_jobs", maxsize_jobs)
     results = _size("maxsize_results", maxsize_results)

@@ -1,6 +1,6 @@
 """The engines behind one pass of a parallel map: worker threads, or forked worker processes.
 
-A pass (``_map``) cuts its input into chunks (`Chunk`) and hands them to a pool; the pool computes
+A pass (``_pass``) cuts its input into chunks (`Chunk`) and hands them to a pool; the pool computes
 them and hands back `Done` records, in whatever order they finish. Both pools have the same
 four calls, all made from the consumer's thread:
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import pickle
 import queue
 import select
@@ -225,7 +226,8 @@ class ProcessPool:
     ) -> None:
         self._fn, self._source, self._size, self._name = fn, source, size, name
         self._workers: dict[Worker, dict[int, Chunk]] = {}  # live worker -> chunks it holds
-        self._waker = Waker()
+        self._waker: Waker | None = None  # made with the first worker, in the process using us
+        self._pid = 0  # that process
         self._closed = False
         self._probe_end: float | None = None  # while set: one worker only, until then
 
@@ -254,6 +256,7 @@ class ProcessPool:
         """
         if self._closed:
             raise RuntimeError("this map pass is over; start a new one")
+        self._check_process()
         payload = _pack_request(chunk)
         worker = min(self._workers, key=lambda w: len(self._workers[w]), default=None)
         if worker is None or (
@@ -267,13 +270,27 @@ class ProcessPool:
             worker = Worker(
                 _serve_chunks_factory(self._fn, self._source),
                 f"{self._name} worker",
-                self._waker.wake,
+                self._wake,
             )
             self._workers[worker] = {}
         self._workers[worker][chunk.start] = chunk
         worker.send(payload)
 
+    def _check_process(self) -> None:
+        if self._pid and self._pid != os.getpid():
+            raise RuntimeError(
+                "this map pass was started in another process (a fork inherited it): its"
+                " workers and pipes are not ours; create the map in the process that iterates it"
+            )
+        if self._waker is None:
+            self._waker, self._pid = Waker(), os.getpid()
+
+    def _wake(self) -> None:
+        if self._waker is not None:
+            self._waker.wake()
+
     def wait(self) -> list[Done]:
+        self._check_process()
         while True:
             out: list[Done] = []
             for worker, held in list(self._workers.items()):
@@ -295,6 +312,7 @@ class ProcessPool:
     def _block(self, timeout: float | None) -> bool:
         """Wait for a reply, a worker's end or room to write; False if ``timeout`` passed."""
         poller = select.poll()
+        assert self._waker is not None
         poller.register(self._waker.fileno(), select.POLLIN)
         for worker in self._workers:
             if not worker.eof:
@@ -333,13 +351,17 @@ class ProcessPool:
         if self._closed:
             return
         self._closed = True
+        if self._pid != os.getpid():  # inherited by a fork: the fds are not ours to close
+            self._workers.clear()
+            return
         for worker in self._workers:
             if kill:
                 worker.kill()
             else:
                 worker.close()
         self._workers.clear()
-        self._waker.close()
+        if self._waker is not None:
+            self._waker.close()
 
 
 def _pack_request(chunk: Chunk) -> bytes:

@@ -14,6 +14,7 @@ and one more per item consumed, so the child can never run further ahead than th
 
 from __future__ import annotations
 
+import os
 import pickle
 import select
 import struct
@@ -54,12 +55,18 @@ class Preloader(Iterator[T]):
 
     def __init__(self, state: _ThreadState | _ProcessState) -> None:
         self._state = state
-        self._finalizer = weakref.finalize(self, state.stop)
+        self._pid = os.getpid()
+        self._finalizer = weakref.finalize(self, _stop, state, self._pid)
 
     def __iter__(self) -> Preloader[T]:
         return self
 
     def __next__(self) -> T:
+        if self._pid != os.getpid():
+            raise RuntimeError(
+                "this preloader was started in another process (a fork inherited it): its"
+                " thread or child is not ours; create it in the process that iterates it"
+            )
         ok, value = self._state.next()
         if ok:
             return value  # type: ignore[no-any-return]
@@ -85,6 +92,11 @@ class Preloader(Iterator[T]):
 
     def __repr__(self) -> str:
         return f"<Preloader {self._state!r}>"
+
+
+def _stop(state: _ThreadState | _ProcessState, pid: int) -> None:
+    if pid == os.getpid():  # in a fork that inherited it, nothing of it is ours to stop
+        state.stop()
 
 
 # -- threads ---------------------------------------------------------------------------------

@@ -16,19 +16,22 @@ its input is abandoned safely: it submits nothing once it comes back.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
+import itertools
 import os
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, wait
+from concurrent.futures import Executor, Future, InvalidStateError, wait
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from itertools import islice
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
+from ._core._channel import load_error, pack_error
 from ._core._future import TaskFuture
 from ._core._options import TaskOptions
 from ._core._spawn import install_hooks, spawn
@@ -84,16 +87,15 @@ class _Call(Future[Any]):
             task.cancel()
 
     def copy_from(self, task: Future[Any]) -> None:
-        with self._condition:
-            if self._state != RUNNING:  # cancelled meanwhile
-                return
+        """Finish with the task's outcome, unless cancelled meanwhile (then nothing)."""
         if task.cancelled():
             return
         error = task.exception()
-        if error is None:
-            self.set_result(task.result())
-        else:
-            self.set_exception(error)
+        with contextlib.suppress(InvalidStateError):  # cancel() won the race: it stands
+            if error is None:
+                self.set_result(task.result())
+            else:
+                self.set_exception(error)
 
 
 class StreamExecutor(Executor):
@@ -128,6 +130,7 @@ class StreamExecutor(Executor):
         self._running = 0
         self._threads = 0  # dispatcher or worker threads alive
         self._shutdown = False
+        self.forks = mode == "process"
         _at_exit_stop(self)
 
     def __repr__(self) -> str:
@@ -187,9 +190,11 @@ class StreamExecutor(Executor):
         task.add_done_callback(functools.partial(self._finished, call))
 
     def _finished(self, call: _Call, task: Future[Any]) -> None:
-        call.copy_from(task)
-        call.task = None  # the task's callbacks hold the call: break the cycle, free the result
-        self._release()
+        try:
+            call.copy_from(task)
+        finally:
+            call.task = None  # the task's callbacks hold the call: break the cycle
+            self._release()
 
     def _release(self) -> None:
         with self._cond:
@@ -306,18 +311,20 @@ class StreamExecutor(Executor):
         self.shutdown(wait=True)
 
 
-def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
-    values = []
-    for args in chunk:
-        try:
-            values.append(fn(*args))
-        except BaseException as exc:
-            raise _PartialChunk(values) from exc
-    return values
+def _run_chunk(
+    fn: Callable[..., Any], chunk: list[tuple[Any, ...]], pack: bool
+) -> tuple[list[Any], Any]:
+    """Run a chunk of calls; return the values up to the first error, and that error.
 
-
-class _PartialChunk(Exception):
-    """A chunk stopped at an error (its cause); ``args[0]`` holds the values before it."""
+    In a child (``pack``) the error travels packed, as a map worker's does, so that the values
+    before it arrive even when the exception itself will not pickle.
+    """
+    values: list[Any] = []
+    try:
+        values.extend(itertools.starmap(fn, chunk))
+    except BaseException as exc:  # belongs to the item after the last value
+        return values, pack_error(exc) if pack else exc
+    return values, None
 
 
 _stop_at_exit: weakref.WeakSet[StreamExecutor | _MapState] = weakref.WeakSet()
@@ -396,7 +403,7 @@ class _MapState:
                 if not chunk:
                     return
                 if self.chunked:
-                    future = executor.submit(_run_chunk, fn, chunk)
+                    future = executor.submit(_run_chunk, fn, chunk, executor.forks)
                 else:
                     future = executor.submit(fn, *chunk[0])
                 with cond:
@@ -424,9 +431,17 @@ class _MapState:
     def is_stopped(self) -> bool:
         return self.stopped
 
+    def release(self, n: int) -> None:
+        """``n`` items were consumed (or will never be): the feeder may pull that many more."""
+        if n:
+            with self.cond:
+                self.ahead -= n
+                self.cond.notify_all()
+
     def stop(self) -> None:
         with self.cond:
             self.stopped = True
+            self.error = None  # an input error not yet raised: the map is over anyway
             futures = [f for f, _ in self.futures]
             self.futures.clear()
             self.cond.notify_all()
@@ -461,6 +476,7 @@ class _MapIterator(Iterator[Any]):
 
     def __next__(self) -> Any:
         if self._values:
+            self._state.release(1)
             return self._values.popleft()
         if self._error is not None:
             error, self._error = self._error, None
@@ -485,22 +501,26 @@ class _MapIterator(Iterator[Any]):
         future, count = state.futures[0]
         try:
             result = future.result(self._remaining())
-        except BaseException as exc:
+        except BaseException:
             self.close()
-            if isinstance(exc, _PartialChunk) and exc.__cause__ is not None:
-                self._values.extend(exc.args[0])
-                self._error = exc.__cause__
-                return next(self)
             raise
         with state.cond:
             state.futures.popleft()
-            state.ahead -= count
+            if not state.chunked:
+                state.ahead -= count
             state.cond.notify_all()
         if not state.chunked:
             return result
-        self._values.extend(result)
-        return self._values.popleft()
+        values, error = result
+        state.release(count - len(values))  # items after an error are never delivered
+        self._values.extend(values)
+        if error is not None:  # the values before it first, then the error; then the end
+            self._error = load_error(error) if isinstance(error, tuple) else error
+            self._finalizer()
+        return next(self)
 
     def close(self) -> None:
-        """Stop the feeder and cancel every call submitted ahead."""
+        """Stop the feeder and cancel every call submitted ahead; the map ends here."""
+        self._values.clear()
+        self._error = None
         self._finalizer()

@@ -1009,3 +1009,29 @@ def test_small_numpy_results_are_writable() -> None:
         assert a.flags.writeable
         a += 1
         assert a.tolist() == [i + 1] * 4
+
+
+def test_a_started_pass_inherited_by_a_fork_refuses_to_run_there() -> None:
+    from inparallel import task
+
+    it = iter(process_map(abs, range(-10, 0)))
+    assert next(it) == 10
+
+    @task
+    def in_child() -> str:
+        try:
+            list(it)
+        except RuntimeError as exc:
+            return str(exc)
+        return "no error"
+
+    assert "another process" in in_child().result(timeout=20)
+    assert list(it) == list(range(9, 0, -1))  # the parent's pass is untouched
+
+
+def test_a_pass_not_yet_started_can_run_in_a_child() -> None:
+    from inparallel import task
+
+    it = process_map(abs, iter(range(-5, 0)))
+    assert task(lambda: list(it))().result(timeout=20) == [5, 4, 3, 2, 1]
+    it.close()

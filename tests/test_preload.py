@@ -666,3 +666,23 @@ def test_iterlib_seed_example_as_written():
     preloaded_gen = thread_preload(gen, buffer_size=100)
     assert sum(preloaded_gen) == sum(x**2 for x in range(100000))
     assert next(preloaded_gen, "end") == "end"
+
+
+def test_a_preloader_inherited_by_a_fork_refuses_to_run_there() -> None:
+    from inparallel import task
+
+    for preload in (process_preload, thread_preload):
+        p = preload(iter(range(10)))
+        assert next(p) == 0
+
+        @task
+        def in_child() -> str:
+            try:
+                next(p)
+            except RuntimeError as exc:
+                return str(exc)
+            return "no error"
+
+        assert "another process" in in_child().result(timeout=20)
+        assert next(p) == 1  # and the parent's is untouched
+        p.close()

@@ -852,3 +852,65 @@ def test_many_thread_workers() -> None:
         futures = [ex.submit(work, i) for i in range(1000)]
         assert [f.result(PATIENCE) for f in futures] == [i * 3 for i in range(1000)]
     assert most <= base + 128 + 1  # the workers and the map's feeder
+
+
+# -- found in review ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_close_ends_the_map_even_with_values_or_an_error_pending(mode: str) -> None:
+    def source() -> Iterator[int]:
+        yield from range(3)
+        raise ValueError("input broke")
+
+    with StreamExecutor(2, mode=mode) as ex:  # type: ignore[arg-type]
+        m = ex.map(abs, source(), chunksize=2)
+        assert next(m) == 0  # 1 is pending in the chunk, the error behind it
+        m.close()  # type: ignore[attr-defined]
+        for _ in range(2):
+            with pytest.raises(StopIteration):
+                next(m)
+
+
+class _LockedError(Exception):
+    def __init__(self) -> None:
+        super().__init__(threading.Lock())  # will not pickle
+
+
+def _fails_at_two(x: int) -> int:
+    if x == 2:
+        raise _LockedError
+    return x
+
+
+def test_chunked_map_delivers_values_before_an_exception_that_will_not_pickle() -> None:
+    from inparallel import RemoteError
+
+    got = []
+    with StreamExecutor(2) as ex, pytest.raises(RemoteError, match="_LockedError"):
+        for value in ex.map(_fails_at_two, range(8), chunksize=4):
+            got.append(value)
+    assert got == [0, 1]
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_chunked_map_reads_at_most_buffer_size_ahead(mode: str) -> None:
+    pulled = 0
+
+    def source() -> Iterator[int]:
+        nonlocal pulled
+        for i in count():
+            pulled += 1
+            yield i
+
+    with StreamExecutor(2, mode=mode) as ex:  # type: ignore[arg-type]
+        m = ex.map(abs, source(), buffer_size=4, chunksize=4)
+        assert next(m) == 0
+        state = m._state  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        with state.cond:  # wait until the feeder has filled the buffer and waits for room
+            while state.ahead < 4 and time.monotonic() < deadline:
+                state.cond.wait(0.05)  # re-checked: the feeder notifies as it goes
+        assert state.ahead == 4
+        assert pulled == 1 + 4  # one consumed, four ahead: not a whole chunk more
+        m.close()  # type: ignore[attr-defined]
