@@ -53,7 +53,7 @@ class Waker:
 
     def clear(self) -> None:
         """Drain the pending wake-ups."""
-        with contextlib.suppress(BlockingIOError, OSError):
+        with contextlib.suppress(OSError):  # EAGAIN: drained
             while os.read(self._read, 4096):
                 pass
 
