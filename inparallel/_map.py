@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast, overload
 
+from ._checks import count
 from ._pass import Engine, MapOptions, Pass
 from ._pools import Indexed, spread
 
@@ -161,12 +162,8 @@ def _check(
         ("buffer_size", buffer_size),
         ("chunksize", chunksize),
     ):
-        if size is None:
-            continue
-        if not isinstance(size, int) or isinstance(size, bool):
-            raise TypeError(f"{tool}(): {label} must be an int or None, not {size!r}")
-        if size < 1:
-            raise ValueError(f"{tool}(): {label} must be at least 1 (or None), not {size}")
+        if size is not None:
+            count(f"{tool}()", label, size, optional=True)
 
 
 def _make(

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from ._checks import count
 from ._map import process_map
 
 __all__ = ("process_parallel",)
@@ -28,11 +29,7 @@ DEFAULT_MAXSIZE = 1000
 
 
 def _size(label: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"process_parallel(): {label} must be an int, not {value!r}")
-    if value < 1:
-        raise ValueError(f"process_parallel(): {label} must be at least 1, not {value}")
-    return value
+    return count("process_parallel()", label, value)
 
 
 def process_parallel(
@@ -77,7 +74,7 @@ def process_parallel(
         maxsize_jobs = maxsize_jobsize
     jobs = _size("maxsize_jobs", maxsize_jobs)
     results = _size("maxsize_results", maxsize_results)
-    count = _size("workers", (os.cpu_count() or 1) if workers is None else workers)
+    worker_count = _size("workers", (os.cpu_count() or 1) if workers is None else workers)
     for label, stage in (("work_processor", work_processor), ("result_consumer", result_consumer)):
         if not callable(stage):
             raise TypeError(f"process_parallel(): {label} must be callable, not {stage!r}")
@@ -87,7 +84,7 @@ def process_parallel(
         mapped = process_map(
             work_processor,
             source,
-            num_workers=count,
+            num_workers=worker_count,
             buffer_size=jobs + results,
             ordered=ordered,
             progress=progress,

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
+from ._checks import count
 from ._core._channel import dumps, load_error, pack_error, recv_message, send_message
 from ._core._errors import ResultNotPicklable
 from ._core._reader import decode
@@ -40,10 +41,7 @@ _ITEM, _ERROR, _END = 0, 1, 2
 
 
 def _check(tool: str, iterable: object, buffer_size: object) -> Iterator[Any]:
-    if isinstance(buffer_size, bool) or not isinstance(buffer_size, int):
-        raise TypeError(f"{tool}(): buffer_size must be an int, not {buffer_size!r}")
-    if buffer_size < 1:
-        raise ValueError(f"{tool}(): buffer_size must be at least 1, not {buffer_size}")
+    count(f"{tool}()", "buffer_size", buffer_size)
     try:
         return iter(iterable)  # type: ignore[call-overload, no-any-return]
     except TypeError:

@@ -31,6 +31,7 @@ from itertools import islice
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
+from ._checks import count
 from ._core._channel import load_error, pack_error
 from ._core._future import TaskFuture
 from ._core._options import TaskOptions
@@ -120,11 +121,8 @@ class StreamExecutor(Executor):
         if max_workers is None:
             cpus = os.cpu_count() or 1
             max_workers = cpus if mode == "process" else min(32, cpus + 4)
-        if isinstance(max_workers, bool) or not isinstance(max_workers, int):
-            raise TypeError(f"max_workers must be an int or None, not {max_workers!r}")
-        if max_workers < 1:
-            raise ValueError(f"max_workers must be at least 1, not {max_workers}")
-        self._max, self._mode = max_workers, mode
+        self._max = count("StreamExecutor()", "max_workers", max_workers, optional=True)
+        self._mode = mode
         self._cond = threading.Condition(threading.Lock())
         self._pending: deque[_Call] = deque()
         self._running = 0
@@ -268,16 +266,9 @@ class StreamExecutor(Executor):
             buffer_size = buffersize
         if not callable(fn):
             raise TypeError(f"map() needs a callable first, not {type(fn).__name__} {fn!r}")
-        for label, value in (("buffer_size", buffer_size), ("chunksize", chunksize)):
-            if value is None and label == "buffer_size":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"map(): {label} must be an int, not {value!r}")
-            if value < 1:
-                raise ValueError(
-                    f"map(): {label} must be at least 1, not {value}"
-                    + (" (None means no limit)" if label == "buffer_size" else "")
-                )
+        if buffer_size is not None:
+            count("map()", "buffer_size", buffer_size, optional=True, hint=" (None: no limit)")
+        count("map()", "chunksize", chunksize)
         if self._shutdown:
             raise RuntimeError("cannot map on a StreamExecutor after shutdown()")
         deadline = None if timeout is None else time.monotonic() + timeout

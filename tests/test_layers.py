@@ -20,7 +20,7 @@ LAYERS = [
     ("_core._record",),
     ("_core._supervisor",),
     ("_core._spawn",),
-    ("_task", "_waitfor", "_progress", "_workers"),
+    ("_task", "_waitfor", "_progress", "_workers", "_checks"),
     ("_pools", "_preload", "_stream"),
     ("_pass",),
     ("_map",),
