@@ -20,11 +20,9 @@ the other workers go on, so every earlier result is still delivered.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import pickle
 import queue
-import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -35,7 +33,7 @@ from ._core._channel import dumps, load_error, pack_error, recv_message, send_pa
 from ._core._errors import ResultNotPicklable, WorkerDied
 from ._core._reader import decode
 from ._core._wire import Kind, encode_value
-from ._workers import Waker, Worker
+from ._workers import Waker, Worker, wait_any
 
 __all__ = ("Chunk", "Done", "Indexed", "ItemNotPicklable", "ProcessPool", "ThreadPool")
 
@@ -310,20 +308,8 @@ class ProcessPool:
             self._block(None)
 
     def _block(self, timeout: float | None) -> bool:
-        """Wait for a reply, a worker's end or room to write; False if ``timeout`` passed."""
-        poller = select.poll()
         assert self._waker is not None
-        poller.register(self._waker.fileno(), select.POLLIN)
-        for worker in self._workers:
-            if not worker.eof:
-                poller.register(worker.replies, select.POLLIN)
-            if worker.wants_write:
-                poller.register(worker.requests, select.POLLOUT)
-        events = poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
-        self._waker.clear()
-        for worker in self._workers:
-            worker.flush()
-        return bool(events)
+        return wait_any(self._waker, self._workers, timeout)
 
     def _retire(self, worker: Worker) -> list[Done]:
         """A worker ended: fail what it still held (it has sent all it could)."""

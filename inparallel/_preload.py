@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import select
 import struct
 import threading
 import weakref
@@ -30,7 +29,7 @@ from ._core._channel import dumps, load_error, pack_error, recv_message, send_me
 from ._core._errors import ResultNotPicklable
 from ._core._reader import decode
 from ._core._wire import Kind
-from ._workers import Waker, Worker
+from ._workers import Waker, Worker, wait_any
 
 __all__ = ("Preloader", "process_preload", "thread_preload")
 
@@ -254,23 +253,12 @@ class _ProcessState:
                     self._ended = True
                     self._end = _early_end(worker)
                 else:
-                    self._wait()
+                    wait_any(self._waker, [self._worker])
         self._grant(1)
         ok, value = decode(Kind.VALUE, self._items.popleft(), [], restricted=False)
         if not ok:
             self.stop()
         return ok, value
-
-    def _wait(self) -> None:
-        poller = select.poll()
-        poller.register(self._waker.fileno(), select.POLLIN)
-        if not self._worker.eof:
-            poller.register(self._worker.replies, select.POLLIN)
-        if self._worker.wants_write:
-            poller.register(self._worker.requests, select.POLLOUT)
-        poller.poll()
-        self._waker.clear()
-        self._worker.flush()
 
     def stop(self) -> None:
         self._ended = True

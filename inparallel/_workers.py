@@ -17,16 +17,18 @@ future, never only by end-of-file (a grandchild may hold the reply pipe open).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import select
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ._core._channel import LENGTH, MessageBuffer
 from ._core._future import TaskFuture
 from ._core._options import TaskOptions
 from ._core._spawn import close_fd, open_pipe, spawn
 
-__all__ = ("Waker", "Worker")
+__all__ = ("Waker", "Worker", "wait_any")
 
 
 class Waker:
@@ -161,3 +163,23 @@ class Worker:
         if self.replies >= 0:
             fd, self.replies = self.replies, -1
             close_fd(fd)
+
+
+def wait_any(waker: Waker, workers: Iterable[Worker], timeout: float | None = None) -> bool:
+    """Block until a reply arrives, a worker ends (``waker``) or a request pipe has room.
+
+    Then write what the request pipes take. Returns False if ``timeout`` seconds passed first.
+    """
+    workers = list(workers)
+    poller = select.poll()
+    poller.register(waker.fileno(), select.POLLIN)
+    for worker in workers:
+        if not worker.eof:
+            poller.register(worker.replies, select.POLLIN)
+        if worker.wants_write:
+            poller.register(worker.requests, select.POLLOUT)
+    events = poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
+    waker.clear()
+    for worker in workers:
+        worker.flush()
+    return bool(events)
