@@ -46,7 +46,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -422,6 +422,33 @@ def process_state(pid: int) -> str | None:
     except OSError:
         return None
     return data[data.rindex(b")") + 2 :].split()[0].decode()
+
+
+def survivors(pids: Iterable[int], timeout: float) -> list[int]:
+    """Wait (on pidfds) up to ``timeout`` seconds for every pid to exit; return the rest.
+
+    A zombie counts as gone.
+    """
+    fds: dict[int, int] = {}
+    try:
+        for pid in set(pids):
+            try:
+                fds[os.pidfd_open(pid)] = pid
+            except ProcessLookupError:
+                continue  # already exited and reaped
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        pending = set(fds)
+        deadline = time.monotonic() + timeout
+        while pending and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                pending.discard(fd)
+                poller.unregister(fd)
+        return sorted(fds[fd] for fd in pending)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def alive(pid: int) -> bool:

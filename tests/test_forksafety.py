@@ -23,7 +23,7 @@ import threading
 import time
 
 import pytest
-from _faults import alive
+from _faults import alive, survivors
 
 from inparallel import WorkerDied, task
 
@@ -77,30 +77,6 @@ def pipe():
 
 
 gate = pipe
-
-
-def survivors(pids: list[int], timeout: float) -> list[int]:
-    """Wait (on pidfds) up to ``timeout`` seconds for every pid to exit; return the rest."""
-    fds = {}
-    try:
-        for pid in pids:
-            try:
-                fds[os.pidfd_open(pid)] = pid
-            except ProcessLookupError:
-                continue
-        poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
-        pending = set(fds)
-        deadline = time.monotonic() + timeout
-        while pending and (left := deadline - time.monotonic()) > 0:
-            for fd, _ in poller.poll(left * 1000):
-                pending.discard(fd)
-                poller.unregister(fd)
-        return sorted(fds[fd] for fd in pending)
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 def fd_count() -> int:

@@ -12,7 +12,6 @@ import concurrent.futures
 import contextlib
 import gc
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -108,30 +107,6 @@ class Counted(Iterator[Any]):
     def wait_pulled(self, n: int, timeout: float = PATIENCE) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self.pulled >= n, timeout)
-
-
-def survivors(pids: Iterable[int], timeout: float = PROMPT) -> list[int]:
-    """Wait up to ``timeout`` for every process to exit (a zombie counts as gone)."""
-    fds: dict[int, int] = {}
-    try:
-        for pid in set(pids):
-            try:
-                fds[os.pidfd_open(pid)] = pid
-            except ProcessLookupError:
-                continue  # already exited and reaped
-        poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
-        pending = set(fds)
-        deadline = time.monotonic() + timeout
-        while pending and (left := deadline - time.monotonic()) > 0:
-            for fd, _ in poller.poll(left * 1000):
-                pending.discard(fd)
-                poller.unregister(fd)
-        return sorted(fds[fd] for fd in pending)
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 def frame_names(exc: BaseException) -> list[str]:
@@ -316,7 +291,7 @@ def test_cancel_a_running_call_kills_its_child() -> None:
         assert fut.cancelled() and fut.done()
         with pytest.raises(CancelledError):
             fut.result(0)
-        assert survivors([pid]) == [], "cancel() left the child running"
+        assert _faults.survivors([pid], PROMPT) == [], "cancel() left the child running"
         assert seen == [fut]
         assert fut.cancel()  # cancelling again is harmless
         assert seen == [fut]
@@ -667,7 +642,7 @@ def test_abandoned_map_stops_reading_and_cancels_its_work(mode: str, how: str) -
             del m
             gc.collect()
         if mode == "process":
-            assert survivors(pids) == [], "the held children were not killed"
+            assert _faults.survivors(pids, PROMPT) == [], "the held children were not killed"
         time.sleep(0.2)  # a feeder still running would pull more now; absence has no event
         assert source.pulled == 3 + 5
         hold.release(5)  # thread mode: the two held calls cannot be killed; let them finish
@@ -785,7 +760,7 @@ def test_a_live_map_never_blocks_interpreter_exit(mode: str, tmp_path: Path) -> 
     }
     others = [pid for pid in workers.values() if pid != proc.pid]
     try:
-        gone = survivors(others)
+        gone = _faults.survivors(others, PROMPT)
     finally:
         for pid in others:
             if _faults.alive(pid):
