@@ -60,13 +60,13 @@ PARK = sys.version_info >= (3, 12)
 PARK_TIMEOUT = 0.5
 
 #: The parked thread releases its baton in its last instructions, before the OS thread is
-#: gone; wait at most this long for the kernel to agree that one thread is left.
-OS_THREAD_WAIT = 0.01
+#: gone; wait at most this long for the kernel to tear that thread down. (It takes
+#: microseconds on an idle machine, and more when the thread waits for a CPU.)
+OS_THREAD_WAIT = 0.25
 
 
 _fork_lock = threading.RLock()
 _hooks_installed = False
-_native_threads = False  # a thread unknown to `threading` kept the OS thread count above 1
 _inherited_pipe: list[int] = []  # in a task's child: its result pipe, closed in any descendant
 _private_fds: set[int] = set()  # open_pipe() ends: closed in every forked child but the kept ones
 _keep: frozenset[int] = frozenset()  # the kept ones, for the fork in progress (under the lock)
@@ -192,30 +192,20 @@ def _flush_std_streams() -> None:
 
 
 def _park(supervisor: _supervisor.Supervisor) -> None:
-    global _native_threads
     me = threading.get_ident()
     if any(t.ident not in (me, supervisor.ident) for t in threading.enumerate()):
         return  # the user's threads are alive: the fork is not single-threaded, warn honestly
     if not supervisor.park(PARK_TIMEOUT):
         return
-    if not os.path.isdir("/proc/self/task"):
-        return
-    if _native_threads:
-        _native_threads = _os_threads() > 1
-        return
+    tid = supervisor.last_native_id
+    if tid is None:
+        return  # no supervisor thread was ever started in this process
+    # The thread is in its last microseconds: wait for its own entry to go, so that threads
+    # we do not own (a native library's) neither make us wait nor are hidden.
+    entry = f"/proc/self/task/{tid}"
     deadline = time.monotonic() + OS_THREAD_WAIT
-    while _os_threads() > 1:
-        if time.monotonic() > deadline:
-            _native_threads = True
-            return
-        os.sched_yield()  # the thread is in its last microseconds of teardown
-
-
-def _os_threads() -> int:
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:  # EMFILE: cannot tell; do not wait for what we cannot see
-        return 1
+    while os.path.exists(entry) and time.monotonic() < deadline:
+        os.sched_yield()
 
 
 def _install_hooks() -> None:
@@ -238,9 +228,8 @@ def _after_fork_parent() -> None:
 
 
 def _after_fork_child() -> None:
-    global _fork_lock, _native_threads
+    global _fork_lock
     _fork_lock = threading.RLock()  # the old one is held by the thread that forked us
-    _native_threads = False
     _supervisor.reset_in_child()
     _future.on_supervisor.active = False  # forked from a done-callback: not the supervisor here
     _child.forget_spares()  # the spares may be this process's live streams now

@@ -84,6 +84,9 @@ class Supervisor:
         self._running = False  # a thread is in (or about to enter) its loop
         self.ident: int | None = None  #: the running thread's ident, once it runs
         self.native_id: int | None = None  #: the OS thread id of the running thread, for tests
+        #: The OS thread id of the last thread started, kept after it ends: a fork waits until
+        #: the kernel has torn that thread down.
+        self.last_native_id: int | None = None
         self._baton = _thread.allocate_lock()  # held for the whole life of a thread
         self._started = threading.Event()  # set once the running thread knows its ids
         self._stop = False
@@ -218,6 +221,7 @@ class Supervisor:
 
     def _main(self) -> None:
         self.ident, self.native_id = threading.get_ident(), threading.get_native_id()
+        self.last_native_id = self.native_id
         _future.on_supervisor.active = True
         # Register with `threading` by name (a "dummy" entry, as for any foreign thread), so
         # that logging, debuggers and threading.enumerate() see who we are.
