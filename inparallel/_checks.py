@@ -5,8 +5,16 @@ from __future__ import annotations
 __all__ = ("count",)
 
 
-def count(where: str, label: str, value: object, *, optional: bool = False, hint: str = "") -> int:
-    """Return ``value`` if it is an int of at least 1; raise otherwise.
+def count(
+    where: str,
+    label: str,
+    value: object,
+    *,
+    optional: bool = False,
+    hint: str = "",
+    minimum: int = 1,
+) -> int:
+    """Return ``value`` if it is an int of at least ``minimum`` (1); raise otherwise.
 
     Args:
         where: The call, as the message names it (``"process_map()"``).
@@ -15,14 +23,15 @@ def count(where: str, label: str, value: object, *, optional: bool = False, hint
             ``optional`` (it only changes the wording).
         optional: The argument may also be None.
         hint: Added to the `ValueError` message.
+        minimum: The smallest value accepted.
 
     Raises:
         TypeError: ``value`` is not an int (a bool is not one here).
-        ValueError: ``value`` is less than 1.
+        ValueError: ``value`` is less than ``minimum``.
     """
     if isinstance(value, bool) or not isinstance(value, int):
         also = " or None" if optional else ""
         raise TypeError(f"{where}: {label} must be an int{also}, not {value!r}")
-    if value < 1:
-        raise ValueError(f"{where}: {label} must be at least 1, not {value}{hint}")
+    if value < minimum:
+        raise ValueError(f"{where}: {label} must be at least {minimum}, not {value}{hint}")
     return value

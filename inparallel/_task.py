@@ -10,7 +10,11 @@ from ._core._future import TaskFuture
 from ._core._options import TaskOptions, make_options
 from ._core._spawn import spawn
 
-__all__ = ("task",)
+__all__ = ("TASK_OPTIONS", "task")
+
+#: The attribute of a task-wrapped function that holds its options (``__wrapped__`` is the
+#: function itself).
+TASK_OPTIONS = "_inparallel_task_options"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -101,4 +105,5 @@ def _wrap(fn: Any, *, options: TaskOptions) -> Any:
     def call(*args: Any, **kwargs: Any) -> TaskFuture[Any]:
         return spawn(fn, args, kwargs, options)
 
+    call.__dict__[TASK_OPTIONS] = options  # lets aio.parallel_map fork ``fn`` itself, once
     return call

@@ -25,6 +25,12 @@ LAYERS = [
     ("_pass",),
     ("_map",),
     ("_pipeline",),
+    ("_aio._base",),
+    ("_aio._push",),
+    ("_aio._pump", "_aio._gate", "_aio._transform"),
+    ("_aio._shared", "_aio._map", "_aio._join"),
+    ("_aio._fork",),
+    ("aio",),
 ]
 
 
@@ -69,6 +75,38 @@ def test_core_imports_nothing_above_it() -> None:
     for path in (PACKAGE / "_core").glob("*.py"):
         text = path.read_text()
         assert "from .." not in text, f"{path.name} reaches above _core"
+
+
+def test_only_the_aio_layer_imports_asyncio() -> None:
+    # At module level; TaskFuture.__await__ imports it lazily, inside a running loop.
+    users = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            if any(name.split(".")[0] == "asyncio" for name in names):
+                users.append(path.relative_to(PACKAGE).as_posix())
+    assert users, "the asyncio layer was not found"
+    assert all(user == "aio.py" or user.startswith("_aio/") for user in users), users
+
+
+def test_aio_surface() -> None:
+    from inparallel import aio
+
+    assert isinstance(aio.__all__, tuple)
+    for name in aio.__all__:
+        assert hasattr(aio, name), name
+    for name in (
+        "push_aiter", "aiter_forker", "active_aiter", "aiter_to_iter", "azip", "flatten_aiter",
+        "gated_aiter", "iter_to_aiter", "join_aiters", "map_aiter", "map_filter_aiter",
+        "preload_aiter", "sharable_aiter", "stoppable_aiter", "parallel_map",
+    ):  # fmt: skip
+        assert name in aio.__all__, name
+    assert "aiter" not in aio.__all__ and "anext" not in aio.__all__  # builtins since 3.10
+    assert issubclass(aio.QueueStopped, ValueError)
 
 
 def test_import_is_quiet() -> None:

@@ -1,0 +1,1 @@
+"""The asyncio layer's private modules; the public names are re-exported by `inparallel.aio`."""

@@ -1,0 +1,177 @@
+"""What every async stream shares: the `Stream` protocol, owned sources, tasks and loops.
+
+**Ownership.** A stream owns the iterator it reads and closes it (``aclose()``, or ``close()``
+for a sync one) exactly once: when it is exhausted, when it fails, on ``aclose()`` and when an
+``async with`` block is left. A stream that starts background tasks stops them at those same
+moments, and also when it is garbage collected (a plain ``async for`` that ``break``s drops
+the last reference at once), so nothing keeps running for a reader that has gone.
+
+**Loops.** Nothing here touches a loop at construction: futures are made from the running
+loop on first use, so streams can be built at import time and used inside ``asyncio.run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+__all__ = (
+    "Stream",
+    "adopt",
+    "call",
+    "cancel_soon",
+    "close_source",
+    "consume_outcome",
+    "keep_task",
+    "running_loop",
+)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Background tasks that are still running: the loop holds its tasks only weakly, and a task
+#: collected while pending is "destroyed but pending" instead of finishing its cleanup.
+_LIVE_TASKS: set[asyncio.Task[Any]] = set()
+
+
+class Stream(AsyncIterator[T]):
+    """An async iterator that owns its sources, usable with ``async for`` and ``async with``.
+
+    Leaving an ``async with`` block, or ``await stream.aclose()``, stops the stream's
+    background tasks (cancelled and awaited) and closes its sources. After that, and after the
+    stream has ended or raised, ``__anext__`` raises `StopAsyncIteration`.
+    """
+
+    def __aiter__(self) -> Stream[T]:
+        return self
+
+    async def __aenter__(self) -> Stream[T]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the stream and close its sources; idempotent."""
+
+
+def adopt(iterable: AsyncIterable[T] | Iterable[T], what: str) -> AsyncIterator[T]:
+    """Return an async iterator over ``iterable`` (a sync one is wrapped, and closed with it).
+
+    Raises:
+        TypeError: ``iterable`` is neither async iterable nor iterable.
+    """
+    if hasattr(iterable, "__aiter__"):
+        return iterable.__aiter__()
+    if hasattr(iterable, "__iter__"):
+        return _SyncSource(iter(iterable))
+    raise TypeError(
+        f"{what} must be an async iterable (or an iterable), not {type(iterable).__name__};"
+        " pass an async generator, an aio stream, or a list"
+    )
+
+
+class _SyncSource(AsyncIterator[T]):
+    """A sync iterator read without yielding to the loop; ``aclose()`` closes it."""
+
+    def __init__(self, it: Iterator[T]) -> None:
+        self._it: Iterator[T] | None = it
+
+    async def __anext__(self) -> T:
+        if self._it is None:
+            raise StopAsyncIteration
+        item = next(self._it, _END)
+        if item is _END:
+            await self.aclose()
+            raise StopAsyncIteration
+        return item
+
+    async def aclose(self) -> None:
+        it, self._it = self._it, None
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
+_END: Any = object()
+
+
+async def close_source(source: object) -> None:
+    """Close an owned iterator: ``await aclose()``, or ``close()`` for a sync one."""
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        await aclose()
+        return
+    close = getattr(source, "close", None)
+    if close is not None:
+        close()
+
+
+async def call(fn: Callable[[T], R | Awaitable[R]], item: T) -> R:
+    """Call ``fn(item)`` and await the result if it is awaitable (decided per call)."""
+    result = fn(item)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+def running_loop(
+    owner: object, bound: asyncio.AbstractEventLoop | None
+) -> asyncio.AbstractEventLoop:
+    """Return the running loop, refusing one other than ``bound`` (the loop first used).
+
+    Raises:
+        RuntimeError: No loop is running, or ``owner`` was first used in another loop.
+    """
+    loop = asyncio.get_running_loop()
+    if bound is not None and bound is not loop:
+        raise RuntimeError(
+            f"{owner!r} was first used in another event loop; make a new one for each loop"
+            " (asyncio.run call)"
+        )
+    return loop
+
+
+def keep_task(task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+    """Hold ``task`` strongly until it is done, and mark its outcome as retrieved.
+
+    Our streams read every outcome they care about themselves; a task whose result nobody
+    wanted any more (the reader left) must not log "exception was never retrieved".
+    """
+    _LIVE_TASKS.add(task)
+    task.add_done_callback(_LIVE_TASKS.discard)
+    task.add_done_callback(consume_outcome)
+    return task
+
+
+def consume_outcome(fut: asyncio.Future[Any]) -> None:
+    """Mark a finished future's exception as retrieved (a done-callback)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def cancel_soon(fut: asyncio.Future[Any]) -> None:
+    """Cancel ``fut`` from any thread and at any time (a finalizer), if its loop still runs."""
+    if fut.done():
+        return
+    loop = fut.get_loop()
+    if loop.is_closed():
+        return
+    with contextlib.suppress(RuntimeError):
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            fut.cancel()
+        else:
+            loop.call_soon_threadsafe(fut.cancel)

@@ -1,0 +1,98 @@
+"""The bridge to forked tasks: `parallel_map` runs ``fn`` in one forked child per item.
+
+Awaiting a single `TaskFuture` needs nothing from here (``await fut``; cancelling the
+awaiting task kills the child). `parallel_map` uses the map engine of `_map` with a fork as
+its "call": the reader forks lazily, at most ``concurrency`` children are alive at once, and
+every way out (the end, an error, ``break`` and garbage collection, ``aclose()``, ``async
+with``, cancellation of the reader followed by leaving) kills the children still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import AsyncIterable, Callable, Iterable
+from typing import Any, TypeVar
+
+from .._checks import count
+from .._core._options import TaskOptions, make_options
+from .._core._spawn import spawn
+from .._task import TASK_OPTIONS
+from ._base import Stream, adopt
+from ._map import Mapped, OnError, check_on_error, make_window
+
+__all__ = ("parallel_map",)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_DEFAULTS = make_options(
+    timeout=None,
+    memory_limit=None,
+    cpu_time=None,
+    name=None,
+    restricted_results=False,
+    max_result_size=None,
+)
+
+
+def parallel_map(
+    fn: Callable[[T], R],
+    aiterable: AsyncIterable[T] | Iterable[T],
+    /,
+    *,
+    concurrency: int,
+    ordered: bool = True,
+    window: int | None = None,
+    on_error: OnError = "raise",
+) -> Stream[R]:
+    """Run ``fn(item)`` in a forked child for every item, at most ``concurrency`` at once.
+
+    Each child is a fork of this process at the moment its item is started: ``fn``, the item
+    and everything they reach are inherited, not pickled; only the result travels back. A
+    ``@task(...)``-decorated ``fn`` keeps its options (timeout, memory limit, ...) and is forked
+    once, not twice. Children are forked by the reader, from the loop's thread, as room frees
+    up (each fork holds the loop for about a millisecond, more for a big process).
+
+    Args:
+        fn: The function, run in the children.
+        aiterable: The items (async or sync iterable, may be infinite); owned and closed.
+        concurrency: Children alive at once.
+        ordered: Yield in input order (True) or as children finish (False).
+        window: Items started and not yet yielded (default ``2 * concurrency``, at least
+            ``concurrency``): with ``ordered=True`` later items go on starting while an
+            early one is slow, and memory stays bounded for infinite inputs.
+        on_error: As for `map_aiter` (an error raised by the child, `WorkerDied`, ...).
+
+    Returns:
+        A stream; use ``async with`` (or ``aclose()``) to kill the children still running
+        when you stop early. Dropping it (``break`` in a plain ``async for``) kills them too.
+
+    Raises:
+        TypeError: ``fn`` is not callable, ``aiterable`` is not iterable, or a count is not
+            an int.
+        ValueError: ``concurrency`` < 1, ``window`` < ``concurrency``, or a bad ``on_error``.
+    """
+    if not callable(fn):
+        raise TypeError(f"parallel_map: fn must be callable, not {fn!r}")
+    workers = count("parallel_map", "concurrency", concurrency)
+    span = make_window("parallel_map", workers, window)
+    check_on_error("parallel_map", on_error)
+    target, options = _unwrap(fn)
+    source = adopt(aiterable, "parallel_map's aiterable")
+
+    def start(item: Any) -> asyncio.Future[Any]:
+        return asyncio.wrap_future(spawn(target, (item,), {}, options))
+
+    return Mapped(start, source, workers=workers, ordered=ordered, window=span, on_error=on_error)
+
+
+def _unwrap(fn: Callable[..., Any]) -> tuple[Callable[..., Any], TaskOptions]:
+    """Return what to fork for ``fn``: a task's own function and options, or ``fn`` itself."""
+    options = getattr(fn, TASK_OPTIONS, None)
+    if not isinstance(options, TaskOptions):
+        return fn, _DEFAULTS
+    if inspect.ismethod(fn):  # a @task method, bound
+        return functools.partial(fn.__func__.__wrapped__, fn.__self__), options  # type: ignore[attr-defined]
+    return fn.__wrapped__, options  # type: ignore[attr-defined]

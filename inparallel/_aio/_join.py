@@ -1,0 +1,187 @@
+"""`join_aiters`: merge sub-iterators that keep arriving, each read by a task of its own.
+
+::
+
+    outer ──(outer task)──> sub 1 ──(sub task)──┐
+                            sub 2 ──(sub task)──┼──> one queue ──> reader
+                            ...                 ┘
+
+Each task iterates *and closes* its own iterator, so a source's context variables and
+``finally`` blocks run in the task that iterated it. A sub task waits after each push until
+the reader is at most ``buffer`` items behind (``0``: a rendezvous), which is the whole of the
+backpressure. The first error cancels every task; it is raised after the items already
+queued (several errors that happened before the reader got there: an `ExceptionGroup`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from typing import Any, TypeVar
+
+from .._checks import count
+from ._base import Stream, adopt, cancel_soon, close_source, keep_task
+from ._push import Cursor, Shared
+
+__all__ = ("join_aiters",)
+
+T = TypeVar("T")
+
+
+class _Join:
+    """The state the tasks share (never the stream: a dropped stream is collected)."""
+
+    def __init__(self, outer: AsyncIterator[Any], max_active: int | None, buffer: int) -> None:
+        self.shared = Shared(math.inf)
+        self.reader: Cursor[Any] = Cursor(self.shared, self.shared.tail, 0)
+        self.outer: AsyncIterator[Any] | None = outer
+        self.slots = None if max_active is None else asyncio.Semaphore(max_active)
+        self.buffer = buffer
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.errors: list[Exception] = []
+        self.outer_done = False
+
+    def start(self) -> None:
+        outer, self.outer = self.outer, None
+        if outer is not None:
+            self._spawn(self._read_outer(outer), "outer")
+
+    def _spawn(self, coro: Any, what: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"inparallel.aio join {what}")
+        self.tasks.add(keep_task(task))
+        task.add_done_callback(self.tasks.discard)
+
+    async def _read_outer(self, outer: AsyncIterator[Any]) -> None:
+        try:
+            n = 0
+            async for sub in _iterate(outer):
+                n += 1
+                it = adopt(sub, f"join_aiters: sub-iterable {n}")
+                if self.slots is not None:
+                    await self.slots.acquire()
+                self._spawn(self._read_sub(it), f"sub {n}")
+        except Exception as exc:
+            self.fail(exc)
+        finally:
+            try:
+                await close_source(outer)
+            finally:
+                self.outer_done = True
+                self.maybe_end()
+
+    async def _read_sub(self, sub: AsyncIterator[Any]) -> None:
+        shared = self.shared
+        try:
+            async for item in _iterate(sub):
+                if shared.stopped:  # another source failed
+                    return
+                shared.append((item,))
+                while not shared.stopped and shared.pushed - self.reader.position > self.buffer:
+                    await shared.wait_mover(self)
+        except Exception as exc:
+            self.fail(exc)
+        finally:
+            try:
+                await close_source(sub)
+            finally:
+                if self.slots is not None:
+                    self.slots.release()
+                self.maybe_end()
+
+    def fail(self, exc: Exception) -> None:
+        self.errors.append(exc)
+        if len(self.errors) == 1:
+            me = asyncio.current_task()
+            for task in list(self.tasks):
+                if task is not me:
+                    task.cancel()
+        self.shared.end(None)
+
+    def maybe_end(self) -> None:
+        me = asyncio.current_task()
+        if self.outer_done and not any(t is not me and not t.done() for t in self.tasks):
+            self.shared.end(None)
+
+    async def stop(self) -> None:
+        """Cancel every task and wait for them (each closes its own iterator)."""
+        outer, self.outer = self.outer, None
+        if outer is not None:
+            await close_source(outer)
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+async def _iterate(it: AsyncIterator[Any]) -> Any:
+    # ``async for`` over the iterator itself, without taking ownership (the task closes it).
+    while True:
+        try:
+            item = await it.__anext__()
+        except StopAsyncIteration:
+            return
+        yield item
+
+
+class _Joined(Stream[T]):
+    def __init__(self, state: _Join) -> None:
+        self._state = state
+        self._started = False
+
+    async def __anext__(self) -> T:
+        state = self._state
+        if not self._started:
+            self._started = True
+            state.start()
+        try:
+            item: T = await state.reader.__anext__()
+            return item
+        except StopAsyncIteration:
+            await self.aclose()
+            if len(state.errors) == 1:
+                raise state.errors[0] from None
+            if state.errors:
+                raise ExceptionGroup("join_aiters: several sources failed", state.errors) from None
+            raise
+
+    async def aclose(self) -> None:
+        """Cancel every task, wait until each has closed its iterator; idempotent."""
+        self._state.reader._detach()
+        await self._state.stop()
+
+    def __del__(self) -> None:
+        state = getattr(self, "_state", None)
+        if state is not None:
+            for task in list(state.tasks):
+                cancel_soon(task)
+
+
+def join_aiters(
+    aiter_of_aiters: AsyncIterable[AsyncIterable[T] | Iterable[T]] | Iterable[Any],
+    *,
+    max_active: int | None = None,
+    buffer: int = 0,
+) -> Stream[T]:
+    """Merge the (async or sync) iterables that ``aiter_of_aiters`` yields, as items come.
+
+    Each sub-iterable keeps its own order; the stream ends when the outer one and every
+    sub-iterable have ended. Background tasks (one for the outer iterable, one per running
+    sub-iterable) start at the first read and are cancelled and awaited by ``aclose()`` or
+    leaving ``async with``; dropping the stream cancels them too.
+
+    Args:
+        aiter_of_aiters: The iterables to merge; it and each of them are owned and closed.
+        max_active: How many sub-iterables run at once (the others wait in arrival order).
+        buffer: How many items may wait for the reader (0: each sub task waits until its
+            item is read).
+
+    Raises:
+        TypeError: An argument has the wrong type (a non-iterable sub-iterable: lazily).
+        ValueError: ``max_active`` < 1 or ``buffer`` < 0.
+    """
+    active = None if max_active is None else count("join_aiters", "max_active", max_active)
+    room = count("join_aiters", "buffer", buffer, minimum=0)
+    outer = adopt(aiter_of_aiters, "join_aiters' aiter_of_aiters")
+    return _Joined(_Join(outer, active, room))

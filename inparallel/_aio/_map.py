@@ -1,0 +1,288 @@
+"""Maps: `map_aiter`, `map_filter_aiter` and `parallel_map` (one forked task per item).
+
+With one worker `map_aiter` is a plain sequential map. With more, calls run concurrently and
+are started by the reader itself, inside ``__anext__``: it pulls the source, starts calls up to
+the limits and waits for whichever finishes first, so there is no driver task and the source
+is read in the reader's task. Two limits hold at every moment::
+
+    calls running                          <= workers
+    calls started and not yet yielded      <= window  (ordered: results wait for their turn)
+
+The window lets later items start while an early one is slow (an ordered map that only
+started item ``n + workers`` after item ``n`` was *yielded* would stall behind every slow item).
+
+`parallel_map` is the same engine with a forked child per call: its "call" is a `TaskFuture`
+seen through `asyncio.wrap_future`, and cancelling that (on an early exit, `aclose`, or when
+the reader is cancelled and leaves) kills the child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, Literal, TypeVar
+
+from .._checks import count
+from ._base import Stream, adopt, call, cancel_soon, close_source, consume_outcome, keep_task
+from ._transform import flatten_aiter
+
+__all__ = ("Mapped", "OnError", "check_on_error", "make_window", "map_aiter", "map_filter_aiter")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+OnError = Literal["raise", "skip"] | Callable[[Any, Exception], object]
+Start = Callable[[Any], "asyncio.Future[Any]"]
+
+
+class Mapped(Stream[R]):
+    """The engine behind the maps (see the module docstring)."""
+
+    def __init__(
+        self,
+        start: Start,
+        source: AsyncIterator[Any],
+        *,
+        workers: int,
+        ordered: bool,
+        window: int,
+        on_error: OnError,
+    ) -> None:
+        self._start = start
+        self._source: AsyncIterator[Any] | None = source
+        self._workers, self._ordered, self._window = workers, ordered, window
+        self._on_error = on_error
+        self._started: deque[tuple[Any, asyncio.Future[Any]]] = deque()  # in input order
+        self._running: set[asyncio.Future[Any]] = set()
+        self._finished: deque[tuple[Any, asyncio.Future[Any]]] = deque()  # unordered mode
+        self._source_error: BaseException | None = None
+        self._closed = False
+
+    async def __anext__(self) -> R:
+        try:
+            while True:
+                if self._closed:
+                    raise StopAsyncIteration
+                await self._fill()
+                ready = self._ready()
+                if ready is not None:
+                    item, fut = ready
+                    if fut.cancelled() or fut.exception() is None:
+                        return fut.result()  # type: ignore[no-any-return]
+                    self._failed(item, fut.exception())  # type: ignore[arg-type]
+                    continue
+                if self._running:
+                    await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                error = self._source_error
+                await self.aclose()
+                if error is not None:
+                    raise error
+                raise StopAsyncIteration
+        except asyncio.CancelledError:
+            raise  # the reader may read on: a cancelled wait loses nothing
+        except BaseException:
+            await self.aclose()
+            raise
+
+    def _ready(self) -> tuple[Any, asyncio.Future[Any]] | None:
+        if self._ordered:
+            if self._started and self._started[0][1].done():
+                return self._started.popleft()
+            return None
+        return self._finished.popleft() if self._finished else None
+
+    def _failed(self, item: Any, exc: BaseException) -> None:
+        if not isinstance(exc, Exception) or self._on_error == "raise":
+            raise exc
+        if self._on_error != "skip":
+            self._on_error(item, exc)
+
+    async def _fill(self) -> None:
+        while (
+            self._source is not None
+            and len(self._running) < self._workers
+            and len(self._started) + len(self._finished) < self._window
+        ):
+            try:
+                item = await self._source.__anext__()
+            except StopAsyncIteration:
+                await self._close_source()
+                return
+            except Exception as exc:  # delivered after the calls already started
+                self._source_error = exc
+                await self._close_source()
+                return
+            fut = self._start(item)
+            fut.add_done_callback(consume_outcome)
+            self._running.add(fut)
+            self._started.append((item, fut))
+            # Callbacks hold the containers, never the stream: a dropped stream is collected
+            # (and its finalizer cancels the calls) even while calls are running.
+            fut.add_done_callback(self._running.discard)
+            if not self._ordered:
+                fut.add_done_callback(functools.partial(_move, self._started, self._finished))
+
+    async def _close_source(self) -> None:
+        source, self._source = self._source, None
+        if source is not None:
+            await close_source(source)
+
+    async def aclose(self) -> None:
+        """Cancel the calls in flight (killing forked children), wait for them, close the source.
+
+        Idempotent; the results not yet read are dropped.
+        """
+        self._closed = True
+        running = list(self._running)
+        for fut in running:
+            fut.cancel()
+        self._started.clear()
+        self._finished.clear()
+        try:
+            if running:
+                await asyncio.wait(running)
+        finally:
+            await self._close_source()
+
+    def __del__(self) -> None:
+        for fut in list(getattr(self, "_running", ())):
+            cancel_soon(fut)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {len(self._running)} running>"
+
+
+class _Sequential(Stream[R]):
+    """``workers=1``: one call at a time in the reader's task; no task is made."""
+
+    def __init__(self, fn: Callable[[Any], Any], source: AsyncIterator[Any], on_error: OnError):
+        self._fn, self._source, self._on_error = fn, source, on_error
+        self._done = False
+
+    async def __anext__(self) -> R:
+        try:
+            while True:
+                if self._done:
+                    raise StopAsyncIteration
+                item = await self._source.__anext__()
+                try:
+                    return await call(self._fn, item)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if self._on_error == "raise":
+                        raise
+                    if self._on_error != "skip":
+                        self._on_error(item, exc)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Close the source; idempotent."""
+        if not self._done:
+            self._done = True
+            await close_source(self._source)
+
+
+def _move(
+    started: deque[tuple[Any, asyncio.Future[Any]]],
+    finished: deque[tuple[Any, asyncio.Future[Any]]],
+    fut: asyncio.Future[Any],
+) -> None:
+    for entry in started:  # at most ``window`` entries
+        if entry[1] is fut:
+            started.remove(entry)
+            finished.append(entry)
+            return
+
+
+def check_on_error(where: str, on_error: object) -> None:
+    """Raise `ValueError` unless ``on_error`` is "raise", "skip" or a callable."""
+    if on_error not in ("raise", "skip") and not callable(on_error):
+        raise ValueError(
+            f'{where}: on_error must be "raise", "skip" or a callable(item, exc), not {on_error!r}'
+        )
+
+
+def make_window(where: str, workers: int, window: int | None) -> int:
+    """Return the window (default ``2 * workers``), checked to be at least ``workers``."""
+    if window is None:
+        return 2 * workers
+    return count(where, "window", window, minimum=workers, hint=" (at least the worker count)")
+
+
+def map_aiter(
+    map_f: Callable[[T], R | Awaitable[R]],
+    aiter: AsyncIterable[T] | Iterable[T],
+    worker_count: int = 1,
+    *,
+    ordered: bool = True,
+    window: int | None = None,
+    on_error: OnError = "raise",
+) -> Stream[R]:
+    """Apply ``map_f`` (sync or async) to every item of ``aiter``.
+
+    ``map_f``'s result is awaited when it is awaitable (decided per call, so lambdas that
+    return coroutines and objects with an async ``__call__`` work). With ``worker_count > 1``
+    up to that many calls run at once, as tasks started by the reader; the stream's
+    ``aclose()`` (or leaving ``async with``, or dropping it) cancels and awaits them.
+
+    Args:
+        map_f: The function.
+        aiter: The input (async or sync iterable); owned and closed.
+        worker_count: Calls running at once.
+        ordered: Yield in input order (True) or as calls finish (False).
+        window: With ``worker_count > 1``: calls started and not yet yielded, at least
+            ``worker_count`` (default twice it), so one slow item does not hold up the start
+            of the next ones.
+        on_error: ``"raise"``: an error stops the map (the calls in flight are cancelled)
+            and is raised at its place: after the results before it when ordered. ``"skip"``
+            drops the item; a callable ``on_error(item, exc)`` is called and the item dropped.
+
+    Raises:
+        TypeError: ``map_f`` is not callable, ``aiter`` is not iterable, or a count is not
+            an int.
+        ValueError: ``worker_count`` < 1, ``window`` < ``worker_count``, or a bad ``on_error``.
+    """
+    if not callable(map_f):
+        raise TypeError(f"map_aiter: map_f must be callable, not {map_f!r}")
+    workers = count("map_aiter", "worker_count", worker_count)
+    span = make_window("map_aiter", workers, window)
+    check_on_error("map_aiter", on_error)
+    source = adopt(aiter, "map_aiter's aiter")
+    if workers == 1:
+        return _Sequential(map_f, source, on_error)
+
+    def start(item: Any) -> asyncio.Future[Any]:
+        return keep_task(asyncio.get_running_loop().create_task(call(map_f, item)))
+
+    return Mapped(start, source, workers=workers, ordered=ordered, window=span, on_error=on_error)
+
+
+def map_filter_aiter(
+    map_f: Callable[[T], Iterable[R] | Awaitable[Iterable[R]]],
+    aiter: AsyncIterable[T] | Iterable[T],
+    worker_count: int = 1,
+    *,
+    ordered: bool = True,
+    window: int | None = None,
+    on_error: OnError = "raise",
+) -> Stream[R]:
+    """Like `map_aiter`, but ``map_f`` returns an iterable whose items are yielded in order.
+
+    An empty result filters the item out. The options are those of `map_aiter`.
+
+    Raises:
+        TypeError: As `map_aiter`; also, lazily, when ``map_f`` returns a non-iterable.
+        ValueError: As `map_aiter`.
+    """
+    mapped: Stream[Iterable[R]] = map_aiter(
+        map_f, aiter, worker_count, ordered=ordered, window=window, on_error=on_error
+    )
+    return flatten_aiter(mapped)

@@ -1,0 +1,116 @@
+"""`Pump`: one background task that reads a source into a queue, as far as a rule allows.
+
+The streams that read ahead (`preload_aiter`, `active_aiter`), share a source between readers
+(`sharable_aiter`) or broadcast it (`aiter_forker`) all need the same thing: the source is
+read by *one* task, never by the readers themselves. So
+
+* a pull is single-flight: readers that want an item share the pull in progress;
+* cancelling a reader never cancels the pull: the item it would have had is pushed anyway and
+  goes to the next reader (cancelling ``agen.__anext__()`` would also finalize a generator);
+* the source is read and closed in one task, so its context variables and ``finally`` blocks
+  run where it was iterated.
+
+The rule (``allowed``) says whether one more pull may start; the pump waits for a `poke`
+after the readers changed what the rule sees. The pump holds the queue's shared state and the
+source, never the stream object, so a stream nobody references any more is collected, and its
+finalizer cancels the pump.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from ._base import cancel_soon, close_source, keep_task
+from ._push import Shared
+
+__all__ = ("Pump",)
+
+
+class Pump:
+    """Read ``source`` into ``shared`` from a background task, while ``allowed()`` says so.
+
+    The task starts on the first `poke` (so in the loop that first reads), and ends when the
+    source is exhausted or fails (the queue then ends, with the error after the items), or
+    when `aclose`/`cancel` stop it. The source is closed by the task itself in every case.
+    """
+
+    def __init__(self, source: AsyncIterator[Any], shared: Shared, allowed: Callable[[], bool]):
+        self._source: AsyncIterator[Any] | None = source
+        self._shared = shared
+        self._allowed = allowed
+        self._task: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+        self._closing = False
+        self.pulls = 0  #: items taken from the source
+
+    def poke(self) -> None:
+        """Tell the pump the rule may have changed (start it on first use)."""
+        if self._closing:
+            return
+        if self._task is None:
+            source, self._source = self._source, None
+            if source is None:
+                return
+            task = asyncio.get_running_loop().create_task(self._run(source), name=_name(source))
+            self._task = keep_task(task)
+        elif self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def _run(self, source: AsyncIterator[Any]) -> None:
+        shared = self._shared
+        try:
+            while True:
+                while not self._allowed():
+                    self._wakeup = asyncio.get_running_loop().create_future()
+                    await self._wakeup
+                try:
+                    item = await source.__anext__()
+                except StopAsyncIteration:
+                    shared.end(None)
+                    return
+                except Exception as exc:
+                    shared.end(exc)
+                    return
+                self.pulls += 1
+                shared.append((item,))
+        except asyncio.CancelledError:
+            if not self._closing:  # not ours (a loop shutting down): readers must not hang
+                shared.end(RuntimeError("the task reading the source was cancelled"))
+            raise
+        finally:
+            await close_source(source)
+
+    async def aclose(self) -> None:
+        """Stop the task and wait until it has closed the source (or close it if none ran).
+
+        Raises:
+            Exception: Closing the source raised it.
+        """
+        self._closing = True
+        source, self._source = self._source, None
+        if source is not None:
+            await close_source(source)
+        task = self._task
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.wait((task,))
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+    def cancel(self) -> None:
+        """Stop the task without waiting (from a finalizer; any thread)."""
+        self._closing = True
+        if self._task is not None:
+            cancel_soon(self._task)
+
+    @property
+    def running(self) -> bool:
+        """Whether the task is running."""
+        return self._task is not None and not self._task.done()
+
+
+def _name(source: object) -> str:
+    return f"inparallel.aio pump of {type(source).__name__}"

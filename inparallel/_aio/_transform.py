@@ -1,0 +1,296 @@
+"""Sequential transforms: no tasks, every input closed when the stream ends or is closed.
+
+`iter_to_aiter` and `aiter_to_iter` cross between sync and async iteration; `azip` and
+`flatten_aiter` combine streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from typing import Any, TypeVar
+
+from .._checks import count
+from ._base import Stream, adopt, close_source
+
+__all__ = ("aiter_to_iter", "azip", "flatten_aiter", "iter_to_aiter")
+
+T = TypeVar("T")
+
+_END: Any = object()
+
+
+class iter_to_aiter(Stream[T]):
+    """An async iterator over a sync iterable.
+
+    Args:
+        iter: The iterable; its iterator is closed (``close()``) when the stream is.
+        checkpoint_every: Yield to the event loop every this many items, so a long, cheap
+            iterable does not starve other tasks (by default it never suspends).
+        to_thread: Run each ``next()`` in a worker thread (``asyncio.to_thread``), for
+            iterators that block. A read cancelled meanwhile leaves its item for the next.
+
+    Raises:
+        TypeError: ``iter`` is not iterable, or ``checkpoint_every`` is not an int.
+        ValueError: ``checkpoint_every`` is below 1.
+    """
+
+    def __init__(
+        self,
+        iter: Iterable[T],
+        *,
+        checkpoint_every: int | None = None,
+        to_thread: bool = False,
+    ) -> None:
+        if not hasattr(iter, "__iter__"):
+            raise TypeError(f"iter_to_aiter() takes an iterable, not {type(iter).__name__}")
+        if checkpoint_every is not None:
+            count("iter_to_aiter", "checkpoint_every", checkpoint_every, optional=True)
+        self._it: Iterator[T] | None = iter.__iter__()
+        self._every = checkpoint_every
+        self._to_thread = to_thread
+        self._read = 0
+        self._pending: asyncio.Future[Any] | None = None
+
+    async def __anext__(self) -> T:
+        it = self._it
+        if it is None:
+            raise StopAsyncIteration
+        try:
+            if self._to_thread:
+                if self._pending is None:
+                    loop = asyncio.get_running_loop()
+                    self._pending = loop.run_in_executor(None, next, it, _END)
+                item = await asyncio.shield(self._pending)
+                self._pending = None
+            else:
+                item = next(it, _END)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            await self.aclose()
+            raise
+        if item is _END:
+            await self.aclose()
+            raise StopAsyncIteration
+        self._read += 1
+        if self._every is not None and self._read % self._every == 0:
+            await asyncio.sleep(0)
+        return item  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        """Close the iterator (after a ``next()`` still running in a thread); idempotent."""
+        it, self._it = self._it, None
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await asyncio.wait((pending,))
+        if it is not None:
+            await close_source(it)
+
+
+class _SyncView(Iterator[T]):
+    def __init__(
+        self, source: AsyncIterator[T], runner: asyncio.Runner | None, loop: Any, owned: bool
+    ) -> None:
+        self._source: AsyncIterator[T] | None = source
+        self._runner, self._loop, self._owned = runner, loop, owned
+
+    def _run(self, coro: Any) -> Any:
+        if self._loop is not None:
+            return self._loop.run_until_complete(coro)
+        if self._runner is None:
+            self._runner = asyncio.Runner()
+        return self._runner.run(coro)
+
+    def __next__(self) -> T:
+        if self._source is None:
+            raise StopIteration
+        try:
+            item = self._run(_next(self._source))
+        except BaseException:
+            self.close()
+            raise
+        if item is _END:
+            self.close()
+            raise StopIteration
+        return item  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Close the async iterator on its loop, then an owned runner; idempotent."""
+        source, self._source = self._source, None
+        try:
+            if source is not None:
+                self._run(close_source(source))
+        finally:
+            runner, self._runner = self._runner, None
+            if runner is not None and self._owned:
+                runner.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_source", None) is not None or getattr(self, "_runner", None):
+            self.close()
+
+
+async def _next(source: AsyncIterator[T]) -> Any:
+    try:
+        return await source.__anext__()
+    except StopAsyncIteration:
+        return _END
+
+
+def aiter_to_iter(
+    aiter: AsyncIterable[T],
+    loop: asyncio.AbstractEventLoop | None = None,
+    *,
+    runner: asyncio.Runner | None = None,
+) -> Iterator[T]:
+    """Return a sync iterator over ``aiter``, for code that runs no event loop.
+
+    Each ``next()`` runs the loop until the next item: on ``runner`` if given, on ``loop``
+    (a loop that is not running) if given, else on a runner of its own, closed with the
+    iterator. Closing the iterator (``close()``, or dropping it) closes ``aiter`` on the same
+    loop first. Background tasks of ``aiter`` only run during ``next()``.
+
+    Raises:
+        RuntimeError: An event loop is running in this thread (``await`` the stream there).
+        TypeError: ``aiter`` is not async iterable, or both ``loop`` and ``runner`` given.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError(
+            "aiter_to_iter() cannot drive a stream inside a running event loop;"
+            " use 'async for' there instead"
+        )
+    if loop is not None and runner is not None:
+        raise TypeError("aiter_to_iter() takes a loop or a runner, not both")
+    if not hasattr(aiter, "__aiter__"):
+        raise TypeError(f"aiter_to_iter() takes an async iterable, not {type(aiter).__name__}")
+    return _SyncView(aiter.__aiter__(), runner, loop, owned=runner is None)
+
+
+class azip(Stream[tuple[Any, ...]]):
+    """Zip async (or sync) iterables: tuples of one item from each, as slow as the slowest.
+
+    The inputs are read one after another in argument order (so zipping an iterator with
+    itself works) and every one is closed at the end, the longer ones included.
+
+    Args:
+        aiters: The inputs.
+        strict: Raise `ValueError` when the inputs have different lengths.
+
+    Raises:
+        TypeError: An input is not iterable.
+    """
+
+    def __init__(self, *aiters: AsyncIterable[Any] | Iterable[Any], strict: bool = False):
+        self._sources: list[AsyncIterator[Any]] | None = []
+        for n, source in enumerate(aiters, 1):
+            self._sources.append(adopt(source, f"azip() argument {n}"))
+        self._strict = strict
+
+    async def __anext__(self) -> tuple[Any, ...]:
+        sources = self._sources
+        if not sources:
+            await self.aclose()
+            raise StopAsyncIteration
+        values = []
+        try:
+            for n, source in enumerate(sources, 1):
+                try:
+                    values.append(await source.__anext__())
+                except StopAsyncIteration:
+                    if self._strict:
+                        await self._check_all_ended(n)
+                    raise
+        except BaseException:
+            await self.aclose()
+            raise
+        return tuple(values)
+
+    async def _check_all_ended(self, ended: int) -> None:
+        assert self._sources is not None
+        if ended > 1:
+            raise ValueError(f"azip() argument {ended} is shorter than argument 1")
+        for n, source in enumerate(self._sources[1:], 2):
+            try:
+                await source.__anext__()
+            except StopAsyncIteration:
+                continue
+            raise ValueError(f"azip() argument {n} is longer than argument 1")
+
+    async def aclose(self) -> None:
+        """Close every input; idempotent."""
+        sources, self._sources = self._sources, None
+        errors = []
+        for source in sources or ():
+            try:
+                await close_source(source)
+            except Exception as exc:  # close the others first, then report it
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+class flatten_aiter(Stream[T]):
+    """Yield the items of each iterable (sync or async) that ``aiter`` produces, in order.
+
+    One level only. An element that is not iterable raises `TypeError` (the original skipped
+    it silently). Closing the stream closes the current inner async iterable and ``aiter``.
+
+    Raises:
+        TypeError: ``aiter`` is not iterable.
+    """
+
+    def __init__(self, aiter: AsyncIterable[Iterable[T] | AsyncIterable[T]] | Iterable[Any]):
+        self._outer: AsyncIterator[Any] | None = adopt(aiter, "flatten_aiter's aiter")
+        self._inner: AsyncIterator[T] | Iterator[T] | None = None
+
+    async def __anext__(self) -> T:
+        try:
+            while True:
+                if self._outer is None:
+                    raise StopAsyncIteration
+                inner = self._inner
+                if inner is None:
+                    self._inner = inner = _open(await self._outer.__anext__())
+                if isinstance(inner, Iterator):
+                    item = next(inner, _END)
+                else:
+                    try:
+                        item = await inner.__anext__()
+                    except StopAsyncIteration:
+                        item = _END
+                if item is not _END:
+                    return item
+                self._inner = None
+                await close_source(inner)
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Close the current inner iterable and the outer one; idempotent."""
+        inner, self._inner = self._inner, None
+        outer, self._outer = self._outer, None
+        try:
+            if inner is not None:
+                await close_source(inner)
+        finally:
+            if outer is not None:
+                await close_source(outer)
+
+
+def _open(element: Any) -> AsyncIterator[Any] | Iterator[Any]:
+    if hasattr(element, "__aiter__"):
+        it: AsyncIterator[Any] = element.__aiter__()
+        return it
+    if hasattr(element, "__iter__"):
+        sync: Iterator[Any] = iter(element)
+        return sync
+    raise TypeError(
+        f"flatten_aiter: an element is not iterable: {element!r} ({type(element).__name__});"
+        " each element must be an iterable or an async iterable"
+    )

@@ -1,0 +1,61 @@
+"""inparallel.aio: async iterator tools on asyncio, and async bridges to forked tasks.
+
+The names of Richard Kiss's ``aiter`` toolkit, with its call forms, on today's asyncio:
+
+* **Queues and sharing:** `push_aiter` (push, stop, fork), `aiter_forker` (broadcast),
+  `sharable_aiter` (several readers, one item each).
+* **Flow control:** `preload_aiter`, `active_aiter`, `gated_aiter`, `stoppable_aiter`.
+* **Transforms:** `map_aiter`, `map_filter_aiter`, `azip`, `flatten_aiter`, `join_aiters`,
+  `iter_to_aiter`, `aiter_to_iter`.
+* **Forked tasks:** ``await`` a `TaskFuture` (cancelling the awaiting task kills the child)
+  and `parallel_map`, one forked child per item.
+
+The rules every tool keeps:
+
+* Nothing binds an event loop when it is built (build at import time, use in ``asyncio.run``).
+* `asyncio.CancelledError` always reaches the cancelled task; cancelling one reader never
+  ends a stream for the others, and an item already taken from a source is never lost.
+* A source's error reaches the reader after the items before it; nothing is logged and
+  dropped (``on_error="skip"`` on the maps is the explicit opt-in).
+* Every buffer is bounded (unbounded only when you write ``math.inf``).
+* A tool owns the iterators it is given and closes them when it ends, fails or is closed.
+  Tools that run background tasks start them at the first read and stop them (cancelled and
+  awaited; each source closed in the task that read it) on ``aclose()`` and when an
+  ``async with`` block is left; when the stream is dropped (a ``break`` out of a plain
+  ``async for``) they are cancelled at once, and finish their cleanup in the loop.
+
+Only this module (and ``inparallel._aio``) imports `asyncio`.
+"""
+
+from __future__ import annotations
+
+from ._aio._base import Stream
+from ._aio._fork import parallel_map
+from ._aio._gate import gated_aiter, stoppable_aiter
+from ._aio._join import join_aiters
+from ._aio._map import map_aiter, map_filter_aiter
+from ._aio._push import QueueFull, QueueStopped, push_aiter
+from ._aio._shared import Fork, active_aiter, aiter_forker, preload_aiter, sharable_aiter
+from ._aio._transform import aiter_to_iter, azip, flatten_aiter, iter_to_aiter
+
+__all__ = (
+    "Fork",
+    "QueueFull",
+    "QueueStopped",
+    "Stream",
+    "active_aiter",
+    "aiter_forker",
+    "aiter_to_iter",
+    "azip",
+    "flatten_aiter",
+    "gated_aiter",
+    "iter_to_aiter",
+    "join_aiters",
+    "map_aiter",
+    "map_filter_aiter",
+    "parallel_map",
+    "preload_aiter",
+    "push_aiter",
+    "sharable_aiter",
+    "stoppable_aiter",
+)
