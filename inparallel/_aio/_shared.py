@@ -164,6 +164,12 @@ class Fork(Cursor[T]):
             self._shared.demand = max(self._shared.demand, self.position + 1)
             self._pump.poke()
 
+    async def aclose(self) -> None:
+        """Detach this fork; if it was the last open one, stop the pump and close the source."""
+        self._detach()
+        if not self._shared.cursors:
+            await self._pump.aclose()
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
