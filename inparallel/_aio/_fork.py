@@ -16,6 +16,7 @@ from collections.abc import AsyncIterable, Callable, Iterable
 from typing import Any, TypeVar
 
 from .._checks import count
+from .._core._future import TaskFuture
 from .._core._options import TaskOptions, make_options
 from .._core._spawn import spawn
 from .._task import TASK_OPTIONS
@@ -81,11 +82,21 @@ def parallel_map(
     check_on_error("parallel_map", on_error)
     target, options = _unwrap(fn)
     source = adopt(aiterable, "parallel_map's aiterable")
+    alive: set[TaskFuture[Any]] = set()
 
     def start(item: Any) -> asyncio.Future[Any]:
-        return asyncio.wrap_future(spawn(target, (item,), {}, options))
+        child = spawn(target, (item,), {}, options)
+        alive.add(child)
+        child.add_done_callback(alive.discard)  # on the supervisor thread: one atomic call
+        return asyncio.wrap_future(child)
 
-    return Mapped(start, source, workers=workers, ordered=ordered, window=span, on_error=on_error)
+    def kill() -> None:
+        for child in list(alive):
+            child.cancel()  # kills a running child; thread-safe, needs no loop
+
+    return Mapped(
+        start, source, workers=workers, ordered=ordered, window=span, on_error=on_error, kill=kill
+    )
 
 
 def _unwrap(fn: Callable[..., Any]) -> tuple[Callable[..., Any], TaskOptions]:

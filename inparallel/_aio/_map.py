@@ -49,8 +49,10 @@ class Mapped(Stream[R]):
         ordered: bool,
         window: int,
         on_error: OnError,
+        kill: Callable[[], object] | None = None,
     ) -> None:
         self._start = start
+        self._kill = kill  # stops the calls without the loop (forked children), for finalizers
         self._source: AsyncIterator[Any] | None = source
         self._workers, self._ordered, self._window = workers, ordered, window
         self._on_error = on_error
@@ -139,6 +141,8 @@ class Mapped(Stream[R]):
         running = list(self._running)
         for fut in running:
             fut.cancel()
+        if self._kill is not None:
+            self._kill()
         self._started.clear()
         self._finished.clear()
         try:
@@ -150,6 +154,9 @@ class Mapped(Stream[R]):
     def __del__(self) -> None:
         for fut in list(getattr(self, "_running", ())):
             cancel_soon(fut)
+        kill = getattr(self, "_kill", None)
+        if kill is not None:  # also when the loop is already closed
+            kill()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {len(self._running)} running>"

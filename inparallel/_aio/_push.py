@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import math
 import weakref
 from collections.abc import Callable, Iterator
@@ -189,7 +190,7 @@ class Cursor(Stream[T], Generic[T]):
 
     def __len__(self) -> int:
         """Return the number of items this cursor can read without waiting."""
-        return self._shared.pushed - self.position
+        return 0 if self._detached else self._shared.pushed - self.position
 
     def is_stopped(self) -> bool:
         """Return whether the queue was stopped (items pushed before may still be unread)."""
@@ -234,8 +235,10 @@ class push_aiter(Cursor[T]):
     Args:
         tail: Another `push_aiter` to read from (a fork at its position), or None for a new
             queue. (The historical "tail" of the queue.)
-        next_preflight: Called with the reader at the start of every read of an active reader,
-            before it waits; it may push just in time. Its exceptions reach the reader.
+        next_preflight: Called at the start of every read of an active reader, before it
+            waits, with the reader as its argument (or with none, if it takes none, as the
+            original documented it). It may push just in time; its exceptions reach the
+            reader.
         maxsize: How far behind the slowest open reader may fall: `push` raises `QueueFull`
             and `put` waits beyond it. Unbounded (``math.inf``) by default.
 
@@ -247,7 +250,7 @@ class push_aiter(Cursor[T]):
     def __init__(
         self,
         tail: push_aiter[T] | None = None,
-        next_preflight: Callable[[push_aiter[T]], object] | None = None,
+        next_preflight: Callable[[push_aiter[T]], object] | Callable[[], object] | None = None,
         *,
         maxsize: float = math.inf,
     ) -> None:
@@ -265,6 +268,7 @@ class push_aiter(Cursor[T]):
         else:
             raise TypeError(f"tail must be a push_aiter or None, not {type(tail).__name__}")
         self._next_preflight = next_preflight
+        self._preflight_args = _takes_reader(next_preflight)
         self._active = True
 
     def push(self, *items: T) -> None:
@@ -318,4 +322,20 @@ class push_aiter(Cursor[T]):
 
     def _preflight(self) -> None:
         if self._next_preflight is not None and not self._detached:
-            self._next_preflight(self)
+            if self._preflight_args:
+                self._next_preflight(self)  # type: ignore[call-arg]
+            else:
+                self._next_preflight()  # type: ignore[call-arg]
+
+
+def _takes_reader(fn: Callable[..., object] | None) -> bool:
+    """Whether ``fn`` accepts one positional argument (else it is called with none)."""
+    if fn is None:
+        return False
+    try:
+        inspect.signature(fn).bind(None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature (some builtins): assume the documented one
+        return True
+    return True

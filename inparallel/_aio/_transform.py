@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -127,7 +128,10 @@ class _SyncView(Iterator[T]):
                 runner.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_source", None) is not None or getattr(self, "_runner", None):
+        if getattr(self, "_source", None) is None and getattr(self, "_runner", None) is None:
+            return
+        # Dropped inside a running loop (this thread cannot run ours then): nothing to do.
+        with contextlib.suppress(Exception):
             self.close()
 
 
