@@ -25,7 +25,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from typing import Any, Literal, TypeVar
 
 from .._checks import count
-from ._base import Stream, adopt, call, cancel_soon, close_source, consume_outcome, keep_task
+from ._base import Stream, adopt, call, cancel_soon, close_source, consume_outcome
 from ._transform import flatten_aiter
 
 __all__ = ("Mapped", "OnError", "check_on_error", "make_window", "map_aiter", "map_filter_aiter")
@@ -50,9 +50,11 @@ class Mapped(Stream[R]):
         window: int,
         on_error: OnError,
         kill: Callable[[], object] | None = None,
+        head_start: float = 0.0,
     ) -> None:
         self._start = start
         self._kill = kill  # stops the calls without the loop (forked children), for finalizers
+        self._head_start = head_start
         self._source: AsyncIterator[Any] | None = source
         self._workers, self._ordered, self._window = workers, ordered, window
         self._on_error = on_error
@@ -67,8 +69,14 @@ class Mapped(Stream[R]):
             while True:
                 if self._closed:
                     raise StopAsyncIteration
-                await self._fill()
-                ready = self._ready()
+                if self._head_start:
+                    await self._first_alone()
+                    ready = self._ready()  # the first result goes out before more forks
+                    if ready is None:
+                        continue  # it is slow: start the others now
+                else:
+                    await self._fill()
+                    ready = self._ready()
                 if ready is not None:
                     item, fut = ready
                     if fut.cancelled() or fut.exception() is None:
@@ -89,6 +97,15 @@ class Mapped(Stream[R]):
             await self.aclose()
             raise
 
+    async def _first_alone(self) -> None:
+        # Starting a call is costly here (a fork holds the loop for milliseconds): the first
+        # call runs alone until it is done or the head start is over, so the first result
+        # does not wait for every other fork.
+        head_start, self._head_start = self._head_start, 0.0
+        await self._fill(1)
+        if self._running:
+            await asyncio.wait(self._running, timeout=head_start)
+
     def _ready(self) -> tuple[Any, asyncio.Future[Any]] | None:
         if self._ordered:
             if self._started and self._started[0][1].done():
@@ -102,10 +119,10 @@ class Mapped(Stream[R]):
         if self._on_error != "skip":
             self._on_error(item, exc)
 
-    async def _fill(self) -> None:
+    async def _fill(self, workers: int | None = None) -> None:
         while (
             self._source is not None
-            and len(self._running) < self._workers
+            and len(self._running) < (workers or self._workers)
             and len(self._started) + len(self._finished) < self._window
         ):
             try:
@@ -267,7 +284,8 @@ def map_aiter(
         return _Sequential(map_f, source, on_error)
 
     def start(item: Any) -> asyncio.Future[Any]:
-        return keep_task(asyncio.get_running_loop().create_task(call(map_f, item)))
+        # The stream holds its running tasks, and a finalizer that drops it cancels them.
+        return asyncio.get_running_loop().create_task(call(map_f, item))
 
     return Mapped(start, source, workers=workers, ordered=ordered, window=span, on_error=on_error)
 
