@@ -20,13 +20,17 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 __all__ = (
+    "END",
     "Stream",
+    "SyncSource",
     "adopt",
     "call",
     "cancel_soon",
+    "close_soon",
     "close_source",
     "consume_outcome",
     "keep_task",
+    "killed",
     "running_loop",
 )
 
@@ -63,6 +67,16 @@ class Stream(AsyncIterator[T]):
     async def aclose(self) -> None:
         """Stop the stream and close its sources; idempotent."""
 
+    def _open_sources(self) -> list[object]:
+        """Return the sources this stream still owns and has not closed (for the finalizer)."""
+        return []
+
+    def __del__(self) -> None:
+        # Dropped without aclose() (a ``break`` out of a plain ``async for``): close what we
+        # own, as the loop does for an abandoned async generator.
+        with contextlib.suppress(Exception):  # a finalizer must not raise
+            close_soon(self._open_sources())
+
 
 def adopt(iterable: AsyncIterable[T] | Iterable[T], what: str) -> AsyncIterator[T]:
     """Return an async iterator over ``iterable`` (a sync one is wrapped, and closed with it).
@@ -73,36 +87,46 @@ def adopt(iterable: AsyncIterable[T] | Iterable[T], what: str) -> AsyncIterator[
     if hasattr(iterable, "__aiter__"):
         return iterable.__aiter__()
     if hasattr(iterable, "__iter__"):
-        return _SyncSource(iter(iterable))
+        return SyncSource(iter(iterable))
     raise TypeError(
         f"{what} must be an async iterable (or an iterable), not {type(iterable).__name__};"
         " pass an async generator, an aio stream, or a list"
     )
 
 
-class _SyncSource(AsyncIterator[T]):
+class SyncSource(AsyncIterator[T]):
     """A sync iterator read without yielding to the loop; ``aclose()`` closes it."""
 
     def __init__(self, it: Iterator[T]) -> None:
         self._it: Iterator[T] | None = it
 
     async def __anext__(self) -> T:
+        item = self.next_now()
+        if item is END:
+            raise StopAsyncIteration
+        return item  # type: ignore[no-any-return]
+
+    def next_now(self) -> Any:
+        """Return the next item, or `END` (the iterator is closed then)."""
         if self._it is None:
-            raise StopAsyncIteration
-        item = next(self._it, _END)
-        if item is _END:
-            await self.aclose()
-            raise StopAsyncIteration
+            return END
+        item = next(self._it, END)
+        if item is END:
+            self.close()
         return item
 
     async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
         it, self._it = self._it, None
         close = getattr(it, "close", None)
         if close is not None:
             close()
 
 
-_END: Any = object()
+#: What `SyncSource.next_now` returns at the end.
+END: Any = object()
 
 
 async def close_source(source: object) -> None:
@@ -157,6 +181,55 @@ def consume_outcome(fut: asyncio.Future[Any]) -> None:
     """Mark a finished future's exception as retrieved (a done-callback)."""
     if not fut.cancelled():
         fut.exception()
+
+
+def close_soon(sources: list[object]) -> None:
+    """From a finalizer: close sync sources now, async ones in a task of this thread's loop.
+
+    Without a running loop in this thread async sources are left to their own finalizers
+    (an async generator is closed by its loop's hook).
+    """
+    sources = [s for s in sources if s is not None]
+    if not sources:
+        return
+    later = []
+    for source in sources:
+        if hasattr(source, "aclose") and not isinstance(source, SyncSource):
+            later.append(source)
+        else:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+    if not later:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    keep_task(loop.create_task(_close_all(later), name="inparallel.aio: close a dropped stream"))
+
+
+async def _close_all(sources: list[object]) -> None:
+    for source in sources:
+        await close_source(source)
+
+
+def killed(source: object) -> BaseException | None:
+    """After a read of ``source`` was cancelled: the error to raise if that finalized it.
+
+    Cancelling an async generator's ``__anext__`` throws the cancellation into it, and one
+    that does not catch it is finished: reading on would look like a normal end of stream,
+    and silently lose the rest. Queue-backed sources (`push_aiter`, the pumped streams) are
+    not harmed by a cancelled read and go on.
+    """
+    if inspect.isasyncgen(source) and source.ag_frame is None:
+        return RuntimeError(
+            "a read was cancelled while it awaited this stream's source, an async generator,"
+            " which that finalized: the rest of its items are lost. To read on after a"
+            " cancelled read, pass the generator through sharable_aiter() or"
+            " preload_aiter(), whose reads are safe to cancel"
+        )
+    return None
 
 
 def cancel_soon(fut: asyncio.Future[Any]) -> None:

@@ -94,6 +94,9 @@ class gated_aiter(Stream[T]):
         if source is not None:
             await close_source(source)
 
+    def _open_sources(self) -> list[object]:
+        return [getattr(self, "_source", None)]
+
     def __repr__(self) -> str:
         state = "stopped" if self._stopped else "open"
         return f"<gated_aiter {state}, credit {self._credit}>"
@@ -164,10 +167,17 @@ class stoppable_aiter(Stream[T]):
         if source is not None:
             await close_source(source)
 
+    def _open_sources(self) -> list[object]:
+        pull = getattr(self, "_pull", None)
+        if pull is not None and not pull.done():
+            return []  # cancelled below; the source is mid-step and left to its finalizer
+        return [getattr(self, "_source", None)]
+
     def __del__(self) -> None:
         pull = getattr(self, "_pull", None)
         if pull is not None:
             cancel_soon(pull)
+        super().__del__()
 
     def __repr__(self) -> str:
         return f"<stoppable_aiter {'stopped' if self._stopped else 'open'}>"

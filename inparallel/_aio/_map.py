@@ -19,13 +19,27 @@ the reader is cancelled and leaves) kills the child.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
+import sys
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Literal, TypeVar
 
 from .._checks import count
-from ._base import Stream, adopt, call, cancel_soon, close_source, consume_outcome
+from ._base import (
+    END,
+    Stream,
+    SyncSource,
+    adopt,
+    call,
+    cancel_soon,
+    close_source,
+    consume_outcome,
+    keep_task,
+    killed,
+)
 from ._transform import flatten_aiter
 
 __all__ = ("Mapped", "OnError", "check_on_error", "make_window", "map_aiter", "map_filter_aiter")
@@ -55,6 +69,7 @@ class Mapped(Stream[R]):
         self._start = start
         self._kill = kill  # stops the calls without the loop (forked children), for finalizers
         self._head_start = head_start
+        self._alone = head_start > 0  # the first call runs alone for up to head_start seconds
         self._source: AsyncIterator[Any] | None = source
         self._workers, self._ordered, self._window = workers, ordered, window
         self._on_error = on_error
@@ -63,48 +78,53 @@ class Mapped(Stream[R]):
         self._finished: deque[tuple[Any, asyncio.Future[Any]]] = deque()  # unordered mode
         self._source_error: BaseException | None = None
         self._closed = False
+        # The source is read by small tasks that share one context: a read cancelled while
+        # the source is slow leaves that pull running for the next read (cancelling an async
+        # generator's __anext__ would finalize it), results are not held up by a slow source,
+        # and the source's context variables stay the same from its first item to its close.
+        self._pull: asyncio.Future[Any] | None = None
+        self._context = contextvars.copy_context()
 
     async def __anext__(self) -> R:
         try:
             while True:
                 if self._closed:
                     raise StopAsyncIteration
-                if self._head_start:
-                    await self._first_alone()
-                    ready = self._ready()  # the first result goes out before more forks
-                    if ready is None:
-                        continue  # it is slow: start the others now
-                else:
-                    await self._fill()
+                # During the head start the first result goes out before any other call starts.
+                ready = self._ready() if self._alone else None
+                if ready is None:
+                    await self._fill(1 if self._alone else self._workers)
                     ready = self._ready()
                 if ready is not None:
+                    self._alone = False
                     item, fut = ready
                     if fut.cancelled() or fut.exception() is None:
                         return fut.result()  # type: ignore[no-any-return]
                     self._failed(item, fut.exception())  # type: ignore[arg-type]
                     continue
-                if self._running:
-                    await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                error = self._source_error
-                await self.aclose()
-                if error is not None:
-                    raise error
-                raise StopAsyncIteration
+                waits: set[asyncio.Future[Any]] = set(self._running)
+                if self._pull is not None:
+                    waits.add(self._pull)
+                if not waits:
+                    break
+                # Wait for whichever comes first, a call or the source: a result never waits
+                # for an item the source does not have yet (a producer may be waiting for it).
+                timeout = self._head_start if self._alone and self._running else None
+                done, _ = await asyncio.wait(
+                    waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    self._alone = False  # the first call is slow: start the others now
+            error = self._source_error
+            await self.aclose()
+            if error is not None:
+                raise error
+            raise StopAsyncIteration
         except asyncio.CancelledError:
             raise  # the reader may read on: a cancelled wait loses nothing
         except BaseException:
             await self.aclose()
             raise
-
-    async def _first_alone(self) -> None:
-        # Starting a call is costly here (a fork holds the loop for milliseconds): the first
-        # call runs alone until it is done or the head start is over, so the first result
-        # does not wait for every other fork.
-        head_start, self._head_start = self._head_start, 0.0
-        await self._fill(1)
-        if self._running:
-            await asyncio.wait(self._running, timeout=head_start)
 
     def _ready(self) -> tuple[Any, asyncio.Future[Any]] | None:
         if self._ordered:
@@ -119,19 +139,28 @@ class Mapped(Stream[R]):
         if self._on_error != "skip":
             self._on_error(item, exc)
 
-    async def _fill(self, workers: int | None = None) -> None:
+    async def _fill(self, workers: int) -> None:
+        """Start calls for the items the source has ready, up to the limits; never blocks."""
         while (
             self._source is not None
-            and len(self._running) < (workers or self._workers)
+            and len(self._running) < workers
             and len(self._started) + len(self._finished) < self._window
         ):
-            try:
-                item = await self._source.__anext__()
-            except StopAsyncIteration:
+            pull = self._pull
+            if pull is None:
+                pull = self._pull = _pull_task(self._source, self._context)
+                if not pull.done() and not EAGER:
+                    await asyncio.sleep(0)  # one turn: a source with the item ready has run
+            if not pull.done():
+                return
+            self._pull = None
+            error = pull.exception() if not pull.cancelled() else _pull_cancelled()
+            if error is not None:  # delivered after the calls already started
+                self._source_error = error
                 await self._close_source()
                 return
-            except Exception as exc:  # delivered after the calls already started
-                self._source_error = exc
+            item = pull.result()
+            if item is END:
                 await self._close_source()
                 return
             fut = self._start(item)
@@ -146,8 +175,17 @@ class Mapped(Stream[R]):
 
     async def _close_source(self) -> None:
         source, self._source = self._source, None
+        pull, self._pull = self._pull, None
+        if pull is not None and not pull.done():
+            pull.cancel()
+            await asyncio.wait((pull,))
         if source is not None:
-            await close_source(source)
+            loop = asyncio.get_running_loop()
+            closing = keep_task(loop.create_task(close_source(source), context=self._context))
+            await asyncio.wait((closing,))
+            error = None if closing.cancelled() else closing.exception()
+            if error is not None:
+                raise error
 
     async def aclose(self) -> None:
         """Cancel the calls in flight (killing forked children), wait for them, close the source.
@@ -168,12 +206,26 @@ class Mapped(Stream[R]):
         finally:
             await self._close_source()
 
+    def _open_sources(self) -> list[object]:
+        pull = getattr(self, "_pull", None)
+        if pull is not None and not pull.done():
+            return []  # closed after the pull, below
+        return [getattr(self, "_source", None)]
+
     def __del__(self) -> None:
         for fut in list(getattr(self, "_running", ())):
             cancel_soon(fut)
+        pull, source = getattr(self, "_pull", None), getattr(self, "_source", None)
+        if pull is not None and not pull.done() and source is not None:
+            with contextlib.suppress(RuntimeError):  # no loop runs here: left to finalizers
+                loop = asyncio.get_running_loop()
+                pull.cancel()
+                closing = loop.create_task(_close_after(pull, source), context=self._context)
+                keep_task(closing)
         kill = getattr(self, "_kill", None)
         if kill is not None:  # also when the loop is already closed
             kill()
+        super().__del__()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {len(self._running)} running>"
@@ -185,13 +237,20 @@ class _Sequential(Stream[R]):
     def __init__(self, fn: Callable[[Any], Any], source: AsyncIterator[Any], on_error: OnError):
         self._fn, self._source, self._on_error = fn, source, on_error
         self._done = False
+        self._killed: BaseException | None = None
 
     async def __anext__(self) -> R:
         try:
             while True:
+                if self._killed is not None:
+                    raise self._killed
                 if self._done:
                     raise StopAsyncIteration
-                item = await self._source.__anext__()
+                try:
+                    item = await self._source.__anext__()
+                except asyncio.CancelledError:
+                    self._killed = killed(self._source)
+                    raise
                 try:
                     return await call(self._fn, item)
                 except asyncio.CancelledError:
@@ -207,11 +266,52 @@ class _Sequential(Stream[R]):
             await self.aclose()
             raise
 
+    def _open_sources(self) -> list[object]:
+        return [] if getattr(self, "_done", True) else [self._source]
+
     async def aclose(self) -> None:
         """Close the source; idempotent."""
         if not self._done:
             self._done = True
             await close_source(self._source)
+
+
+async def _next(source: AsyncIterator[Any]) -> Any:
+    try:
+        return await source.__anext__()
+    except StopAsyncIteration:
+        return END
+
+
+def _pull_task(source: AsyncIterator[Any], context: contextvars.Context) -> asyncio.Future[Any]:
+    """Start reading one item; on 3.12+ eagerly, so a source that has it ready costs no turn."""
+    loop = asyncio.get_running_loop()
+    if isinstance(source, SyncSource):  # next() cannot suspend, nor be cancelled halfway
+        done = loop.create_future()
+        try:
+            done.set_result(source.next_now())
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
+    if EAGER:
+        task = asyncio.Task(_next(source), loop=loop, context=context, eager_start=True)  # type: ignore[call-arg]
+    else:
+        task = loop.create_task(_next(source), context=context)
+    task.add_done_callback(consume_outcome)
+    return task
+
+
+async def _close_after(pull: asyncio.Future[Any], source: AsyncIterator[Any]) -> None:
+    await asyncio.wait((pull,))
+    await close_source(source)
+
+
+def _pull_cancelled() -> BaseException:
+    return RuntimeError("the task reading the map's source was cancelled")
+
+
+#: Whether tasks can start eagerly (``Task(eager_start=True)``, Python 3.12+).
+EAGER = sys.version_info >= (3, 12)
 
 
 def _move(

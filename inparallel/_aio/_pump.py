@@ -107,6 +107,11 @@ class Pump:
             cancel_soon(self._task)
 
     @property
+    def closing(self) -> bool:
+        """Whether `aclose` or `cancel` was called: no pull will start any more."""
+        return self._closing
+
+    @property
     def running(self) -> bool:
         """Whether the task is running."""
         return self._task is not None and not self._task.done()

@@ -74,7 +74,12 @@ class Shared:
         return min((c.position for c in self.cursors), default=self.pushed)
 
     def append(self, items: tuple[Any, ...]) -> None:
-        """Link ``items`` at the tail and wake the waiting readers."""
+        """Link ``items`` at the tail and wake the waiting readers.
+
+        Raises:
+            RuntimeError: Readers wait in a loop that is not this thread's (nothing added).
+        """
+        self.check_thread()
         for item in items:
             cell = self.tail
             cell.value = item
@@ -96,14 +101,19 @@ class Shared:
     def wake_movers(self) -> None:
         self._wake(self._movers)
 
-    def _wake(self, waiters: list[asyncio.Future[None]]) -> None:
-        if not waiters:
-            return
-        if self.loop is not None and _running() is not self.loop:
+    def check_thread(self) -> None:
+        """Refuse to wake readers of a loop that does not run in this thread."""
+        waiting = self._readers or self._movers
+        if waiting and self.loop is not None and _running() is not self.loop:
             raise RuntimeError(
                 "push_aiter was used from outside its event loop's thread; from another"
                 " thread call loop.call_soon_threadsafe(queue.push, item)"
             )
+
+    def _wake(self, waiters: list[asyncio.Future[None]]) -> None:
+        if not waiters:
+            return
+        self.check_thread()
         pending = waiters[:]
         waiters.clear()
         for fut in pending:
@@ -125,7 +135,7 @@ class Shared:
         try:
             await fut
         finally:
-            if not fut.done():  # cancelled: forget our own waiter, and only ours
+            if fut in waiters:  # cancelled: forget our own waiter, and only ours
                 waiters.remove(fut)
 
 
@@ -171,6 +181,12 @@ class Cursor(Stream[T], Generic[T]):
     async def _wait(self) -> None:
         await self._shared.wait_reader(self)
 
+    def _place(self) -> tuple[_Cell, int]:
+        """Where a fork of this cursor starts: here, or at the tail if this one is closed."""
+        if self._detached:
+            return self._shared.tail, self._shared.pushed
+        return self._cell, self.position
+
     # -- queries ------------------------------------------------------------------------------
 
     def available_iter(self) -> Iterator[T]:
@@ -210,6 +226,7 @@ class Cursor(Stream[T], Generic[T]):
         shared.cursors.discard(self)
         self._cell = _Cell()  # drop the reference into the list
         if shared.loop is None or _running() is shared.loop:
+            shared.wake_readers()  # tasks waiting on this very cursor end now
             shared.wake_movers()
         if not shared.cursors and shared.on_empty is not None:
             shared.on_empty()
@@ -240,11 +257,13 @@ class push_aiter(Cursor[T]):
             original documented it). It may push just in time; its exceptions reach the
             reader.
         maxsize: How far behind the slowest open reader may fall: `push` raises `QueueFull`
-            and `put` waits beyond it. Unbounded (``math.inf``) by default.
+            and `put` waits beyond it. Unbounded (``math.inf``) by default. The queue
+            object is itself a reader: a producer that reads only through forks should
+            ``aclose()`` it, or it holds the count at its own position.
 
     Raises:
         TypeError: ``tail`` is not a `push_aiter`, or ``next_preflight`` is not callable.
-        ValueError: ``maxsize`` is negative.
+        ValueError: ``maxsize`` is below 1.
     """
 
     def __init__(
@@ -259,12 +278,12 @@ class push_aiter(Cursor[T]):
         if tail is None:
             if isinstance(maxsize, bool) or not isinstance(maxsize, int | float):
                 raise TypeError(f"maxsize must be a number (math.inf: unbounded), not {maxsize!r}")
-            if not maxsize >= 0:
-                raise ValueError(f"maxsize must be >= 0 (math.inf: unbounded), not {maxsize!r}")
+            if not maxsize >= 1:
+                raise ValueError(f"maxsize must be >= 1 (math.inf: unbounded), not {maxsize!r}")
             shared = Shared(maxsize)
             super().__init__(shared, shared.tail, 0)
         elif isinstance(tail, push_aiter):
-            super().__init__(tail._shared, tail._cell, tail.position)
+            super().__init__(tail._shared, *tail._place())
         else:
             raise TypeError(f"tail must be a push_aiter or None, not {type(tail).__name__}")
         self._next_preflight = next_preflight

@@ -142,7 +142,7 @@ class Fork(Cursor[T]):
     """
 
     def __init__(self, at: Cursor[T], pump: Pump, *, lag: int | None, active: bool) -> None:
-        super().__init__(at._shared, at._cell, at.position)
+        super().__init__(at._shared, *at._place())
         self._pump, self._lag, self._active = pump, lag, active
 
     def fork(self, is_active: bool = True) -> Fork[T]:
@@ -158,6 +158,12 @@ class Fork(Cursor[T]):
         ):
             await shared.wait_mover(self)  # max_lag: wait for the slowest fork to catch up
         return await super().__anext__()
+
+    async def _wait(self) -> None:
+        if self._pump.closing and not self._shared.stopped:
+            raise StopAsyncIteration  # the family's source was closed: nothing will come
+        self._preflight()  # ask again: another task on this fork may have taken the item
+        await super()._wait()
 
     def _preflight(self) -> None:
         if self._active and not self._detached and self._cell.next is None:

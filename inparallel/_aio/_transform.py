@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -88,6 +90,11 @@ class iter_to_aiter(Stream[T]):
         if it is not None:
             await close_source(it)
 
+    def _open_sources(self) -> list[object]:
+        if getattr(self, "_pending", None) is not None:
+            return []  # a thread is inside next(): the iterator cannot be closed now
+        return [getattr(self, "_it", None)]
+
 
 class _SyncView(Iterator[T]):
     def __init__(
@@ -95,10 +102,12 @@ class _SyncView(Iterator[T]):
     ) -> None:
         self._source: AsyncIterator[T] | None = source
         self._runner, self._loop, self._owned = runner, loop, owned
+        self._context = contextvars.copy_context()  # one for every step, as a Runner keeps
 
     def _run(self, coro: Any) -> Any:
         if self._loop is not None:
-            return self._loop.run_until_complete(coro)
+            task = self._loop.create_task(coro, context=self._context)
+            return self._loop.run_until_complete(task)
         if self._runner is None:
             self._runner = asyncio.Runner()
         return self._runner.run(coro)
@@ -130,9 +139,17 @@ class _SyncView(Iterator[T]):
     def __del__(self) -> None:
         if getattr(self, "_source", None) is None and getattr(self, "_runner", None) is None:
             return
-        # Dropped inside a running loop (this thread cannot run ours then): nothing to do.
-        with contextlib.suppress(Exception):
-            self.close()
+        with contextlib.suppress(Exception):  # a finalizer must not raise
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                self.close()
+                return
+            # Dropped inside another running loop: this thread cannot run ours, one that
+            # runs no loop can (for the few steps that closing takes).
+            closer = threading.Thread(target=self.close, name="inparallel.aio closer")
+            closer.start()
+            closer.join()
 
 
 async def _next(source: AsyncIterator[T]) -> Any:
@@ -225,6 +242,9 @@ class azip(Stream[tuple[Any, ...]]):
                 continue
             raise ValueError(f"azip() argument {n} is longer than argument 1")
 
+    def _open_sources(self) -> list[object]:
+        return list(getattr(self, "_sources", None) or ())
+
     async def aclose(self) -> None:
         """Close every input; idempotent."""
         sources, self._sources = self._sources, None
@@ -274,6 +294,9 @@ class flatten_aiter(Stream[T]):
         except BaseException:
             await self.aclose()
             raise
+
+    def _open_sources(self) -> list[object]:
+        return [getattr(self, "_inner", None), getattr(self, "_outer", None)]
 
     async def aclose(self) -> None:
         """Close the current inner iterable and the outer one; idempotent."""
