@@ -41,6 +41,7 @@ class _Join:
         self.tasks: set[asyncio.Task[None]] = set()
         self.errors: list[Exception] = []
         self.outer_done = False
+        self.stopping = False  #: `stop` was called: cancellations are ours
 
     def start(self) -> None:
         outer, self.outer = self.outer, None
@@ -63,9 +64,14 @@ class _Join:
                 self._spawn(self._read_sub(it), f"sub {n}")
         except Exception as exc:
             self.fail(exc)
+        except asyncio.CancelledError:
+            self.cancelled()
+            raise
         finally:
             try:
                 await close_source(outer)
+            except Exception as exc:
+                self.fail(exc)
             finally:
                 self.outer_done = True
                 self.maybe_end()
@@ -81,9 +87,14 @@ class _Join:
                     await shared.wait_mover(self)
         except Exception as exc:
             self.fail(exc)
+        except asyncio.CancelledError:
+            self.cancelled()
+            raise
         finally:
             try:
                 await close_source(sub)
+            except Exception as exc:
+                self.fail(exc)
             finally:
                 if self.slots is not None:
                     self.slots.release()
@@ -92,11 +103,17 @@ class _Join:
     def fail(self, exc: Exception) -> None:
         self.errors.append(exc)
         if len(self.errors) == 1:
+            self.stopping = True  # the cancellations below are ours
             me = asyncio.current_task()
             for task in list(self.tasks):
                 if task is not me:
                     task.cancel()
         self.shared.end(None)
+
+    def cancelled(self) -> None:
+        """A task was cancelled: by `stop`, or by someone else (then the stream fails)."""
+        if not self.stopping:
+            self.fail(RuntimeError("a task of join_aiters was cancelled; the merge is incomplete"))
 
     def maybe_end(self) -> None:
         me = asyncio.current_task()
@@ -105,6 +122,7 @@ class _Join:
 
     async def stop(self) -> None:
         """Cancel every task and wait for them (each closes its own iterator)."""
+        self.stopping = True
         outer, self.outer = self.outer, None
         if outer is not None:
             await close_source(outer)

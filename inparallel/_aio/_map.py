@@ -19,10 +19,7 @@ the reader is cancelled and leaves) kills the child.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import functools
-import sys
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Literal, TypeVar
@@ -31,15 +28,14 @@ from .._checks import count
 from ._base import (
     END,
     Stream,
-    SyncSource,
     adopt,
     call,
     cancel_soon,
     close_source,
     consume_outcome,
-    keep_task,
     killed,
 )
+from ._pull import EAGER, Puller
 from ._transform import flatten_aiter
 
 __all__ = ("Mapped", "OnError", "check_on_error", "make_window", "map_aiter", "map_filter_aiter")
@@ -70,7 +66,9 @@ class Mapped(Stream[R]):
         self._kill = kill  # stops the calls without the loop (forked children), for finalizers
         self._head_start = head_start
         self._alone = head_start > 0  # the first call runs alone for up to head_start seconds
-        self._source: AsyncIterator[Any] | None = source
+        # The source is read through a Puller: a read cancelled while the source is slow
+        # leaves that pull running for the next read, and results never wait for it.
+        self._puller = Puller(source)
         self._workers, self._ordered, self._window = workers, ordered, window
         self._on_error = on_error
         self._started: deque[tuple[Any, asyncio.Future[Any]]] = deque()  # in input order
@@ -78,12 +76,6 @@ class Mapped(Stream[R]):
         self._finished: deque[tuple[Any, asyncio.Future[Any]]] = deque()  # unordered mode
         self._source_error: BaseException | None = None
         self._closed = False
-        # The source is read by small tasks that share one context: a read cancelled while
-        # the source is slow leaves that pull running for the next read (cancelling an async
-        # generator's __anext__ would finalize it), results are not held up by a slow source,
-        # and the source's context variables stay the same from its first item to its close.
-        self._pull: asyncio.Future[Any] | None = None
-        self._context = contextvars.copy_context()
 
     async def __anext__(self) -> R:
         try:
@@ -103,8 +95,8 @@ class Mapped(Stream[R]):
                     self._failed(item, fut.exception())  # type: ignore[arg-type]
                     continue
                 waits: set[asyncio.Future[Any]] = set(self._running)
-                if self._pull is not None:
-                    waits.add(self._pull)
+                if self._puller.pending is not None:
+                    waits.add(self._puller.pending)
                 if not waits:
                     break
                 # Wait for whichever comes first, a call or the source: a result never waits
@@ -141,27 +133,26 @@ class Mapped(Stream[R]):
 
     async def _fill(self, workers: int) -> None:
         """Start calls for the items the source has ready, up to the limits; never blocks."""
+        puller = self._puller
         while (
-            self._source is not None
+            puller.source is not None
             and len(self._running) < workers
             and len(self._started) + len(self._finished) < self._window
         ):
-            pull = self._pull
-            if pull is None:
-                pull = self._pull = _pull_task(self._source, self._context)
-                if not pull.done() and not EAGER:
-                    await asyncio.sleep(0)  # one turn: a source with the item ready has run
+            fresh = puller.pending is None
+            pull = puller.start()
+            if fresh and not pull.done() and not EAGER:
+                await asyncio.sleep(0)  # one turn: a source with the item ready has run
             if not pull.done():
                 return
-            self._pull = None
-            error = pull.exception() if not pull.cancelled() else _pull_cancelled()
-            if error is not None:  # delivered after the calls already started
-                self._source_error = error
-                await self._close_source()
+            try:
+                item = puller.take()
+            except Exception as exc:  # delivered after the calls already started
+                self._source_error = exc
+                await puller.aclose()
                 return
-            item = pull.result()
             if item is END:
-                await self._close_source()
+                await puller.aclose()
                 return
             fut = self._start(item)
             fut.add_done_callback(consume_outcome)
@@ -172,20 +163,6 @@ class Mapped(Stream[R]):
             fut.add_done_callback(self._running.discard)
             if not self._ordered:
                 fut.add_done_callback(functools.partial(_move, self._started, self._finished))
-
-    async def _close_source(self) -> None:
-        source, self._source = self._source, None
-        pull, self._pull = self._pull, None
-        if pull is not None and not pull.done():
-            pull.cancel()
-            await asyncio.wait((pull,))
-        if source is not None:
-            loop = asyncio.get_running_loop()
-            closing = keep_task(loop.create_task(close_source(source), context=self._context))
-            await asyncio.wait((closing,))
-            error = None if closing.cancelled() else closing.exception()
-            if error is not None:
-                raise error
 
     async def aclose(self) -> None:
         """Cancel the calls in flight (killing forked children), wait for them, close the source.
@@ -204,28 +181,17 @@ class Mapped(Stream[R]):
             if running:
                 await asyncio.wait(running)
         finally:
-            await self._close_source()
-
-    def _open_sources(self) -> list[object]:
-        pull = getattr(self, "_pull", None)
-        if pull is not None and not pull.done():
-            return []  # closed after the pull, below
-        return [getattr(self, "_source", None)]
+            await self._puller.aclose()
 
     def __del__(self) -> None:
         for fut in list(getattr(self, "_running", ())):
             cancel_soon(fut)
-        pull, source = getattr(self, "_pull", None), getattr(self, "_source", None)
-        if pull is not None and not pull.done() and source is not None:
-            with contextlib.suppress(RuntimeError):  # no loop runs here: left to finalizers
-                loop = asyncio.get_running_loop()
-                pull.cancel()
-                closing = loop.create_task(_close_after(pull, source), context=self._context)
-                keep_task(closing)
+        puller = getattr(self, "_puller", None)
+        if puller is not None:
+            puller.drop()
         kill = getattr(self, "_kill", None)
         if kill is not None:  # also when the loop is already closed
             kill()
-        super().__del__()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {len(self._running)} running>"
@@ -274,44 +240,6 @@ class _Sequential(Stream[R]):
         if not self._done:
             self._done = True
             await close_source(self._source)
-
-
-async def _next(source: AsyncIterator[Any]) -> Any:
-    try:
-        return await source.__anext__()
-    except StopAsyncIteration:
-        return END
-
-
-def _pull_task(source: AsyncIterator[Any], context: contextvars.Context) -> asyncio.Future[Any]:
-    """Start reading one item; on 3.12+ eagerly, so a source that has it ready costs no turn."""
-    loop = asyncio.get_running_loop()
-    if isinstance(source, SyncSource):  # next() cannot suspend, nor be cancelled halfway
-        done = loop.create_future()
-        try:
-            done.set_result(source.next_now())
-        except Exception as exc:
-            done.set_exception(exc)
-        return done
-    if EAGER:
-        task = asyncio.Task(_next(source), loop=loop, context=context, eager_start=True)  # type: ignore[call-arg]
-    else:
-        task = loop.create_task(_next(source), context=context)
-    task.add_done_callback(consume_outcome)
-    return task
-
-
-async def _close_after(pull: asyncio.Future[Any], source: AsyncIterator[Any]) -> None:
-    await asyncio.wait((pull,))
-    await close_source(source)
-
-
-def _pull_cancelled() -> BaseException:
-    return RuntimeError("the task reading the map's source was cancelled")
-
-
-#: Whether tasks can start eagerly (``Task(eager_start=True)``, Python 3.12+).
-EAGER = sys.version_info >= (3, 12)
 
 
 def _move(

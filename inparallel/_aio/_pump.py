@@ -68,19 +68,24 @@ class Pump:
                 try:
                     item = await source.__anext__()
                 except StopAsyncIteration:
-                    shared.end(None)
-                    return
+                    error = None
+                    break
                 except Exception as exc:
-                    shared.end(exc)
-                    return
+                    error = exc
+                    break
                 self.pulls += 1
                 shared.append((item,))
         except asyncio.CancelledError:
             if not self._closing:  # not ours (a loop shutting down): readers must not hang
                 shared.end(RuntimeError("the task reading the source was cancelled"))
-            raise
-        finally:
             await close_source(source)
+            raise
+        # The end: close the source first, so that an error closing it reaches the readers.
+        try:
+            await close_source(source)
+        except Exception as exc:
+            error = error or exc
+        shared.end(error)
 
     async def aclose(self) -> None:
         """Stop the task and wait until it has closed the source (or close it if none ran).

@@ -1,0 +1,135 @@
+"""`Puller`: read one source in small tasks that share one context, safe to cancel.
+
+Reading ``await source.__anext__()`` in the reader's own task has two flaws when the reader
+is cancelled or must also watch something else: the cancellation is thrown into the source
+(an async generator is finalized by it, and reading on looks like a normal end), and the
+reader cannot wait for "the next item or something else". So the streams that need either
+(the concurrent maps, `gated_aiter`, `stoppable_aiter`) read through a `Puller`:
+
+* each pull is a small task; a reader cancelled while it waits leaves the pull running, and
+  the next read takes its item (nothing is lost, the source is not finalized);
+* every pull, and the final ``aclose()``, run in one `contextvars.Context`, so the source's
+  context variables and ``finally`` blocks see one consistent context;
+* on 3.12+ a pull starts eagerly, and a sync iterator is read at once: a source that has
+  its item ready costs no loop turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ._base import END, SyncSource, close_source, consume_outcome, keep_task
+
+__all__ = ("Puller",)
+
+#: Whether tasks can start eagerly (``Task(eager_start=True)``, Python 3.12+).
+EAGER = sys.version_info >= (3, 12)
+
+
+class Puller:
+    """Reads ``source`` one item at a time (see the module docstring); owns and closes it."""
+
+    def __init__(self, source: AsyncIterator[Any]) -> None:
+        self.source: AsyncIterator[Any] | None = source
+        self.pending: asyncio.Future[Any] | None = None  #: the pull in progress, if any
+        self._context = contextvars.copy_context()
+
+    def start(self) -> asyncio.Future[Any]:
+        """Return the pull in progress, starting one if there is none.
+
+        Its result is the item or `END`; its exception is the source's.
+        """
+        pull = self.pending
+        if pull is None:
+            assert self.source is not None
+            pull = self.pending = _start(self.source, self._context)
+        return pull
+
+    def take(self) -> Any:
+        """Return the finished pull's outcome (item or `END`) and forget it; raise its error."""
+        pull, self.pending = self.pending, None
+        assert pull is not None and pull.done()
+        if pull.cancelled():
+            raise RuntimeError("the task reading the source was cancelled")
+        return pull.result()
+
+    async def next(self) -> Any:
+        """Return the next item, or `END`; a cancelled wait leaves the pull for the next call.
+
+        Raises:
+            Exception: The source raised it.
+        """
+        pull = self.start()
+        if not pull.done():
+            await asyncio.wait((pull,))
+        return self.take()
+
+    async def aclose(self) -> None:
+        """Cancel a pull in progress and close the source in its own context; idempotent.
+
+        Raises:
+            Exception: Closing the source raised it.
+        """
+        source, self.source = self.source, None
+        pull, self.pending = self.pending, None
+        if pull is not None and not pull.done():
+            pull.cancel()
+            await asyncio.wait((pull,))
+        if source is None:
+            return
+        loop = asyncio.get_running_loop()
+        closing = keep_task(loop.create_task(close_source(source), context=self._context))
+        await asyncio.wait((closing,))
+        error = None if closing.cancelled() else closing.exception()
+        if error is not None:
+            raise error
+
+    def drop(self) -> None:
+        """From a finalizer: stop the pull and close the source soon, in this thread's loop."""
+        source, self.source = self.source, None
+        pull, self.pending = self.pending, None
+        if source is None:
+            return
+        if isinstance(source, SyncSource):
+            source.close()
+            return
+        with contextlib.suppress(RuntimeError):  # no loop runs here: left to its finalizer
+            loop = asyncio.get_running_loop()
+            if pull is not None:
+                pull.cancel()
+            keep_task(loop.create_task(_close_after(pull, source), context=self._context))
+
+
+def _start(source: AsyncIterator[Any], context: contextvars.Context) -> asyncio.Future[Any]:
+    loop = asyncio.get_running_loop()
+    if isinstance(source, SyncSource):  # next() cannot suspend, nor be cancelled halfway
+        done = loop.create_future()
+        try:
+            done.set_result(source.next_now())
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
+    if EAGER:
+        task = asyncio.Task(_next(source), loop=loop, context=context, eager_start=True)  # type: ignore[call-arg]
+    else:
+        task = loop.create_task(_next(source), context=context)
+    task.add_done_callback(consume_outcome)
+    return task
+
+
+async def _next(source: AsyncIterator[Any]) -> Any:
+    try:
+        return await source.__anext__()
+    except StopAsyncIteration:
+        return END
+
+
+async def _close_after(pull: asyncio.Future[Any] | None, source: AsyncIterator[Any]) -> None:
+    if pull is not None:
+        await asyncio.wait((pull,))
+    await close_source(source)
