@@ -1,9 +1,11 @@
 """Maps: `map_aiter`, `map_filter_aiter` and `parallel_map` (one forked task per item).
 
-With one worker `map_aiter` is a plain sequential map. With more, calls run concurrently and
-are started by the reader itself, inside ``__anext__``: it pulls the source, starts calls up to
-the limits and waits for whichever finishes first, so there is no driver task and the source
-is read in the reader's task. Two limits hold at every moment::
+With one worker `map_aiter` is a plain sequential map in the reader's task. With more, calls
+run concurrently and are started by the reader itself, inside ``__anext__``: it starts calls
+for the items the source has ready, up to the limits, and waits for whichever comes first, a
+finished call or the next item, so there is no driver task and a finished result never waits
+for a slow source. The source is read through a `Puller` (its own small tasks, one context),
+so a cancelled read loses nothing. Two limits hold at every moment::
 
     calls running                          <= workers
     calls started and not yet yielded      <= window  (ordered: results wait for their turn)
