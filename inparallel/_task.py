@@ -105,5 +105,7 @@ def _wrap(fn: Any, *, options: TaskOptions) -> Any:
     def call(*args: Any, **kwargs: Any) -> TaskFuture[Any]:
         return spawn(fn, args, kwargs, options)
 
-    call.__dict__[TASK_OPTIONS] = options  # lets aio.parallel_map fork ``fn`` itself, once
+    # Lets aio.parallel_map fork ``fn`` itself, once. The wrapper is kept with the options: a
+    # decorator on top (functools.wraps copies __dict__) must not be mistaken for the task.
+    call.__dict__[TASK_OPTIONS] = (call, options)
     return call

@@ -17,7 +17,11 @@ The rules every tool keeps:
   ends a stream for the others, and an item already taken from a source is never lost.
 * A source's error reaches the reader after the items before it; nothing is logged and
   dropped (``on_error="skip"`` on the maps is the explicit opt-in).
-* Every buffer is bounded (unbounded only when you write ``math.inf``).
+* Every buffer a tool fills on its own is bounded (`active_aiter` is unbounded only when you
+  write ``maxsize=math.inf``). The queues you fill yourself are bounded when you say so:
+  `push_aiter` (``maxsize=``; the queue object is itself a reader that holds what it has not
+  read, so a producer that only pushes should ``aclose()`` it) and the broadcast of
+  `aiter_forker` (``max_lag=``).
 * A tool owns the iterators it is given and closes them when it ends, fails or is closed.
   Tools that run background tasks start them at the first read and stop them (cancelled and
   awaited; each source closed in the task that read it) on ``aclose()`` and when an

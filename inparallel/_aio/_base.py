@@ -47,7 +47,10 @@ class Stream(AsyncIterator[T]):
 
     Leaving an ``async with`` block, or ``await stream.aclose()``, stops the stream's
     background tasks (cancelled and awaited) and closes its sources. After that, and after the
-    stream has ended or raised, ``__anext__`` raises `StopAsyncIteration`.
+    stream has ended, ``__anext__`` raises `StopAsyncIteration`. After an error, the streams
+    built on a queue (`push_aiter` and its forks, `preload_aiter`, `active_aiter`,
+    `sharable_aiter`, `join_aiters`) raise it again on every read, so that every reader sees
+    it; the others raise it once and then end.
     """
 
     def __aiter__(self) -> Stream[T]:

@@ -113,9 +113,11 @@ def parallel_map(
 
 def _unwrap(fn: Callable[..., Any]) -> tuple[Callable[..., Any], TaskOptions]:
     """Return what to fork for ``fn``: a task's own function and options, or ``fn`` itself."""
-    options = getattr(fn, TASK_OPTIONS, None)
-    if not isinstance(options, TaskOptions):
-        return fn, _DEFAULTS
+    marker = getattr(fn, TASK_OPTIONS, None)
+    wrapper = fn.__func__ if inspect.ismethod(fn) else fn
+    if not (isinstance(marker, tuple) and marker[0] is wrapper):
+        return fn, _DEFAULTS  # a plain function, or something wrapping a task
+    options: TaskOptions = marker[1]
     if inspect.ismethod(fn):  # a @task method, bound
         return functools.partial(fn.__func__.__wrapped__, fn.__self__), options  # type: ignore[attr-defined]
     return fn.__wrapped__, options  # type: ignore[attr-defined]

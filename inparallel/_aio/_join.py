@@ -7,21 +7,26 @@
                             ...                 ┘
 
 Each task iterates *and closes* its own iterator, so a source's context variables and
-``finally`` blocks run in the task that iterated it. A sub task waits after each push until
-the reader is at most ``buffer`` items behind (``0``: a rendezvous), which is the whole of the
-backpressure. The first error cancels every task; it is raised after the items already
-queued (several errors that happened before the reader got there: an `ExceptionGroup`).
+``finally`` blocks run in the task that iterated it. Backpressure: a sub task pushes an item
+only while fewer than ``buffer`` + 1 merged items wait for the reader (one buffer for all of
+them; ``0``: each item waits until the previous one was read), and reads its next item only
+then; the outer task takes the next sub-iterable only then too (so an outer that yields for
+ever does not run away). The
+first error cancels every task; it is raised after the items already queued (several errors
+that happened before the reader got there: an `ExceptionGroup`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, TypeVar
 
 from .._checks import count
-from ._base import Stream, adopt, cancel_soon, close_source, keep_task
+from ._base import END as _END
+from ._base import Stream, adopt, cancel_soon, close_soon, close_source, keep_task
 from ._push import Cursor, Shared
 
 __all__ = ("join_aiters",)
@@ -42,26 +47,44 @@ class _Join:
         self.errors: list[Exception] = []
         self.outer_done = False
         self.stopping = False  #: `stop` was called: cancellations are ours
+        self.unstarted: dict[asyncio.Task[None], AsyncIterator[Any]] = {}  # closed by `stop`
 
     def start(self) -> None:
         outer, self.outer = self.outer, None
         if outer is not None:
             self._spawn(self._read_outer(outer), "outer")
 
-    def _spawn(self, coro: Any, what: str) -> None:
+    def _spawn(self, coro: Any, what: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro, name=f"inparallel.aio join {what}")
         self.tasks.add(keep_task(task))
         task.add_done_callback(self.tasks.discard)
+        return task
+
+    def behind(self) -> int:
+        """Items merged and not yet read."""
+        return self.shared.pushed - self.reader.position
+
+    async def _room(self) -> None:
+        """Wait until at most ``buffer`` merged items wait for the reader (or the end)."""
+        while not self.shared.stopped and self.behind() > self.buffer:
+            await self.shared.wait_mover(self)
 
     async def _read_outer(self, outer: AsyncIterator[Any]) -> None:
         try:
             n = 0
-            async for sub in _iterate(outer):
+            while True:
+                await self._room()  # a reader that falls behind holds up new sub-iterables
+                sub = await anext(outer, _END)
+                if sub is _END or self.shared.stopped:
+                    break
                 n += 1
                 it = adopt(sub, f"join_aiters: sub-iterable {n}")
                 if self.slots is not None:
                     await self.slots.acquire()
-                self._spawn(self._read_sub(it), f"sub {n}")
+                task = self._spawn(self._read_sub(it), f"sub {n}")
+                if not task.done():  # (an eager task may have run to its end already)
+                    self.unstarted[task] = it
+                await asyncio.sleep(0)  # an outer that never suspends must not hold the loop
         except Exception as exc:
             self.fail(exc)
         except asyncio.CancelledError:
@@ -78,13 +101,16 @@ class _Join:
 
     async def _read_sub(self, sub: AsyncIterator[Any]) -> None:
         shared = self.shared
+        self.unstarted.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
         try:
-            async for item in _iterate(sub):
+            while True:
+                await self._room()  # read the next item only when there is room for it
                 if shared.stopped:  # another source failed
                     return
+                item = await anext(sub, _END)
+                if item is _END:
+                    break
                 shared.append((item,))
-                while not shared.stopped and shared.pushed - self.reader.position > self.buffer:
-                    await shared.wait_mover(self)
         except Exception as exc:
             self.fail(exc)
         except asyncio.CancelledError:
@@ -131,16 +157,11 @@ class _Join:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
-
-
-async def _iterate(it: AsyncIterator[Any]) -> Any:
-    # ``async for`` over the iterator itself, without taking ownership (the task closes it).
-    while True:
-        try:
-            item = await it.__anext__()
-        except StopAsyncIteration:
-            return
-        yield item
+        # A task cancelled before its first step never ran its ``finally``: close its iterator.
+        unstarted = list(self.unstarted.values())
+        self.unstarted.clear()
+        for it in unstarted:
+            await close_source(it)
 
 
 class _Joined(Stream[T]):
@@ -174,6 +195,8 @@ class _Joined(Stream[T]):
         if state is not None:
             for task in list(state.tasks):
                 cancel_soon(task)
+            with contextlib.suppress(Exception):  # never read: nothing else will close it
+                close_soon([state.outer, *state.unstarted.values()])
 
 
 def join_aiters(
@@ -192,8 +215,9 @@ def join_aiters(
     Args:
         aiter_of_aiters: The iterables to merge; it and each of them are owned and closed.
         max_active: How many sub-iterables run at once (the others wait in arrival order).
-        buffer: How many items may wait for the reader (0: each sub task waits until its
-            item is read).
+        buffer: How many merged items may wait for the reader beyond the next one (0: a
+            sub-iterable is read once the items before were read). Sub-iterables that found
+            room at the same moment may each add one more.
 
     Raises:
         TypeError: An argument has the wrong type (a non-iterable sub-iterable: lazily).

@@ -21,6 +21,7 @@ the reader is cancelled and leaves) kills the child.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
@@ -36,6 +37,7 @@ from ._base import (
     close_source,
     consume_outcome,
     killed,
+    running_loop,
 )
 from ._pull import EAGER, Puller
 from ._transform import flatten_aiter
@@ -78,9 +80,11 @@ class Mapped(Stream[R]):
         self._finished: deque[tuple[Any, asyncio.Future[Any]]] = deque()  # unordered mode
         self._source_error: BaseException | None = None
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __anext__(self) -> R:
         try:
+            self._loop = running_loop(self, self._loop)
             while True:
                 if self._closed:
                     raise StopAsyncIteration
@@ -91,10 +95,9 @@ class Mapped(Stream[R]):
                     ready = self._ready()
                 if ready is not None:
                     self._alone = False
-                    item, fut = ready
-                    if fut.cancelled() or fut.exception() is None:
-                        return fut.result()  # type: ignore[no-any-return]
-                    self._failed(item, fut.exception())  # type: ignore[arg-type]
+                    delivered, value = self._outcome(*ready)
+                    if delivered:
+                        return value  # type: ignore[no-any-return]
                     continue
                 waits: set[asyncio.Future[Any]] = set(self._running)
                 if self._puller.pending is not None:
@@ -127,6 +130,16 @@ class Mapped(Stream[R]):
             return None
         return self._finished.popleft() if self._finished else None
 
+    def _outcome(self, item: Any, fut: asyncio.Future[Any]) -> tuple[bool, Any]:
+        """Return (True, result) for a call that succeeded; apply ``on_error`` otherwise."""
+        if fut.cancelled():  # not by us: we forget the calls we cancel
+            self._failed(item, RuntimeError(f"the call for {item!r} was cancelled"))
+        elif fut.exception() is None:
+            return True, fut.result()
+        else:
+            self._failed(item, fut.exception())  # type: ignore[arg-type]
+        return False, None
+
     def _failed(self, item: Any, exc: BaseException) -> None:
         if not isinstance(exc, Exception) or self._on_error == "raise":
             raise exc
@@ -145,6 +158,8 @@ class Mapped(Stream[R]):
             pull = puller.start()
             if fresh and not pull.done() and not EAGER:
                 await asyncio.sleep(0)  # one turn: a source with the item ready has run
+                if self._closed or puller.pending is not pull:
+                    return  # closed meanwhile (by another task)
             if not pull.done():
                 return
             try:
@@ -186,14 +201,16 @@ class Mapped(Stream[R]):
             await self._puller.aclose()
 
     def __del__(self) -> None:
+        kill = getattr(self, "_kill", None)
+        if kill is not None:  # first, and also when the loop is already closed
+            with contextlib.suppress(Exception):
+                kill()
         for fut in list(getattr(self, "_running", ())):
             cancel_soon(fut)
         puller = getattr(self, "_puller", None)
         if puller is not None:
-            puller.drop()
-        kill = getattr(self, "_kill", None)
-        if kill is not None:  # also when the loop is already closed
-            kill()
+            with contextlib.suppress(Exception):  # a finalizer must not raise
+                puller.drop()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {len(self._running)} running>"

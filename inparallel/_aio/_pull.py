@@ -37,7 +37,7 @@ class Puller:
     def __init__(self, source: AsyncIterator[Any]) -> None:
         self.source: AsyncIterator[Any] | None = source
         self.pending: asyncio.Future[Any] | None = None  #: the pull in progress, if any
-        self._context = contextvars.copy_context()
+        self._context: contextvars.Context | None = None  # the first reader's, at its first read
 
     def start(self) -> asyncio.Future[Any]:
         """Return the pull in progress, starting one if there is none.
@@ -46,28 +46,21 @@ class Puller:
         """
         pull = self.pending
         if pull is None:
-            assert self.source is not None
+            if self.source is None:
+                raise RuntimeError("the source was closed")
+            if self._context is None:
+                self._context = contextvars.copy_context()
             pull = self.pending = _start(self.source, self._context)
         return pull
 
     def take(self) -> Any:
         """Return the finished pull's outcome (item or `END`) and forget it; raise its error."""
         pull, self.pending = self.pending, None
-        assert pull is not None and pull.done()
+        if pull is None or not pull.done():
+            raise RuntimeError("no finished read to take (the stream was closed meanwhile)")
         if pull.cancelled():
             raise RuntimeError("the task reading the source was cancelled")
         return pull.result()
-
-    async def next(self) -> Any:
-        """Return the next item, or `END`; a cancelled wait leaves the pull for the next call.
-
-        Raises:
-            Exception: The source raised it.
-        """
-        pull = self.start()
-        if not pull.done():
-            await asyncio.wait((pull,))
-        return self.take()
 
     async def aclose(self) -> None:
         """Cancel a pull in progress and close the source in its own context; idempotent.
@@ -130,6 +123,8 @@ async def _next(source: AsyncIterator[Any]) -> Any:
 
 
 async def _close_after(pull: asyncio.Future[Any] | None, source: AsyncIterator[Any]) -> None:
-    if pull is not None:
-        await asyncio.wait((pull,))
-    await close_source(source)
+    try:
+        if pull is not None:
+            await asyncio.wait((pull,))
+    finally:  # also when the loop's shutdown cancels this wait
+        await close_source(source)

@@ -22,10 +22,14 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from ._base import cancel_soon, close_source, keep_task
+from ._base import cancel_soon, close_soon, close_source, keep_task
 from ._push import Shared
 
 __all__ = ("Pump",)
+
+#: Pulls between two yields to the loop, for a source that has its items ready at once (a
+#: sync iterable): without it, reading ahead would hold the loop for the whole read-ahead.
+YIELD_EVERY = 64
 
 
 class Pump:
@@ -75,6 +79,8 @@ class Pump:
                     break
                 self.pulls += 1
                 shared.append((item,))
+                if self.pulls % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # a source that never suspends must not hold the loop
         except asyncio.CancelledError:
             if not self._closing:  # not ours (a loop shutting down): readers must not hang
                 shared.end(RuntimeError("the task reading the source was cancelled"))
@@ -110,16 +116,14 @@ class Pump:
         self._closing = True
         if self._task is not None:
             cancel_soon(self._task)
+        source, self._source = self._source, None
+        if source is not None:  # never started: nothing else will close it
+            close_soon([source])
 
     @property
     def closing(self) -> bool:
         """Whether `aclose` or `cancel` was called: no pull will start any more."""
         return self._closing
-
-    @property
-    def running(self) -> bool:
-        """Whether the task is running."""
-        return self._task is not None and not self._task.done()
 
 
 def _name(source: object) -> str:

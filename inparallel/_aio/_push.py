@@ -296,6 +296,7 @@ class push_aiter(Cursor[T]):
         Raises:
             QueueStopped: `stop` was called.
             QueueFull: The slowest open reader would fall more than ``maxsize`` behind.
+            RuntimeError: Readers wait in an event loop of another thread (nothing added).
         """
         shared = self._shared
         if shared.stopped:
@@ -335,12 +336,12 @@ class push_aiter(Cursor[T]):
             is_active: A passive fork (False) never calls ``next_preflight``, so it never
                 asks the producer for items: it reads what others cause to be pushed.
         """
-        clone: push_aiter[T] = push_aiter(self, self._next_preflight if is_active else None)
-        clone._active = is_active
+        clone: push_aiter[T] = push_aiter(self, self._next_preflight)
+        clone._active = is_active  # a passive fork keeps the hook for active forks of it
         return clone
 
     def _preflight(self) -> None:
-        if self._next_preflight is not None and not self._detached:
+        if self._next_preflight is not None and self._active and not self._detached:
             if self._preflight_args:
                 self._next_preflight(self)  # type: ignore[call-arg]
             else:

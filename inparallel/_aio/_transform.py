@@ -14,7 +14,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, TypeVar
 
 from .._checks import count
-from ._base import Stream, adopt, close_source
+from ._base import Stream, adopt, close_source, killed
 
 __all__ = ("aiter_to_iter", "azip", "flatten_aiter", "iter_to_aiter")
 
@@ -107,7 +107,16 @@ class _SyncView(Iterator[T]):
     def _run(self, coro: Any) -> Any:
         if self._loop is not None:
             task = self._loop.create_task(coro, context=self._context)
-            return self._loop.run_until_complete(task)
+            try:
+                return self._loop.run_until_complete(task)
+            except BaseException:
+                # Ctrl-C (or anything) stopped the loop mid-step: finish the step, cancelled,
+                # as asyncio.Runner does, so that the source can be closed afterwards.
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        self._loop.run_until_complete(task)
+                raise
         if self._runner is None:
             self._runner = asyncio.Runner()
         return self._runner.run(coro)
@@ -211,24 +220,35 @@ class azip(Stream[tuple[Any, ...]]):
         for n, source in enumerate(aiters, 1):
             self._sources.append(adopt(source, f"azip() argument {n}"))
         self._strict = strict
+        self._values: list[Any] = []  # the tuple being filled, kept across a cancelled read
+        self._broken: BaseException | None = None
 
     async def __anext__(self) -> tuple[Any, ...]:
         sources = self._sources
+        if self._broken is not None:
+            await self.aclose()
+            raise self._broken
         if not sources:
             await self.aclose()
             raise StopAsyncIteration
-        values = []
+        values = self._values
         try:
-            for n, source in enumerate(sources, 1):
+            for n, source in enumerate(sources[len(values) :], len(values) + 1):
                 try:
                     values.append(await source.__anext__())
                 except StopAsyncIteration:
                     if self._strict:
                         await self._check_all_ended(n)
                     raise
+                except asyncio.CancelledError:
+                    self._broken = killed(source)
+                    raise
+        except asyncio.CancelledError:
+            raise  # the items already read wait for the next read
         except BaseException:
             await self.aclose()
             raise
+        self._values = []
         return tuple(values)
 
     async def _check_all_ended(self, ended: int) -> None:
@@ -271,28 +291,40 @@ class flatten_aiter(Stream[T]):
     def __init__(self, aiter: AsyncIterable[Iterable[T] | AsyncIterable[T]] | Iterable[Any]):
         self._outer: AsyncIterator[Any] | None = adopt(aiter, "flatten_aiter's aiter")
         self._inner: AsyncIterator[T] | Iterator[T] | None = None
+        self._broken: BaseException | None = None
 
     async def __anext__(self) -> T:
         try:
             while True:
+                if self._broken is not None:
+                    raise self._broken
                 if self._outer is None:
                     raise StopAsyncIteration
                 inner = self._inner
                 if inner is None:
-                    self._inner = inner = _open(await self._outer.__anext__())
+                    self._inner = inner = _open(await self._awaited(self._outer))
                 if isinstance(inner, Iterator):
                     item = next(inner, _END)
                 else:
                     try:
-                        item = await inner.__anext__()
+                        item = await self._awaited(inner)
                     except StopAsyncIteration:
                         item = _END
                 if item is not _END:
                     return item
                 self._inner = None
                 await close_source(inner)
+        except asyncio.CancelledError:
+            raise  # nothing read is lost: the next read goes on where this one was
         except BaseException:
             await self.aclose()
+            raise
+
+    async def _awaited(self, source: AsyncIterator[Any]) -> Any:
+        try:
+            return await source.__anext__()
+        except asyncio.CancelledError:
+            self._broken = killed(source)
             raise
 
     def _open_sources(self) -> list[object]:
