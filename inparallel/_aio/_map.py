@@ -25,7 +25,7 @@ import contextlib
 import functools
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from .._checks import count
 from ._base import (
@@ -288,15 +288,39 @@ def make_window(where: str, workers: int, window: int | None) -> int:
     return count(where, "window", window, minimum=workers, hint=" (at least the worker count)")
 
 
-def map_aiter(
-    map_f: Callable[[T], R | Awaitable[R]],
+@overload
+def map_aiter(  # an async map_f: its result is awaited
+    map_f: Callable[[T], Awaitable[R]],
     aiter: AsyncIterable[T] | Iterable[T],
     worker_count: int = 1,
     *,
     ordered: bool = True,
     window: int | None = None,
     on_error: OnError = "raise",
-) -> Stream[R]:
+) -> Stream[R]: ...
+
+
+@overload
+def map_aiter(
+    map_f: Callable[[T], R],
+    aiter: AsyncIterable[T] | Iterable[T],
+    worker_count: int = 1,
+    *,
+    ordered: bool = True,
+    window: int | None = None,
+    on_error: OnError = "raise",
+) -> Stream[R]: ...
+
+
+def map_aiter(
+    map_f: Callable[[T], Any],
+    aiter: AsyncIterable[T] | Iterable[T],
+    worker_count: int = 1,
+    *,
+    ordered: bool = True,
+    window: int | None = None,
+    on_error: OnError = "raise",
+) -> Stream[Any]:
     """Apply ``map_f`` (sync or async) to every item of ``aiter``.
 
     ``map_f``'s result is awaited when it is awaitable (decided per call, so lambdas that
@@ -354,7 +378,8 @@ def map_filter_aiter(
         TypeError: As `map_aiter`; also, lazily, when ``map_f`` returns a non-iterable.
         ValueError: As `map_aiter`.
     """
+    each: Callable[[T], Any] = map_f  # sync or async: map_aiter decides per call
     mapped: Stream[Iterable[R]] = map_aiter(
-        map_f, aiter, worker_count, ordered=ordered, window=window, on_error=on_error
+        each, aiter, worker_count, ordered=ordered, window=window, on_error=on_error
     )
     return flatten_aiter(mapped)
