@@ -31,6 +31,7 @@ __all__ = (
     "consume_outcome",
     "keep_task",
     "killed",
+    "report",
     "running_loop",
 )
 
@@ -180,6 +181,25 @@ def keep_task(task: asyncio.Task[Any]) -> asyncio.Task[Any]:
     return task
 
 
+def report(task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+    """`keep_task` for cleanup nobody awaits: an error is passed to the loop's handler."""
+    keep_task(task)
+    task.add_done_callback(_report_error)
+    return task
+
+
+def _report_error(task: asyncio.Task[Any]) -> None:
+    if task.cancelled() or task.exception() is None:
+        return
+    task.get_loop().call_exception_handler(
+        {
+            "message": "inparallel.aio: closing the source of a dropped stream failed",
+            "exception": task.exception(),
+            "task": task,
+        }
+    )
+
+
 def consume_outcome(fut: asyncio.Future[Any]) -> None:
     """Mark a finished future's exception as retrieved (a done-callback)."""
     if not fut.cancelled():
@@ -209,7 +229,7 @@ def close_soon(sources: list[object]) -> None:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return
-    keep_task(loop.create_task(_close_all(later), name="inparallel.aio: close a dropped stream"))
+    report(loop.create_task(_close_all(later), name="inparallel.aio: close a dropped stream"))
 
 
 async def _close_all(sources: list[object]) -> None:

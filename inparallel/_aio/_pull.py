@@ -23,7 +23,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ._base import END, SyncSource, close_source, consume_outcome, keep_task
+from ._base import END, SyncSource, close_soon, close_source, consume_outcome, keep_task, report
 
 __all__ = ("Puller",)
 
@@ -38,6 +38,7 @@ class Puller:
         self.source: AsyncIterator[Any] | None = source
         self.pending: asyncio.Future[Any] | None = None  #: the pull in progress, if any
         self._context: contextvars.Context | None = None  # the first reader's, at its first read
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the source is read
 
     def start(self) -> asyncio.Future[Any]:
         """Return the pull in progress, starting one if there is none.
@@ -50,6 +51,7 @@ class Puller:
                 raise RuntimeError("the source was closed")
             if self._context is None:
                 self._context = contextvars.copy_context()
+                self._loop = asyncio.get_running_loop()
             pull = self.pending = _start(self.source, self._context)
         return pull
 
@@ -83,19 +85,40 @@ class Puller:
             raise error
 
     def drop(self) -> None:
-        """From a finalizer: stop the pull and close the source soon, in this thread's loop."""
+        """From a finalizer (any thread): stop the pull and close the source soon, in its loop."""
+        source = self.source
+        if source is None:
+            return
+        if isinstance(source, SyncSource):
+            self.source = None
+            source.close()
+            return
+        loop = self._loop
+        if loop is None:  # never read: close it in this thread's loop, if one runs
+            self.source = None
+            close_soon([source])
+            return
+        if loop.is_closed():
+            return  # its loop is gone: left to the source's own finalizer
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is loop:
+            self._drop_here()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._drop_here)
+
+    def _drop_here(self) -> None:
         source, self.source = self.source, None
         pull, self.pending = self.pending, None
         if source is None:
             return
-        if isinstance(source, SyncSource):
-            source.close()
-            return
-        with contextlib.suppress(RuntimeError):  # no loop runs here: left to its finalizer
-            loop = asyncio.get_running_loop()
-            if pull is not None:
-                pull.cancel()
-            keep_task(loop.create_task(_close_after(pull, source), context=self._context))
+        if pull is not None:
+            pull.cancel()
+        loop = asyncio.get_running_loop()
+        report(loop.create_task(_close_after(pull, source), context=self._context))
 
 
 def _start(source: AsyncIterator[Any], context: contextvars.Context) -> asyncio.Future[Any]:

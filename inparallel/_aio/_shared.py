@@ -138,7 +138,9 @@ class Fork(Cursor[T]):
     Every fork reads every item from its position on. Only *active* forks cause pulls, and only
     when they want an item no fork has pulled yet; a passive fork reads what active ones
     pulled. ``aclose()`` detaches one fork; the source is closed when the last open fork is
-    closed or dropped. Leaving an ``async with`` block closes the whole family.
+    closed or dropped. Leaving an ``async with`` block closes the whole family. A passive fork
+    left alone (every active fork closed) reads what was pulled and then waits for more that
+    nobody will pull: close the family, or the passive fork, when the active ones are done.
     """
 
     def __init__(self, at: Cursor[T], pump: Pump, *, lag: int | None, active: bool) -> None:
