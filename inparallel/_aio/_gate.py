@@ -9,6 +9,7 @@ once, with `StopAsyncIteration`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, TypeVar
 
@@ -75,7 +76,8 @@ class _Switched(Stream[T]):
     def __del__(self) -> None:
         puller = getattr(self, "_puller", None)
         if puller is not None:
-            puller.drop()
+            with contextlib.suppress(Exception):  # a finalizer must not raise
+                puller.drop()
 
 
 class gated_aiter(_Switched[T]):

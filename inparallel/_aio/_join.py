@@ -47,7 +47,8 @@ class _Join:
         self.errors: list[Exception] = []
         self.outer_done = False
         self.stopping = False  #: `stop` was called: cancellations are ours
-        self.unstarted: dict[asyncio.Task[None], AsyncIterator[Any]] = {}  # closed by `stop`
+        #: Sub-iterators handed to a task that has not run yet (by id): `stop` closes them.
+        self.unstarted: dict[int, AsyncIterator[Any]] = {}
 
     def start(self) -> None:
         outer, self.outer = self.outer, None
@@ -81,9 +82,8 @@ class _Join:
                 it = adopt(sub, f"join_aiters: sub-iterable {n}")
                 if self.slots is not None:
                     await self.slots.acquire()
-                task = self._spawn(self._read_sub(it), f"sub {n}")
-                if not task.done():  # (an eager task may have run to its end already)
-                    self.unstarted[task] = it
+                self.unstarted[id(it)] = it  # before the task exists: an eager one runs now
+                self._spawn(self._read_sub(it), f"sub {n}")
                 await asyncio.sleep(0)  # an outer that never suspends must not hold the loop
         except Exception as exc:
             self.fail(exc)
@@ -101,7 +101,7 @@ class _Join:
 
     async def _read_sub(self, sub: AsyncIterator[Any]) -> None:
         shared = self.shared
-        self.unstarted.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+        self.unstarted.pop(id(sub), None)
         try:
             while True:
                 await self._room()  # read the next item only when there is room for it
