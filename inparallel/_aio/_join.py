@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable
 from typing import Any, TypeVar
 
 from .._checks import count
@@ -70,61 +70,62 @@ class _Join:
         while not self.shared.stopped and self.behind() > self.buffer:
             await self.shared.wait_mover(self)
 
+    async def _owning(self, it: AsyncIterator[Any], body: Awaitable[None]) -> None:
+        """Run a task's ``body`` over ``it``, then close ``it``; any failure fails the merge."""
+        try:
+            await body
+        except Exception as exc:
+            self.fail(exc)
+        except asyncio.CancelledError:
+            self.cancelled()
+            raise
+        finally:
+            try:
+                await close_source(it)
+            except Exception as exc:
+                self.fail(exc)
+
     async def _read_outer(self, outer: AsyncIterator[Any]) -> None:
         try:
-            n = 0
-            while True:
-                await self._room()  # a reader that falls behind holds up new sub-iterables
-                sub = await anext(outer, _END)
-                if sub is _END or self.shared.stopped:
-                    break
-                n += 1
-                it = adopt(sub, f"join_aiters: sub-iterable {n}")
-                if self.slots is not None:
-                    await self.slots.acquire()
-                self.unstarted[id(it)] = it  # before the task exists: an eager one runs now
-                self._spawn(self._read_sub(it), f"sub {n}")
-                await asyncio.sleep(0)  # an outer that never suspends must not hold the loop
-        except Exception as exc:
-            self.fail(exc)
-        except asyncio.CancelledError:
-            self.cancelled()
-            raise
+            await self._owning(outer, self._take_subs(outer))
         finally:
-            try:
-                await close_source(outer)
-            except Exception as exc:
-                self.fail(exc)
-            finally:
-                self.outer_done = True
-                self.maybe_end()
+            self.outer_done = True
+            self.maybe_end()
+
+    async def _take_subs(self, outer: AsyncIterator[Any]) -> None:
+        n = 0
+        while True:
+            await self._room()  # a reader that falls behind holds up new sub-iterables
+            sub = await anext(outer, _END)
+            if sub is _END or self.shared.stopped:
+                return
+            n += 1
+            it = adopt(sub, f"join_aiters: sub-iterable {n}")
+            if self.slots is not None:
+                await self.slots.acquire()
+            self.unstarted[id(it)] = it  # before the task exists: an eager one runs now
+            self._spawn(self._read_sub(it), f"sub {n}")
+            await asyncio.sleep(0)  # an outer that never suspends must not hold the loop
 
     async def _read_sub(self, sub: AsyncIterator[Any]) -> None:
-        shared = self.shared
         self.unstarted.pop(id(sub), None)
         try:
-            while True:
-                await self._room()  # read the next item only when there is room for it
-                if shared.stopped:  # another source failed
-                    return
-                item = await anext(sub, _END)
-                if item is _END:
-                    break
-                shared.append((item,))
-        except Exception as exc:
-            self.fail(exc)
-        except asyncio.CancelledError:
-            self.cancelled()
-            raise
+            await self._owning(sub, self._merge(sub))
         finally:
-            try:
-                await close_source(sub)
-            except Exception as exc:
-                self.fail(exc)
-            finally:
-                if self.slots is not None:
-                    self.slots.release()
-                self.maybe_end()
+            if self.slots is not None:
+                self.slots.release()
+            self.maybe_end()
+
+    async def _merge(self, sub: AsyncIterator[Any]) -> None:
+        shared = self.shared
+        while True:
+            await self._room()  # read the next item only when there is room for it
+            if shared.stopped:  # another source failed
+                return
+            item = await anext(sub, _END)
+            if item is _END:
+                return
+            shared.append((item,))
 
     def fail(self, exc: Exception) -> None:
         self.errors.append(exc)
