@@ -14,7 +14,10 @@ The rules every tool keeps:
 
 * Nothing binds an event loop when it is built (build at import time, use in ``asyncio.run``).
 * `asyncio.CancelledError` always reaches the cancelled task; cancelling one reader never
-  ends a stream for the others, and an item already taken from a source is never lost.
+  ends a stream for the others, and an item already taken from a source is never lost (a
+  sequential `map_aiter` runs the call in the reader's task: cancelling the reader cancels
+  that call, as in a hand-written loop). A source finalized by a cancelled read (an async
+  generator read in the reader's own task) makes the next read raise, not end quietly.
 * A source's error reaches the reader after the items before it; nothing is logged and
   dropped (``on_error="skip"`` on the maps is the explicit opt-in).
 * Every buffer a tool fills on its own is bounded (`active_aiter` is unbounded only when you
@@ -24,9 +27,9 @@ The rules every tool keeps:
   `aiter_forker` (``max_lag=``).
 * A tool owns the iterators it is given and closes them when it ends, fails or is closed.
   Tools that run background tasks start them at the first read and stop them (cancelled and
-  awaited; each source closed in the task that read it) on ``aclose()`` and when an
-  ``async with`` block is left; when the stream is dropped (a ``break`` out of a plain
-  ``async for``) they are cancelled at once, and finish their cleanup in the loop.
+  awaited; each source closed in the task, or the context, that read it) on ``aclose()``
+  and when an ``async with`` block is left; when the stream is dropped (a ``break`` out of
+  a plain ``async for``) they are cancelled at once, and finish their cleanup in the loop.
 
 Only this module (and ``inparallel._aio``) imports `asyncio`.
 """
