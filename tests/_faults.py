@@ -756,3 +756,38 @@ __all__ = (
     "wait_state",
     "write_result_pipe",
 )
+
+
+def run_example(name: str, timeout: float = 30.0, *, as_module: bool = False) -> list[str]:
+    """Run ``examples/<name>``; assert it exits 0 with nothing on stderr; return its stdout lines.
+
+    ``as_module`` runs ``python -m examples.<name>`` without PYTHONPATH: the package is found in
+    the current directory, as for someone who has just cloned the repository.
+    """
+    import pytest  # only the tests that run examples need it
+
+    env = python_env()
+    if as_module:
+        env.pop("PYTHONPATH")
+        target = ["-m", f"examples.{name.removesuffix('.py')}"]
+    else:
+        target = [f"examples/{name}"]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-W", "error", *target],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"").decode(errors="replace")
+        err = (exc.stderr or b"").decode(errors="replace")
+        pytest.fail(f"{name} did not finish in {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+    out = proc.stdout.decode()
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}"
+    assert err == "", f"{name} wrote to stderr:\n{err}"
+    return out.splitlines()

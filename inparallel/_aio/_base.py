@@ -31,8 +31,10 @@ __all__ = (
     "consume_outcome",
     "keep_task",
     "killed",
+    "next_or_end",
     "report",
     "running_loop",
+    "settle",
 )
 
 T = TypeVar("T")
@@ -131,6 +133,25 @@ class SyncSource(AsyncIterator[T]):
 
 #: What `SyncSource.next_now` returns at the end.
 END: Any = object()
+
+
+async def next_or_end(source: AsyncIterator[Any]) -> Any:
+    """Return the next item of ``source``, or `END` when it is exhausted."""
+    try:
+        return await source.__anext__()
+    except StopAsyncIteration:
+        return END
+
+
+async def settle(task: asyncio.Future[Any]) -> None:
+    """Wait until ``task`` is done and raise its exception, if it failed.
+
+    The caller's own cancellation does not reach ``task``: cleanup it runs goes on.
+    """
+    await asyncio.wait((task,))
+    error = None if task.cancelled() else task.exception()
+    if error is not None:
+        raise error
 
 
 async def close_source(source: object) -> None:

@@ -23,7 +23,16 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ._base import END, SyncSource, close_soon, close_source, consume_outcome, keep_task, report
+from ._base import (
+    SyncSource,
+    close_soon,
+    close_source,
+    consume_outcome,
+    keep_task,
+    next_or_end,
+    report,
+    settle,
+)
 
 __all__ = ("Puller",)
 
@@ -78,11 +87,7 @@ class Puller:
         if source is None:
             return
         loop = asyncio.get_running_loop()
-        closing = keep_task(loop.create_task(close_source(source), context=self._context))
-        await asyncio.wait((closing,))
-        error = None if closing.cancelled() else closing.exception()
-        if error is not None:
-            raise error
+        await settle(keep_task(loop.create_task(close_source(source), context=self._context)))
 
     def drop(self) -> None:
         """From a finalizer (any thread): stop the pull and close the source soon, in its loop."""
@@ -131,18 +136,11 @@ def _start(source: AsyncIterator[Any], context: contextvars.Context) -> asyncio.
             done.set_exception(exc)
         return done
     if EAGER:
-        task = asyncio.Task(_next(source), loop=loop, context=context, eager_start=True)  # type: ignore[call-arg]
+        task = asyncio.Task(next_or_end(source), loop=loop, context=context, eager_start=True)  # type: ignore[call-arg]
     else:
-        task = loop.create_task(_next(source), context=context)
+        task = loop.create_task(next_or_end(source), context=context)
     task.add_done_callback(consume_outcome)
     return task
-
-
-async def _next(source: AsyncIterator[Any]) -> Any:
-    try:
-        return await source.__anext__()
-    except StopAsyncIteration:
-        return END
 
 
 async def _close_after(pull: asyncio.Future[Any] | None, source: AsyncIterator[Any]) -> None:

@@ -22,7 +22,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from ._base import cancel_soon, close_soon, close_source, keep_task
+from ._base import cancel_soon, close_soon, close_source, keep_task, settle
 from ._push import Shared
 
 __all__ = ("Pump",)
@@ -107,9 +107,7 @@ class Pump:
         if task is None:
             return
         task.cancel()
-        await asyncio.wait((task,))
-        if not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
+        await settle(task)
 
     def cancel(self) -> None:
         """Stop the task without waiting (from a finalizer; any thread)."""

@@ -14,13 +14,11 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, TypeVar
 
 from .._checks import count
-from ._base import Stream, adopt, close_source, killed
+from ._base import END, Stream, adopt, close_source, killed, next_or_end
 
 __all__ = ("aiter_to_iter", "azip", "flatten_aiter", "iter_to_aiter")
 
 T = TypeVar("T")
-
-_END: Any = object()
 
 
 class iter_to_aiter(Stream[T]):
@@ -63,17 +61,17 @@ class iter_to_aiter(Stream[T]):
             if self._to_thread:
                 if self._pending is None:
                     loop = asyncio.get_running_loop()
-                    self._pending = loop.run_in_executor(None, next, it, _END)
+                    self._pending = loop.run_in_executor(None, next, it, END)
                 item = await asyncio.shield(self._pending)
                 self._pending = None
             else:
-                item = next(it, _END)
+                item = next(it, END)
         except asyncio.CancelledError:
             raise
         except BaseException:
             await self.aclose()
             raise
-        if item is _END:
+        if item is END:
             await self.aclose()
             raise StopAsyncIteration
         self._read += 1
@@ -125,11 +123,11 @@ class _SyncView(Iterator[T]):
         if self._source is None:
             raise StopIteration
         try:
-            item = self._run(_next(self._source))
+            item = self._run(next_or_end(self._source))
         except BaseException:
             self.close()
             raise
-        if item is _END:
+        if item is END:
             self.close()
             raise StopIteration
         return item  # type: ignore[no-any-return]
@@ -159,13 +157,6 @@ class _SyncView(Iterator[T]):
             closer = threading.Thread(target=self.close, name="inparallel.aio closer")
             closer.start()
             closer.join()
-
-
-async def _next(source: AsyncIterator[T]) -> Any:
-    try:
-        return await source.__anext__()
-    except StopAsyncIteration:
-        return _END
 
 
 def aiter_to_iter(
@@ -304,13 +295,13 @@ class flatten_aiter(Stream[T]):
                 if inner is None:
                     self._inner = inner = _open(await self._awaited(self._outer))
                 if isinstance(inner, Iterator):
-                    item = next(inner, _END)
+                    item = next(inner, END)
                 else:
                     try:
                         item = await self._awaited(inner)
                     except StopAsyncIteration:
-                        item = _END
-                if item is not _END:
+                        item = END
+                if item is not END:
                     return item
                 self._inner = None
                 await close_source(inner)
