@@ -7,13 +7,14 @@ module holds the public objects around it and the argument checks.
 from __future__ import annotations
 
 import itertools
-import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast, overload
 
 from ._checks import count
+from ._executor import portable, selected
 from ._pass import Engine, MapOptions, Pass
 from ._pools import Indexed, spread
 
@@ -90,8 +91,13 @@ def _start(
     name: str,
 ) -> MapIterator[R]:
     """Begin a pass; with ``several`` inputs the items are argument tuples."""
+    engine = None
+    if options.engine == "process":
+        engine = selected(options.executor, "process_map()")
+        if engine is not None:
+            fn = portable(fn)
     call = spread(fn) if several else fn
-    return MapIterator(Pass(call, inputs, options, name))
+    return MapIterator(Pass(call, inputs, options, name, engine))
 
 
 class ItemizedMap(Sequence[R], Generic[R]):
@@ -176,6 +182,7 @@ def _make(
     chunksize: int | None,
     ordered: bool,
     progress: bool,
+    executor: object = None,
 ) -> ItemizedMap[R] | MapIterator[R]:
     """Check the arguments of `thread_map`/`process_map` and build the map."""
     _check(
@@ -186,11 +193,12 @@ def _make(
         buffer_size=buffer_size,
         chunksize=chunksize,
     )
-    cpus = os.cpu_count() or 1
-    default_workers = cpus if engine == "process" else min(32, cpus + 4)
+    if engine == "process":
+        selected(executor, "process_map()")  # a bad executor= fails here, not at iteration
     options = MapOptions(
         engine=engine,
-        workers=num_workers or default_workers,
+        workers=num_workers,
+        executor=executor,
         buffer_size=buffer_size,
         chunksize=chunksize,
         ordered=bool(ordered),
@@ -259,6 +267,7 @@ def process_map(
     chunksize: int | None = None,
     ordered: bool = True,
     progress: bool = False,
+    executor: Executor | str | None = None,
 ) -> ItemizedMap[R] | MapIterator[R]:
     """Map ``fn`` over the zipped inputs (shortest wins) in forked worker processes.
 
@@ -280,6 +289,11 @@ def process_map(
         chunksize: Items per message; default: adapted to the measured cost per item.
         ordered: Yield in input order (default) or in completion order.
         progress: Show a tqdm progress bar.
+        executor: Run the chunks on this engine instead (see `inparallel.use`, which also
+            selects one): each chunk is one ``submit`` of ``fn`` and its items, so both must
+            pickle; an indexable input is read in the parent. Default: the engine selected
+            when a pass starts (fork, unless ``use()`` or ``INPARALLEL_EXECUTOR`` says
+            otherwise); ``num_workers`` then defaults to the engine's worker slots.
 
     Returns:
         An `ItemizedMap` (indexable inputs) or a `MapIterator`, as for `thread_map`. Note
@@ -298,4 +312,5 @@ def process_map(
         chunksize=chunksize,
         ordered=ordered,
         progress=progress,
+        executor=executor,
     )

@@ -23,12 +23,16 @@ lost.
 from __future__ import annotations
 
 import math
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Literal
 
+from ._enginepool import EnginePool
+from ._executor import worker_slots
 from ._pools import Chunk, Done, Indexed, ItemNotPicklable, ProcessPool, ThreadPool
 from ._progress import Progress, open_progress
 
@@ -49,7 +53,8 @@ class MapOptions:
     """What a map was asked for (checked by the public functions)."""
 
     engine: Engine
-    workers: int
+    workers: int | None  # None: the engine's default
+    executor: object  # the executor= argument (None: whatever is selected when a pass starts)
     buffer_size: int | None
     chunksize: int | None
     ordered: bool
@@ -69,17 +74,24 @@ class Pass:
         inputs: Indexed | Iterator[Any],
         options: MapOptions,
         name: str,
+        executor: Executor | None = None,
     ) -> None:
         self.options = options
         source = inputs if isinstance(inputs, Indexed) else None
         self._items = None if isinstance(inputs, Indexed) else inputs
         self._length = None if source is None else len(source)
         workers = options.workers
+        if workers is None:
+            cpus = os.cpu_count() or 1
+            workers = worker_slots(executor) if options.engine == "process" else min(32, cpus + 4)
         if self._length is not None:
             workers = max(1, min(workers, self._length))
         self.workers = workers
-        if options.engine == "process":
-            self.pool: ThreadPool | ProcessPool = ProcessPool(call, source, workers, name)
+        self.pool: ThreadPool | ProcessPool | EnginePool
+        if executor is not None:
+            self.pool = EnginePool(call, source, executor, workers)
+        elif options.engine == "process":
+            self.pool = ProcessPool(call, source, workers, name)
         else:
             self.pool = ThreadPool(call, source, workers)
         self._progress: Progress = open_progress(

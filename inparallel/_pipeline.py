@@ -13,8 +13,8 @@ pipeline made, then is raised in the caller; every result before it has been con
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from ._checks import count
@@ -43,6 +43,7 @@ def process_parallel(
     maxsize_jobsize: int | None = None,
     ordered: bool = True,
     progress: bool = False,
+    executor: Executor | str | None = None,
 ) -> None:
     """Feed every item of ``work_generator`` through ``work_processor`` into ``result_consumer``.
 
@@ -54,13 +55,15 @@ def process_parallel(
             results are pickled back, and so are the items unless ``work_generator`` is
             indexable (a list: the workers read it from their inherited copy).
         result_consumer: Called with each result, in the caller's thread.
-        workers: Worker processes; default ``os.cpu_count()``.
+        workers: Worker processes (or engine slots); default ``os.cpu_count()``.
         maxsize_jobs: Items that may wait for or be in a processor.
         maxsize_results: Results that may wait for the consumer. Together they bound the
             items in the pipeline.
         maxsize_jobsize: The original library's name for ``maxsize_jobs``.
         ordered: Consume results in input order (default), or as they finish.
         progress: Show a tqdm progress bar.
+        executor: Run the processors on this engine instead of forked workers (see
+            `process_map`); ``workers`` then defaults to the engine's worker slots.
 
     Raises:
         TypeError: A stage is not callable (or iterable), a size is not an int, or both
@@ -74,7 +77,7 @@ def process_parallel(
         maxsize_jobs = maxsize_jobsize
     jobs = _size("maxsize_jobs", maxsize_jobs)
     results = _size("maxsize_results", maxsize_results)
-    worker_count = _size("workers", (os.cpu_count() or 1) if workers is None else workers)
+    worker_count = None if workers is None else _size("workers", workers)
     for label, stage in (("work_processor", work_processor), ("result_consumer", result_consumer)):
         if not callable(stage):
             raise TypeError(f"process_parallel(): {label} must be callable, not {stage!r}")
@@ -88,6 +91,7 @@ def process_parallel(
             buffer_size=jobs + results,
             ordered=ordered,
             progress=progress,
+            executor=executor,
         )
         with iter(mapped) as passing:
             for result in passing:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
 import functools
 import itertools
 import os
@@ -33,9 +34,9 @@ from typing import Any, Literal, TypeVar
 
 from ._checks import count
 from ._core._channel import load_error, pack_error
-from ._core._future import TaskFuture
 from ._core._options import TaskOptions
 from ._core._spawn import install_hooks, spawn
+from ._executor import concurrency, portable, selected
 
 __all__ = ("StreamExecutor",)
 
@@ -56,11 +57,13 @@ class _Call(Future[Any]):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         killable: bool,
+        engine: Executor | None = None,
     ) -> None:
         super().__init__()
         self.call = (fn, args, kwargs)
         self.killable = killable
-        self.task: TaskFuture[Any] | None = None
+        self.engine = engine  # None: fork the call here
+        self.task: Future[Any] | None = None
 
     def cancel(self) -> bool:
         with self._condition:
@@ -79,8 +82,8 @@ class _Call(Future[Any]):
         self._invoke_callbacks()  # type: ignore[attr-defined]
         return True
 
-    def attach(self, task: TaskFuture[Any]) -> None:
-        """Record the child just forked for this call; kill it if the call was cancelled."""
+    def attach(self, task: Future[Any]) -> None:
+        """Record the child (or engine call) just started; cancel it if the call was."""
         with self._condition:
             self.task = task
             cancelled = self._state != RUNNING
@@ -107,6 +110,10 @@ class StreamExecutor(Executor):
             ``min(32, cpu count + 4)`` for threads.
         mode: ``"process"`` (each call runs in a fresh fork of the caller: arguments and
             ``fn`` are inherited, not pickled; the result is pickled back) or ``"thread"``.
+        executor: Process mode: start the calls on this engine instead of forking them
+            (``fn`` and the arguments must then pickle). Default: the engine selected
+            (`inparallel.use`, ``INPARALLEL_EXECUTOR``) where each call is submitted;
+            ``max_workers`` then defaults to `inparallel.concurrency` of that engine.
 
     Raises:
         TypeError: ``max_workers`` is not an int.
@@ -114,13 +121,26 @@ class StreamExecutor(Executor):
     """
 
     def __init__(
-        self, max_workers: int | None = None, *, mode: Literal["process", "thread"] = "process"
+        self,
+        max_workers: int | None = None,
+        *,
+        mode: Literal["process", "thread"] = "process",
+        executor: Executor | str | None = None,
     ) -> None:
         if mode not in ("process", "thread"):
             raise ValueError(f"StreamExecutor mode must be 'process' or 'thread', not {mode!r}")
+        self._engine = None
+        if executor is not None:
+            if mode != "process":
+                raise ValueError("StreamExecutor: executor= needs mode='process'")
+            self._engine = selected(executor, "StreamExecutor()")
         if max_workers is None:
             cpus = os.cpu_count() or 1
-            max_workers = cpus if mode == "process" else min(32, cpus + 4)
+            if mode == "thread":
+                max_workers = min(32, cpus + 4)
+            else:
+                engine = self._engine if executor is not None else selected()
+                max_workers = concurrency(engine if engine is not None else "fork")
         self._max = count("StreamExecutor()", "max_workers", max_workers, optional=True)
         self._mode = mode
         self._cond = threading.Condition(threading.Lock())
@@ -144,7 +164,10 @@ class StreamExecutor(Executor):
         """
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, not {type(fn).__name__} {fn!r}")
-        call = _Call(fn, args, kwargs, killable=self._mode == "process")
+        engine = None
+        if self._mode == "process":
+            engine = self._engine if self._engine is not None else selected()
+        call = _Call(fn, args, kwargs, killable=self._mode == "process", engine=engine)
         start_now = False
         with self._cond:
             if self._shutdown:
@@ -176,7 +199,10 @@ class StreamExecutor(Executor):
             return
         fn, args, kwargs = call.call
         try:
-            task = spawn(fn, args, kwargs, TaskOptions())
+            if call.engine is None:
+                task: Future[Any] = spawn(fn, args, kwargs, TaskOptions())
+            else:
+                task = call.engine.submit(portable(fn), *args, **kwargs)
         except BaseException as exc:
             if not call.cancelled():
                 call.set_exception(exc)
@@ -359,8 +385,10 @@ class _MapState:
         self.stopped = False
         _at_exit_stop(self)
         thread = threading.Thread(
-            target=self._feed,
-            args=(executor, fn, items, chunksize),
+            # In a copy of the caller's context: the engine selected by inparallel.use()
+            # around map() is the one the feeder submits to.
+            target=contextvars.copy_context().run,
+            args=(self._feed, executor, fn, items, chunksize),
             name="inparallel-stream-feeder",
             daemon=True,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -10,7 +11,7 @@ from ._core._future import TaskFuture
 from ._core._options import TaskOptions, make_options
 from ._core._spawn import spawn
 
-__all__ = ("TASK_OPTIONS", "task")
+__all__ = ("TASK_OPTIONS", "task", "unwrap_task")
 
 #: The attribute of a task-wrapped function that holds its options (``__wrapped__`` is the
 #: function itself).
@@ -109,3 +110,19 @@ def _wrap(fn: Any, *, options: TaskOptions) -> Any:
     # decorator on top (functools.wraps copies __dict__) must not be mistaken for the task.
     call.__dict__[TASK_OPTIONS] = (call, options)
     return call
+
+
+def unwrap_task(fn: Callable[..., Any]) -> tuple[Callable[..., Any], TaskOptions | None]:
+    """Return what a ``@task`` forks, and its options; ``(fn, None)`` for anything else.
+
+    Tools that run a function their own way (a forked map, a remote engine) call this so that
+    a task is run once, not forked twice, and keeps its options.
+    """
+    marker = getattr(fn, TASK_OPTIONS, None)
+    wrapper = fn.__func__ if inspect.ismethod(fn) else fn
+    if not (isinstance(marker, tuple) and marker[0] is wrapper):
+        return fn, None  # a plain function, or something wrapping a task
+    options: TaskOptions = marker[1]
+    if inspect.ismethod(fn):  # a @task method, bound
+        return functools.partial(fn.__func__.__wrapped__, fn.__self__), options  # type: ignore[attr-defined]
+    return fn.__wrapped__, options  # type: ignore[attr-defined]

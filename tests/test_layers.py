@@ -20,8 +20,10 @@ LAYERS = [
     ("_core._record",),
     ("_core._supervisor",),
     ("_core._spawn",),
-    ("_task", "_waitfor", "_progress", "_workers", "_checks"),
+    ("_task", "_waitfor", "_progress", "_workers", "_checks", "backends._call"),
+    ("_executor",),
     ("_pools", "_preload", "_stream"),
+    ("_enginepool",),
     ("_pass",),
     ("_map",),
     ("_pipeline",),
@@ -31,6 +33,7 @@ LAYERS = [
     ("_aio._shared", "_aio._map", "_aio._join"),
     ("_aio._fork",),
     ("aio",),
+    ("backends.dask",),
 ]
 
 

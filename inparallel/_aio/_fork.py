@@ -10,16 +10,15 @@ with``, cancellation of the reader followed by leaving) kills the children still
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 from collections.abc import AsyncIterable, Callable, Iterable
+from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
 from .._checks import count
-from .._core._future import TaskFuture
-from .._core._options import TaskOptions, make_options
+from .._core._options import make_options
 from .._core._spawn import spawn
-from .._task import TASK_OPTIONS
+from .._executor import portable, selected
+from .._task import unwrap_task
 from ._base import Stream, adopt
 from ._map import Mapped, OnError, check_on_error, make_window
 
@@ -52,6 +51,7 @@ def parallel_map(
     ordered: bool = True,
     window: int | None = None,
     on_error: OnError = "raise",
+    executor: Executor | str | None = None,
 ) -> Stream[R]:
     """Run ``fn(item)`` in a forked child for every item, at most ``concurrency`` at once.
 
@@ -70,6 +70,9 @@ def parallel_map(
             ``concurrency``): with ``ordered=True`` later items go on starting while an
             early one is slow, and memory stays bounded for infinite inputs.
         on_error: As for `map_aiter` (an error raised by the child, `WorkerDied`, ...).
+        executor: Submit each call to this engine instead of forking it (``fn`` and the
+            items must then pickle); default: the engine selected where ``parallel_map`` is
+            called (fork, unless `inparallel.use` or ``INPARALLEL_EXECUTOR`` says otherwise).
 
     Returns:
         A stream; use ``async with`` (or ``aclose()``) to kill the children still running
@@ -85,12 +88,17 @@ def parallel_map(
     workers = count("parallel_map", "concurrency", concurrency)
     span = make_window("parallel_map", workers, window)
     check_on_error("parallel_map", on_error)
-    target, options = _unwrap(fn)
+    engine = selected(executor, "parallel_map")
+    target, own = unwrap_task(fn)
+    options = own or _DEFAULTS
     source = adopt(aiterable, "parallel_map's aiterable")
-    alive: set[TaskFuture[Any]] = set()
+    alive: set[Future[Any]] = set()
 
     def start(item: Any) -> asyncio.Future[Any]:
-        child = spawn(target, (item,), {}, options)
+        if engine is None:
+            child: Future[Any] = spawn(target, (item,), {}, options)
+        else:
+            child = engine.submit(portable(fn), item)
         alive.add(child)
         child.add_done_callback(alive.discard)  # on the supervisor thread: one atomic call
         return asyncio.wrap_future(child)
@@ -109,15 +117,3 @@ def parallel_map(
         kill=kill,
         head_start=HEAD_START,
     )
-
-
-def _unwrap(fn: Callable[..., Any]) -> tuple[Callable[..., Any], TaskOptions]:
-    """Return what to fork for ``fn``: a task's own function and options, or ``fn`` itself."""
-    marker = getattr(fn, TASK_OPTIONS, None)
-    wrapper = fn.__func__ if inspect.ismethod(fn) else fn
-    if not (isinstance(marker, tuple) and marker[0] is wrapper):
-        return fn, _DEFAULTS  # a plain function, or something wrapping a task
-    options: TaskOptions = marker[1]
-    if inspect.ismethod(fn):  # a @task method, bound
-        return functools.partial(fn.__func__.__wrapped__, fn.__self__), options  # type: ignore[attr-defined]
-    return fn.__wrapped__, options  # type: ignore[attr-defined]
