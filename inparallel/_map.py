@@ -94,8 +94,7 @@ def _start(
     engine = None
     if options.engine == "process":
         engine = selected(options.executor, "process_map()")
-        if engine is not None:
-            fn = portable(fn)
+        fn = portable(fn)  # a @task runs as one (with its options), not as its wrapper
     call = spread(fn) if several else fn
     return MapIterator(Pass(call, inputs, options, name, engine))
 

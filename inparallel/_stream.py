@@ -27,7 +27,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, InvalidStateError, wait
-from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
 from itertools import islice
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -67,11 +67,15 @@ class _Call(Future[Any]):
 
     def cancel(self) -> bool:
         with self._condition:
-            if self._state in {PENDING, FINISHED}:
-                return super().cancel()
-            if self._state != RUNNING or not self.killable:  # a thread call cannot be stopped
-                return self._state == CANCELLED_AND_NOTIFIED
-            # Running, or being forked (no task yet: `attach` kills it when the fork returns).
+            if self._state == FINISHED:
+                return False
+            if self._state in {CANCELLED, CANCELLED_AND_NOTIFIED}:
+                return True
+            if self._state == RUNNING and not self.killable:  # a thread call cannot be stopped
+                return False
+            # Queued; or running, or being started (no task yet: `attach` stops it when the
+            # start returns). Notified at once, also when queued: wait() and as_completed()
+            # count only CANCELLED_AND_NOTIFIED as done, and the slot may stay busy for long.
             task = self.task
             self._state = CANCELLED_AND_NOTIFIED
             for waiter in self._waiters:  # wait() and as_completed() see it at once
@@ -81,6 +85,12 @@ class _Call(Future[Any]):
             task.cancel()
         self._invoke_callbacks()  # type: ignore[attr-defined]
         return True
+
+    def set_running_or_notify_cancel(self) -> bool:
+        with self._condition:  # an RLock: the base class takes it again
+            if self._state == CANCELLED_AND_NOTIFIED:  # cancelled while queued
+                return False
+            return super().set_running_or_notify_cancel()
 
     def attach(self, task: Future[Any]) -> None:
         """Record the child (or engine call) just started; cancel it if the call was."""

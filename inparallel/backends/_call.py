@@ -155,6 +155,7 @@ def run_call(blob: bytes, *values: Any) -> Any:
     Raises:
         RemoteFailure: The call (or unpickling it) raised; the original travels inside.
     """
+    failure = None
     try:
         fn, args, kwargs = _CallUnpickler(io.BytesIO(blob), values).load()
     except BaseException as exc:
@@ -164,13 +165,17 @@ def run_call(blob: bytes, *values: Any) -> Any:
                 "reference; install that module where the calls run, or call "
                 "cloudpickle.register_pickle_by_value(module) before submitting"
             )
-        raise _failure(exc) from None
-    try:
-        return fn(*args, **kwargs)
-    except BaseException as exc:  # KeyboardInterrupt and SystemExit too: they are the call's
-        raise _failure(exc) from None
-    finally:
-        del fn, args, kwargs
+        failure = _failure(exc)
+    else:
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:  # KeyboardInterrupt and SystemExit too: the call's own
+            failure = _failure(exc)
+        finally:
+            del fn, args, kwargs
+    # Raised outside the handlers, so that it carries no __context__: the engine pickles the
+    # context too, and the original may be exactly what does not pickle.
+    raise failure
 
 
 def _failure(exc: BaseException) -> RemoteFailure:
