@@ -97,7 +97,7 @@ def wait_until(check: Any, timeout: float = RESULT_TIMEOUT) -> None:
 def test_submit_returns_standard_futures_that_resolve(engine: Executor) -> None:
     futures = [engine.submit(square, i) for i in range(10)]
     assert all(isinstance(f, cf.Future) for f in futures)
-    done, not_done = cf.wait(futures, timeout=RESULT_TIMEOUT)
+    _, not_done = cf.wait(futures, timeout=RESULT_TIMEOUT)
     assert not not_done
     assert sorted(f.result() for f in cf.as_completed(futures, timeout=RESULT_TIMEOUT)) == [
         i * i for i in range(10)
