@@ -296,10 +296,10 @@ def test_dask_cancel_of_work_queued_on_the_cluster(
     finally:
         gate.touch()
     assert [f.result(RESULT_TIMEOUT) for f in busy] == [str(gate)] * slots
-    # Dask hands a worker a little more than it can run (worker-saturation): a call already
-    # sent to a worker may still run there; those still on the scheduler never do.
-    ran = [i for i in range(queued_count) if (tmp_path / f"queued{i}").exists()]
-    assert len(ran) <= slots
+    # The futures are cancelled and deliver nothing. On the cluster the cancellation is best
+    # effort: dask may already have handed a queued call to a worker, where it still runs
+    # (seen: 0 to 4 of these 6), so which ones ran is not asserted.
+    assert all(future.cancelled() for future in queued)
 
 
 def test_dask_shared_value_reaches_calls_and_closures(dask_executor: Any) -> None:
@@ -319,3 +319,14 @@ def test_dask_unpicklable_argument_fails_at_submit(dask_executor: Any) -> None:
 def test_dask_worker_slots_count_the_cluster_threads(dask_executor: Any) -> None:
     assert dask_executor.worker_slots() == 2
     assert inparallel.concurrency(dask_executor) == 4
+
+
+def make_lock() -> Any:
+    return threading.Lock()
+
+
+def test_a_result_that_cannot_pickle_fails_its_future(engine: Executor) -> None:
+    future = engine.submit(make_lock)
+    with pytest.raises(TypeError):  # ResultNotPicklable on fork: also a TypeError
+        future.result(RESULT_TIMEOUT)
+    assert engine.submit(square, 3).result(RESULT_TIMEOUT) == 9  # and the engine goes on

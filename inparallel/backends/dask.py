@@ -66,9 +66,10 @@ class RemoteFuture(Future[R]):
     """A standard future for one call on a cluster.
 
     It stays pending until the result is back (dask does not say when a call starts), so
-    ``cancel()`` succeeds until then: a call still queued on the cluster is dropped, one
-    already running finishes on its worker but its result is released. `wait`,
-    `as_completed`, `waitfor` and ``asyncio.wrap_future`` see a cancellation at once.
+    ``cancel()`` succeeds until then and the future delivers nothing. On the cluster it is
+    best effort: dask drops a call it has not handed to a worker yet; one a worker already
+    holds may still run there, and one already running finishes (its result is released).
+    `wait`, `as_completed`, `waitfor` and ``asyncio.wrap_future`` see a cancellation at once.
     """
 
     def __init__(self, handle: Any, name: str) -> None:
