@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 from ._core._future import TaskFuture
-from ._core._options import TaskOptions, make_options
+from ._core._options import TaskOptions
 from ._core._spawn import spawn
 from ._task import unwrap_task
 
@@ -62,14 +62,7 @@ ENV_VAR = "INPARALLEL_EXECUTOR"
 #: ``from_address(address) -> Executor`` and ``adapt(obj) -> Executor | None``.
 BACKENDS = {"dask": "inparallel.backends.dask"}
 
-_PLAIN = make_options(
-    timeout=None,
-    memory_limit=None,
-    cpu_time=None,
-    name=None,
-    restricted_results=False,
-    max_result_size=None,
-)
+_PLAIN = TaskOptions()
 
 
 class Submitter(Protocol):

@@ -191,9 +191,10 @@ def dask_client() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def dask_executor(dask_client: object) -> Iterator[object]:
     """A `DaskExecutor` on the session cluster, warmed up so that a test sees no new thread."""
-    from inparallel.backends.dask import FETCH_THREADS, DaskExecutor
+    from inparallel.backends.dask import FETCH_THREADS, adapt
 
-    executor = DaskExecutor(dask_client)  # type: ignore[arg-type]
+    executor = adapt(dask_client)  # the one use(client) and executor=client give too
+    assert executor is not None
     # Start every fetch thread and open the client's connections to both workers now.
     gate = threading.Barrier(FETCH_THREADS + 1)
     for _ in range(FETCH_THREADS):

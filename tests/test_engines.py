@@ -330,3 +330,11 @@ def test_a_result_that_cannot_pickle_fails_its_future(engine: Executor) -> None:
     with pytest.raises(TypeError):  # ResultNotPicklable on fork: also a TypeError
         future.result(RESULT_TIMEOUT)
     assert engine.submit(square, 3).result(RESULT_TIMEOUT) == 9  # and the engine goes on
+
+
+def test_dask_client_is_wrapped_once(dask_client: Any) -> None:
+    with inparallel.use(dask_client) as first, inparallel.use(dask_client) as second:
+        assert first is second
+        assert type(first).__name__ == "DaskExecutor"
+        assert first.client is dask_client  # type: ignore[attr-defined]
+        assert list(process_map(square, range(5), executor=dask_client)) == [0, 1, 4, 9, 16]

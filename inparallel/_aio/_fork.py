@@ -15,7 +15,7 @@ from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
 from .._checks import count
-from .._core._options import make_options
+from .._core._options import TaskOptions
 from .._core._spawn import spawn
 from .._executor import portable, selected
 from .._task import unwrap_task
@@ -32,14 +32,7 @@ R = TypeVar("R")
 #: the same head start as `process_map`'s first worker.
 HEAD_START = 0.02
 
-_DEFAULTS = make_options(
-    timeout=None,
-    memory_limit=None,
-    cpu_time=None,
-    name=None,
-    restricted_results=False,
-    max_result_size=None,
-)
+_DEFAULTS = TaskOptions()
 
 
 def parallel_map(

@@ -257,7 +257,24 @@ def from_address(address: str) -> DaskExecutor:
     return DaskExecutor(address)
 
 
+_adapted_lock = threading.Lock()
+
+#: The attribute of a client that holds its executor (a cycle the garbage collector frees).
+_ADAPTED = "_inparallel_executor"
+
+
 def adapt(obj: object) -> DaskExecutor | None:
-    """Wrap a ``distributed.Client`` in a `DaskExecutor` (None for anything else)."""
+    """Wrap a ``distributed.Client`` in a `DaskExecutor` (None for anything else).
+
+    One executor per client, made once: ``use(client)`` and ``executor=client`` may be
+    written as often as you like without starting new fetch threads each time.
+    """
     dist = _distributed()
-    return DaskExecutor(obj) if isinstance(obj, dist.Client) else None
+    if not isinstance(obj, dist.Client):
+        return None
+    with _adapted_lock:
+        executor = getattr(obj, _ADAPTED, None)
+        if not isinstance(executor, DaskExecutor) or executor._shutdown:
+            executor = DaskExecutor(obj)
+            setattr(obj, _ADAPTED, executor)
+        return executor
