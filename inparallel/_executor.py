@@ -12,6 +12,9 @@ starts work through ``Executor.submit`` and waits on standard futures, so any
    ``dask:tcp://host:port`` / ``dask:/path/to/scheduler.json`` for a Dask cluster;
 4. the fork engine: a fresh fork of the caller per call.
 
+A forked child (a `task`, a map worker) always runs on fork: it never uses its parent's engine,
+whose connections and threads belong to the parent.
+
 The fork engine keeps its fast paths (a map forks its workers once per pass and feeds them
 chunks; nothing is pickled on the way in). Any other engine gets ``submit(fn, *args)`` calls,
 so what it runs must be picklable, and whatever the caller's memory holds that is not in the
@@ -122,6 +125,27 @@ _selected: contextvars.ContextVar[Executor | None] = contextvars.ContextVar(
 )
 _from_env: dict[str, Executor] = {}
 _env_lock = threading.Lock()
+_in_child = False  # in a forked child of a process that had selected another engine
+_fork_hook = False
+
+
+def _after_fork_in_child() -> None:
+    # A forked child must never use its parent's engine: a dask client's connections and
+    # threads are the parent's (dask/dask#3813), and a call through them hangs. The child
+    # and anything it starts run on fork.
+    global _in_child, _env_lock
+    _in_child = True
+    _env_lock = threading.Lock()
+    _from_env.clear()
+    _selected.set(None)
+
+
+def _watch_forks() -> None:
+    """Register the child reset, once, when an engine other than fork is first selected."""
+    global _fork_hook
+    if not _fork_hook:
+        _fork_hook = True
+        os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _plugin(scheme: str) -> Any:
@@ -170,11 +194,12 @@ def _coerce(engine: object, where: str) -> tuple[Executor, bool]:
 
 def _environment() -> Executor:
     spec = os.environ.get(ENV_VAR, "").strip()
-    if spec in {"", "fork"}:
+    if spec in {"", "fork"} or _in_child:
         return FORK
     with _env_lock:
         engine = _from_env.get(spec)
         if engine is None:
+            _watch_forks()
             engine, _ = _from_spec(spec, f"{ENV_VAR}={spec!r}")
             _from_env[spec] = engine
             if len(_from_env) == 1:
@@ -258,6 +283,8 @@ class use:  # lower case: it reads as a function: ``with inparallel.use(engine):
             engine, self._owned = _from_spec(self._spec, "inparallel.use()")
         elif engine is None:
             engine = _environment()
+        if not isinstance(engine, ForkExecutor):
+            _watch_forks()
         self._active = engine
         self._token = _selected.set(engine)
         return engine

@@ -338,3 +338,19 @@ def test_dask_client_is_wrapped_once(dask_client: Any) -> None:
         assert type(first).__name__ == "DaskExecutor"
         assert first.client is dask_client  # type: ignore[attr-defined]
         assert list(process_map(square, range(5), executor=dask_client)) == [0, 1, 4, 9, 16]
+
+
+@task
+def engine_in_child() -> str:
+    return type(inparallel.current_executor()).__name__
+
+
+@task
+def nested_map_in_child() -> list[int]:
+    return list(process_map(square, range(4)))
+
+
+def test_a_forked_child_never_uses_its_parents_engine(engine: Executor) -> None:
+    with inparallel.use(engine):
+        assert engine_in_child().result(RESULT_TIMEOUT) == "ForkExecutor"
+        assert nested_map_in_child().result(RESULT_TIMEOUT) == [0, 1, 4, 9]
