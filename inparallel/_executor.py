@@ -148,13 +148,13 @@ def _watch_forks() -> None:
         os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _plugin(scheme: str) -> Any:
+def _plugin(scheme: str, where: str) -> Any:
     try:
         module = BACKENDS[scheme]
     except KeyError:
         known = ", ".join(repr(f"{name}:ADDRESS") for name in BACKENDS)
         raise ValueError(
-            f"unknown engine {scheme!r}: use 'fork', {known}, or pass an Executor"
+            f"{where}: unknown engine {scheme!r}: use 'fork', {known}, or pass an Executor"
         ) from None
     return importlib.import_module(module)
 
@@ -170,7 +170,7 @@ def _from_spec(spec: str, where: str) -> tuple[Executor, bool]:
             f"{where}: {spec!r} names no engine; use 'fork' or 'dask:tcp://host:port' "
             "(or 'dask:' and the path of a scheduler file)"
         )
-    return _plugin(scheme).from_address(address), True
+    return _plugin(scheme, where).from_address(address), True
 
 
 def _coerce(engine: object, where: str) -> tuple[Executor, bool]:
@@ -180,7 +180,7 @@ def _coerce(engine: object, where: str) -> tuple[Executor, bool]:
     if isinstance(engine, Executor):
         return engine, False
     if type(engine).__module__.split(".")[0] == "distributed":  # a dask Client
-        adapted = _plugin("dask").adapt(engine)
+        adapted = _plugin("dask", where).adapt(engine)
         if adapted is not None:
             return adapted, False
     if callable(getattr(engine, "submit", None)):
@@ -236,13 +236,14 @@ def selected(executor: object = None, where: str = "executor") -> Executor | Non
     """
     if executor is None:
         engine = current_executor()
+    elif isinstance(executor, str) and executor.strip() not in {"", "fork"}:
+        # Refused before anything is opened: who would close a connection made here?
+        raise TypeError(
+            f"{where}: pass an executor object, not {executor!r}; the engine a string "
+            "names is opened and closed by inparallel.use() or INPARALLEL_EXECUTOR"
+        )
     else:
-        engine, owned = _coerce(executor, where)
-        if owned:
-            raise TypeError(
-                f"{where}: pass an executor object, not {executor!r}; the engine a string "
-                "names is opened and closed by inparallel.use() or INPARALLEL_EXECUTOR"
-            )
+        engine, _ = _coerce(executor, where)
     return None if isinstance(engine, ForkExecutor) else engine
 
 
@@ -310,7 +311,7 @@ def _check_spec(spec: str) -> None:
     scheme, colon, address = text.partition(":")
     if not colon or not address:
         _from_spec(spec, "inparallel.use()")  # raises the ValueError
-    _plugin(scheme)
+    _plugin(scheme, "inparallel.use()")
 
 
 def concurrency(executor: object = None) -> int:

@@ -227,7 +227,9 @@ class DaskExecutor(Executor):
         each call gets the value itself, read from its worker's memory. Keep the handle
         while calls may use it; dropping it frees the copies.
         """
-        handle = self._client.scatter(value, broadcast=True, hash=False)
+        # In a list of one: scatter() sends a list, tuple or dict item by item, and uses a
+        # dict's own keys as dask keys (two dicts with the same keys would be confused).
+        (handle,) = self._client.scatter([value], broadcast=True, hash=False)
         return Shared(handle, self, type(value).__qualname__)  # type: ignore[return-value]
 
     def worker_slots(self) -> int:
