@@ -152,7 +152,8 @@ def uses_dask(item: pytest.Item) -> bool:
     names = set(getattr(item, "fixturenames", ()))
     callspec = getattr(item, "callspec", None)
     engine = callspec.params.get("engine") if callspec is not None else None
-    return bool(names & DASK_FIXTURES) or engine == "dask"
+    marked = item.get_closest_marker("dask_cluster") is not None
+    return marked or bool(names & DASK_FIXTURES) or engine == "dask"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
