@@ -66,6 +66,10 @@ def scheduler_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib
     distributed = pytest.importorskip("distributed")
     home = tmp_path_factory.mktemp("cluster")
     path = home / "scheduler.json"
+    probe = subprocess.run(
+        [sys.executable, "-c", "import inparallel"], cwd=home, env=_clean_env(), check=False
+    )
+    assert probe.returncode == 0, "install inparallel (pip install -e .) for the workers to use"
     common: dict[str, Any] = {
         "cwd": home,
         "env": _clean_env(),
