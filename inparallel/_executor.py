@@ -33,9 +33,9 @@ import importlib
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from ._core._future import TaskFuture
 from ._core._options import TaskOptions
@@ -66,12 +66,6 @@ ENV_VAR = "INPARALLEL_EXECUTOR"
 BACKENDS = {"dask": "inparallel.backends.dask"}
 
 _PLAIN = TaskOptions()
-
-
-class Submitter(Protocol):
-    """What the library needs of an engine: ``submit`` returning a standard future."""
-
-    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]: ...
 
 
 class ForkExecutor(Executor):
@@ -159,17 +153,33 @@ def _plugin(scheme: str, where: str) -> Any:
     return importlib.import_module(module)
 
 
-def _from_spec(spec: str, where: str) -> tuple[Executor, bool]:
-    """Make the engine a spec string names; return it and whether the caller owns it."""
-    text = spec.strip()
-    if text in {"", "fork"}:
-        return FORK, False
-    scheme, colon, address = text.partition(":")
+def _names_fork(spec: str) -> bool:
+    return spec.strip() in {"", "fork"}
+
+
+def _parse_spec(spec: str, where: str) -> tuple[str, str] | None:
+    """Split a spec string into (scheme, address); None means fork.
+
+    Raises:
+        ValueError: The string names no engine.
+    """
+    if _names_fork(spec):
+        return None
+    scheme, colon, address = spec.strip().partition(":")
     if not colon or not address:
         raise ValueError(
             f"{where}: {spec!r} names no engine; use 'fork' or 'dask:tcp://host:port' "
             "(or 'dask:' and the path of a scheduler file)"
         )
+    return scheme, address
+
+
+def _from_spec(spec: str, where: str) -> tuple[Executor, bool]:
+    """Make the engine a spec string names; return it and whether the caller owns it."""
+    parsed = _parse_spec(spec, where)
+    if parsed is None:
+        return FORK, False
+    scheme, address = parsed
     return _plugin(scheme, where).from_address(address), True
 
 
@@ -194,7 +204,7 @@ def _coerce(engine: object, where: str) -> tuple[Executor, bool]:
 
 def _environment() -> Executor:
     spec = os.environ.get(ENV_VAR, "").strip()
-    if spec in {"", "fork"} or _in_child:
+    if _in_child or _names_fork(spec):
         return FORK
     with _env_lock:
         engine = _from_env.get(spec)
@@ -236,7 +246,7 @@ def selected(executor: object = None, where: str = "executor") -> Executor | Non
     """
     if executor is None:
         engine = current_executor()
-    elif isinstance(executor, str) and executor.strip() not in {"", "fork"}:
+    elif isinstance(executor, str) and not _names_fork(executor):
         # Refused before anything is opened: who would close a connection made here?
         raise TypeError(
             f"{where}: pass an executor object, not {executor!r}; the engine a string "
@@ -305,13 +315,9 @@ class use:  # lower case: it reads as a function: ``with inparallel.use(engine):
 
 def _check_spec(spec: str) -> None:
     """Raise at the call for a spec that can never work (without connecting to anything)."""
-    text = spec.strip()
-    if text in {"", "fork"}:
-        return
-    scheme, colon, address = text.partition(":")
-    if not colon or not address:
-        _from_spec(spec, "inparallel.use()")  # raises the ValueError
-    _plugin(scheme, "inparallel.use()")
+    parsed = _parse_spec(spec, "inparallel.use()")
+    if parsed is not None:
+        _plugin(parsed[0], "inparallel.use()")
 
 
 def concurrency(executor: object = None) -> int:
@@ -325,11 +331,8 @@ def concurrency(executor: object = None) -> int:
         TypeError: ``executor`` is not something an engine can be made of.
     """
     engine = selected(executor, "concurrency()")
-    if engine is None:
-        return os.cpu_count() or 1
-    if callable(getattr(engine, "worker_slots", None)):
-        return 2 * worker_slots(engine)
-    return worker_slots(engine)
+    remote = engine is not None and callable(getattr(engine, "worker_slots", None))
+    return (2 if remote else 1) * worker_slots(engine)
 
 
 def worker_slots(engine: Executor | None) -> int:

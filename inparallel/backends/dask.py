@@ -153,6 +153,8 @@ class DaskExecutor(Executor):
         resources: Mapping[str, float] | None = None,
         retries: int = 0,
     ) -> None:
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"DaskExecutor: retries must be an int >= 0, not {retries!r}")
         dist = _distributed()
         self._owns = isinstance(client, str)
         if isinstance(client, str):
@@ -165,8 +167,6 @@ class DaskExecutor(Executor):
                 "DaskExecutor needs a distributed.Client or a scheduler address such as "
                 f"'tcp://127.0.0.1:8786', not {type(client).__qualname__} {client!r:.80}"
             )
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"DaskExecutor: retries must be an int >= 0, not {retries!r}")
         self._client: Any = client  # distributed is partly untyped
         self._options: dict[str, Any] = {"retries": retries}
         if resources is not None:
