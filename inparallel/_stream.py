@@ -139,18 +139,14 @@ class StreamExecutor(Executor):
     ) -> None:
         if mode not in ("process", "thread"):
             raise ValueError(f"StreamExecutor mode must be 'process' or 'thread', not {mode!r}")
-        self._engine = None
         if executor is not None:
             if mode != "process":
                 raise ValueError("StreamExecutor: executor= needs mode='process'")
-            self._engine = selected(executor, "StreamExecutor()")
+            selected(executor, "StreamExecutor()")  # a bad executor= fails here
+        self._executor = executor  # resolved per submit (None: the engine selected there)
         if max_workers is None:
             cpus = os.cpu_count() or 1
-            if mode == "thread":
-                max_workers = min(32, cpus + 4)
-            else:
-                engine = self._engine if executor is not None else selected()
-                max_workers = concurrency(engine if engine is not None else "fork")
+            max_workers = min(32, cpus + 4) if mode == "thread" else concurrency(executor)
         self._max = count("StreamExecutor()", "max_workers", max_workers, optional=True)
         self._mode = mode
         self._cond = threading.Condition(threading.Lock())
@@ -174,9 +170,7 @@ class StreamExecutor(Executor):
         """
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, not {type(fn).__name__} {fn!r}")
-        engine = None
-        if self._mode == "process":
-            engine = self._engine if self._engine is not None else selected()
+        engine = selected(self._executor) if self._mode == "process" else None
         call = _Call(fn, args, kwargs, killable=self._mode == "process", engine=engine)
         start_now = False
         with self._cond:

@@ -279,6 +279,13 @@ def test_stream_executor_argument_is_bound_at_construction(pool: ThreadPoolExecu
         assert in_pool([executor.submit(where).result(RESULT_TIMEOUT)])
 
 
+def test_stream_executor_argument_fork_beats_the_use_block(pool: ThreadPoolExecutor) -> None:
+    for explicit in ("fork", ForkExecutor()):
+        with StreamExecutor(2, executor=explicit) as executor, inparallel.use(pool):
+            assert forked([executor.submit(where).result(RESULT_TIMEOUT)])
+            assert forked(list(executor.map(where, range(3))))
+
+
 def test_stream_executor_argument_needs_process_mode(pool: ThreadPoolExecutor) -> None:
     with pytest.raises(ValueError, match="mode='process'"):
         StreamExecutor(2, mode="thread", executor=pool)
