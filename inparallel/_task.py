@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
 from ._core._future import TaskFuture
+from ._core._interrupts import atomic
 from ._core._options import TaskOptions, make_options
 from ._core._spawn import spawn
 
@@ -102,7 +103,10 @@ def _wrap(fn: Any, *, options: TaskOptions) -> Any:
             " write @task or @task(timeout=...) directly above a def"
         )
 
+    # `atomic` here, not only in `spawn`: this is the caller's frame's callee, and a Ctrl-C
+    # between spawn's return and ours would lose the future of a started task.
     @functools.wraps(fn)
+    @atomic
     def call(*args: Any, **kwargs: Any) -> TaskFuture[Any]:
         return spawn(fn, args, kwargs, options)
 

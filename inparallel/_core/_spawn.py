@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import _child, _future, _supervisor
+from . import _child, _future, _interrupts, _supervisor
 from ._child import plan, prime_lifeline, run_child
 from ._errors import SpawnError
 from ._future import TaskFuture
@@ -72,6 +72,7 @@ _private_fds: set[int] = set()  # open_pipe() ends: closed in every forked child
 _keep: frozenset[int] = frozenset()  # the kept ones, for the fork in progress (under the lock)
 
 
+@_interrupts.atomic
 def spawn(
     fn: Callable[..., R],
     args: tuple[Any, ...],
@@ -85,12 +86,29 @@ def spawn(
     Blocks only for the fork itself (which copies the page tables: longer for a big parent).
     ``keep`` names `open_pipe` ends that this child keeps open (all others are closed in it).
 
+    A Ctrl-C during the call either starts nothing (no child, no fd, no record) or arrives
+    once the task has started: it is raised as the call returns, and the task runs to its end
+    and resolves its future, which the exception carries as ``.future`` (see `_interrupts`).
+
     Raises:
         SpawnError: No pipe or no process could be made (EMFILE, EAGAIN, ENOMEM). Nothing
             was started and nothing leaked.
+        KeyboardInterrupt: See above.
     """
     name = options.name or str(getattr(fn, "__qualname__", None) or repr(fn))
     call = functools.partial(fn, *args, **kwargs)
+    _flush_std_streams()  # first: a full pipe may block it, and nothing is held yet
+    return _spawn_held(call, name, options, keep)
+
+
+def _spawn_held(
+    call: Callable[[], R],
+    name: str,
+    options: TaskOptions,
+    keep: frozenset[int],
+) -> TaskFuture[R]:
+    # Ctrl-C is held here (see `spawn`): every exception below is a real failure at a known
+    # point, so each resource is undone exactly once, and never after the supervisor owns it.
     with _fork_lock:
         _install_hooks()
         supervisor = _supervisor.get()
@@ -102,11 +120,11 @@ def spawn(
         try:
             os.set_blocking(rfd, False)
             prime_lifeline(wfd)
-            _flush_std_streams()
             child_plan = plan()
             if PARK:
                 _park(supervisor)
-            started = time.monotonic()
+            _interrupts.give_up_if_pending()  # the last moment to start nothing
+            begun = time.monotonic()
             pid = _fork(keep)
         except BaseException as exc:
             supervisor.fds.discard(rfd)
@@ -128,22 +146,22 @@ def spawn(
             pidfd = _pidfd_open(pid)
             if pidfd is not None:
                 supervisor.fds.add(pidfd)
-            child = Child(pid, pidfd, rfd, options, started)
+            child = Child(pid, pidfd, rfd, options, begun)
             future: TaskFuture[R] = TaskFuture(
                 pid, name, functools.partial(supervisor.send_signal, child)
             )
             child.future = future
-            supervisor.add(child)
+            supervisor.add(child)  # the last step: once it returns, the supervisor owns it all
         except BaseException as exc:
-            # Ctrl-C (or anything) between the fork and the registration: do not leave an
-            # unwatched child behind.
+            # Not registered (`add` undoes its own registration when it fails): nobody else
+            # knows these fds and this pid, so closing and reaping them here is safe.
             _abandon(supervisor, pid, rfd, pidfd)
             if isinstance(exc, OSError):
                 raise SpawnError(
                     exc.errno, f"could not watch the task process: {exc}; {_HINT}"
                 ) from exc
             raise
-    return future
+        return future
 
 
 def _fork(keep: frozenset[int]) -> int:
@@ -213,23 +231,25 @@ def _install_hooks() -> None:
     if _hooks_installed:
         return
     _hooks_installed = True
+    # The parent's hooks are the lock's own C methods, not Python functions: a Python hook
+    # has check points, a Ctrl-C there is swallowed by os.fork (it reports hook errors as
+    # unraisable) and leaves the lock held for ever. C code runs no check point.
     os.register_at_fork(
-        before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child
+        before=_fork_lock.acquire,
+        after_in_parent=_fork_lock.release,
+        after_in_child=_after_fork_child,
     )
     atexit.register(_at_exit)
 
 
-def _before_fork() -> None:
-    _fork_lock.acquire()
-
-
-def _after_fork_parent() -> None:
-    _fork_lock.release()
-
-
 def _after_fork_child() -> None:
-    global _fork_lock
-    _fork_lock = threading.RLock()  # the old one is held by the thread that forked us
+    # The forking thread is this process's only thread, and it holds the fork lock (the
+    # before-fork hook took it, and `spawn` may hold it too): release it fully, so that every
+    # thread this child starts can take it. The same lock object stays, since the hooks above
+    # are bound to it.
+    with contextlib.suppress(RuntimeError):
+        while True:
+            _fork_lock.release()
     _supervisor.reset_in_child()
     _future.on_supervisor.active = False  # forked from a done-callback: not the supervisor here
     _child.forget_spares()  # the spares may be this process's live streams now

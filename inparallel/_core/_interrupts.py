@@ -1,0 +1,146 @@
+"""Holding back Ctrl-C while the library makes a change that must happen all at once.
+
+CPython raises ``KeyboardInterrupt`` in the main thread at the next *check point* after SIGINT
+arrives, and every call is one (the check runs right after ``os.fork()`` returns, before its
+value is stored). A Ctrl-C that lands between creating a resource and recording it leaks the
+resource; one that lands between recording it and handing it on leaves a record of something
+nobody owns (a child that is killed while the supervisor still watches its fds, whose numbers
+are then reused by the program). Catching the exception cannot fix this: the handler is
+itself Python code with check points of its own.
+
+So the few calls that must be atomic *hold* the interrupt (`atomic`): for their duration
+SIGINT's Python-level handler is `_hold`, which only notes the signal. `release` puts the
+program's own handler back and, if a signal was held, calls that handler then, at a point where
+the state is consistent again; with Python's default handler that raises ``KeyboardInterrupt``
+right there. Before its point of no return a call may give up instead (`give_up_if_pending`):
+it undoes what it did, the interrupt is delivered, and nothing was started. Once past it, the
+call finishes and the interrupt carries what the call returned, as ``exc.future``. The holding
+frame must be the library's outermost one: any frame above it would have a check point between
+the release and the caller storing the result, and would lose it.
+
+Only the main thread ever receives ``KeyboardInterrupt``, and only it may change signal
+handlers, so other threads hold nothing. A handler that is not a Python callable (``SIG_IGN``,
+``SIG_DFL``, one installed from C) raises nothing and is left alone. Cost: three calls into
+the ``signal`` module per held section (a few microseconds; a fork takes a millisecond).
+
+The held section must not block for long: a Ctrl-C cannot end it.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, ParamSpec, TypeVar
+
+__all__ = ("GiveUp", "atomic", "give_up_if_pending", "hold", "release", "should_hold")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_held: list[int] = []  # signals noted by `_hold` since the section began
+_saved: Any = None  # the program's own handler, put back by `release`
+
+
+def _hold(signum: int, frame: FrameType | None) -> None:
+    _held.append(signum)
+
+
+def should_hold() -> bool:
+    """Return whether this thread should hold SIGINT for a section.
+
+    True in the main thread when no outer section holds it already (sections nest: the
+    outermost one holds and releases). Other threads never receive ``KeyboardInterrupt``.
+    """
+    return (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is not _hold
+    )
+
+
+def hold() -> None:
+    """Start holding SIGINT, if its handler is a Python callable. Main thread only.
+
+    Call it, when `should_hold` says so, as the first statement inside ``try`` with `release`
+    in ``finally``: an interrupt raised while `hold` runs leaves either nothing held or a hold
+    that `release` undoes, because the saved handler is recorded before ours goes in.
+    """
+    global _saved
+    current = signal.getsignal(signal.SIGINT)
+    if current is _hold or not callable(current):
+        return
+    _held.clear()  # what a previous section held was already delivered
+    _saved = current
+    signal.signal(signal.SIGINT, _hold)
+
+
+class GiveUp(Exception):
+    """Raised by `give_up_if_pending`: undo what the call did, and let `atomic` deliver."""
+
+
+def give_up_if_pending() -> None:
+    """Raise `GiveUp` if a SIGINT arrived while held (call it before a point of no return).
+
+    Raises:
+        GiveUp: A SIGINT is held. The caller undoes its work and lets it propagate to the
+            `atomic` frame, which delivers the interrupt (and retries the call if the
+            program's handler returns instead of raising).
+    """
+    if _held and threading.current_thread() is threading.main_thread():
+        raise GiveUp
+
+
+def atomic(fn: Callable[P, R]) -> Callable[P, R]:
+    """Make ``fn`` hold SIGINT while it runs when it is the library's outermost frame.
+
+    Nested calls run as they are. A held interrupt is delivered when ``fn`` returns; if it
+    raises, the exception carries ``fn``'s result as ``.future`` (the call finished: what it
+    started runs on). A call that gave up (`GiveUp`) started nothing; the interrupt is
+    delivered, and if the program's handler returns instead of raising, ``fn`` runs again.
+    """
+    nothing = object()
+
+    @functools.wraps(fn)
+    def held(*args: P.args, **kwargs: P.kwargs) -> R:
+        if not should_hold():
+            return fn(*args, **kwargs)
+        while True:
+            result: Any = nothing
+            try:
+                hold()
+                result = fn(*args, **kwargs)
+            except GiveUp:
+                pass
+            finally:
+                try:
+                    release()
+                except BaseException as exc:
+                    if result is not nothing:
+                        exc.future = result  # type: ignore[attr-defined]
+                        exc.add_note("inparallel: the call had finished; exc.future is its result")
+                    raise
+            if result is not nothing:
+                return result  # type: ignore[no-any-return]
+
+    return held
+
+
+def release() -> None:
+    """Stop holding SIGINT and deliver a held one now, through the program's own handler.
+
+    Main thread only, from the section that called `hold`.
+
+    Raises:
+        KeyboardInterrupt: A SIGINT arrived while held (with Python's default handler; a
+            handler of the program's own does whatever it does).
+    """
+    if signal.getsignal(signal.SIGINT) is not _hold:
+        return
+    handler = _saved
+    signal.signal(signal.SIGINT, handler)
+    if _held:
+        signum = _held[0]
+        _held.clear()
+        handler(signum, None)

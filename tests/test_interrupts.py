@@ -1,0 +1,310 @@
+"""Ctrl-C at every instruction of a task call: the call starts the task or starts nothing.
+
+A tracer raises SIGINT at the k-th bytecode instruction that the library runs in the calling
+thread during one call, for every k. Whatever k is, the call either raises
+``KeyboardInterrupt`` having started nothing (no child, no fd, no record), or the task runs and
+its future resolves (returned, or carried by the exception as ``.future``); the interrupt always
+reaches the caller; the fork lock is never left held; and the library never closes an fd the
+program opened afterwards.
+"""
+
+from __future__ import annotations
+
+import dis
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
+
+import _faults
+import conftest
+import pytest
+from _timing import BOUND, PATIENCE
+
+import inparallel
+from inparallel import task
+from inparallel._core import _interrupts, _spawn, _supervisor
+
+PACKAGE_DIR = os.path.dirname(inparallel.__file__)
+
+pytestmark = pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="needs the main thread"
+)
+
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+
+class InterruptAt:
+    """Deliver SIGINT at the ``at``-th check point the library passes in this thread.
+
+    CPython runs signal handlers only at check points: a function's start (``RESUME``), a
+    backward jump, and right after a call into C code (``os.fork()`` included). A return from
+    a Python function is none, so a Python caller stores what we return before any handler
+    runs. The tracer raises the signal at exactly those points, so the handler runs where a
+    real Ctrl-C's would. ``at=-1`` only counts them.
+    """
+
+    CHECKED = frozenset({"RESUME", "JUMP_BACKWARD"})
+    CALLS = frozenset({"CALL", "CALL_FUNCTION_EX", "CALL_KW"})
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.seen = 0
+        self.fired = False
+        self.pid = os.getpid()
+        self.python_calls = 0  # frames entered: a call that entered none went into C
+        self.after_call: dict[int, int] = {}  # frame id -> python_calls when its CALL ran
+
+    def _global(self, frame: FrameType, event: str, arg: Any) -> Callable[..., Any] | None:
+        if os.getpid() != self.pid:  # a forked child inherits the tracer: stay out of it
+            sys.settrace(None)
+            return None
+        self.python_calls += 1
+        if not frame.f_code.co_filename.startswith(PACKAGE_DIR):
+            return None
+        frame.f_trace_opcodes = True
+        return self._local
+
+    def _local(self, frame: FrameType, event: str, arg: Any) -> Callable[..., Any] | None:
+        if os.getpid() != self.pid:
+            sys.settrace(None)
+            return None
+        if event != "opcode":
+            return self._local
+        name = dis.opname[frame.f_code.co_code[frame.f_lasti]]
+        calls = self.after_call.pop(id(frame), None)
+        if name in self.CHECKED or calls == self.python_calls:
+            if self.seen == self.at and not self.fired:
+                self.fired = True
+                signal.raise_signal(signal.SIGINT)  # its handler runs here, as a real one's
+            self.seen += 1
+        if name in self.CALLS:
+            self.after_call[id(frame)] = self.python_calls
+        return self._local
+
+    def __enter__(self) -> InterruptAt:
+        sys.settrace(self._global)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.settrace(None)
+
+
+def _call_counted() -> int:
+    with InterruptAt(-1) as tracer:
+        fut = double(1)
+    assert fut.result(timeout=BOUND) == 2
+    return tracer.seen
+
+
+@pytest.fixture
+def sigint_default() -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _idle() -> bool:
+    return _supervisor.wait_idle(BOUND)
+
+
+def test_ctrl_c_at_every_instruction_of_a_call_starts_the_task_or_nothing(
+    sigint_default: None,
+) -> None:
+    double(0).result(timeout=BOUND)  # warm up: hooks, spares, imports
+    assert _idle()
+    total = _call_counted()
+    assert total > 30  # the tracer sees the library's own code
+    stats0 = _supervisor.statistics()
+    started = nothing = 0
+    user_fds: list[int] = []
+    for k in range(total + 5):
+        assert _idle()
+        fds0 = conftest.open_fds()
+        pids0 = conftest.child_pids()
+        future = None
+        interrupted = False
+        try:
+            with InterruptAt(k):
+                future = double(k)
+        except KeyboardInterrupt as exc:
+            interrupted = True
+            future = getattr(exc, "future", None)
+        # The program opens fds of its own right away: their numbers may be ones the
+        # library just released, and the library must never touch them.
+        user_fds.extend(os.pipe())
+        if k < total:
+            assert interrupted, f"the interrupt at instruction {k} did not reach the caller"
+        if future is not None:
+            assert future.result(timeout=BOUND) == 2 * k
+            started += 1
+        else:
+            nothing += 1
+            assert conftest.child_pids() <= pids0, f"a child was left at instruction {k}"
+        assert _idle(), f"the supervisor did not wind down at instruction {k}"
+        assert conftest.open_fds() - set(user_fds) <= fds0, f"an fd leaked at instruction {k}"
+        assert _spawn._fork_lock.acquire(timeout=0)  # never left held
+        _spawn._fork_lock.release()
+        assert not _interrupts.should_hold() or signal.getsignal(signal.SIGINT) is (
+            signal.default_int_handler
+        )
+    stats = _supervisor.statistics()
+    assert stats["in_flight"] == 0
+    assert stats["spawned"] - stats0["spawned"] == started
+    assert stats["completed"] - stats0["completed"] == started
+    assert started > 0 and nothing > 0
+    for fd in user_fds:
+        os.fstat(fd)  # still ours: the library closed none of them
+        os.close(fd)
+
+
+def test_a_sigint_handler_that_returns_lets_the_call_go_on() -> None:
+    calls: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
+    try:
+        total = _call_counted()
+        for k in range(0, total, max(1, total // 40)):
+            with InterruptAt(k):
+                fut = double(k)
+            assert fut.result(timeout=BOUND) == 2 * k
+        assert len(calls) == len(range(0, total, max(1, total // 40)))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert _idle()
+
+
+def test_the_held_handler_never_outlives_a_call(sigint_default: None) -> None:
+    total = _call_counted()
+    for k in range(total):
+        with pytest.raises(KeyboardInterrupt) as info, InterruptAt(k):
+            double(k)
+        future = getattr(info.value, "future", None)
+        if future is not None:
+            future.result(timeout=BOUND)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert _idle()
+
+
+STORM = r"""
+import os, random, signal, sys, threading, time
+from inparallel import task
+from inparallel._core import _supervisor
+
+@task
+def ident(x):
+    return x
+
+random.seed(int(sys.argv[1]))
+me = threading.main_thread().ident
+stop = threading.Event()
+
+def storm():
+    while not stop.is_set():
+        time.sleep(random.random() * 0.004)
+        signal.pthread_kill(me, signal.SIGINT)
+
+fds0 = set(os.listdir("/proc/self/fd"))
+results, futures, interrupts = {}, {}, 0
+storm_thread = threading.Thread(target=storm)
+storm_thread.start()
+i = 0
+while i < int(sys.argv[2]):
+    try:
+        try:
+            futures[i] = ident(i)
+            i += 1
+        except KeyboardInterrupt as exc:
+            interrupts += 1
+            if getattr(exc, "future", None) is not None:
+                futures[i] = exc.future
+                i += 1
+    except KeyboardInterrupt:
+        interrupts += 1  # a second Ctrl-C, in our own handler: the loop checks the state
+stop.set()
+while storm_thread.is_alive():
+    try:
+        storm_thread.join()
+    except KeyboardInterrupt:
+        pass  # the storm's last signals
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+for i, fut in futures.items():
+    while True:
+        try:
+            results[i] = fut.result(timeout=30)
+            break
+        except KeyboardInterrupt:
+            pass
+assert results == {i: i for i in range(int(sys.argv[2]))}, "an input was lost or repeated"
+assert _supervisor.wait_idle(10)
+stats = _supervisor.statistics()
+assert stats["in_flight"] == 0 and stats["spawned"] == len(futures), stats
+assert set(os.listdir("/proc/self/fd")) <= fds0, "fds leaked"
+print("interrupts", interrupts)
+"""
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_ctrl_c_storm_during_submission_loses_and_leaks_nothing(seed: int) -> None:
+    # A real storm: SIGINT from another thread at random moments while the main thread
+    # submits. A thread of the program's own is alive, so CPython 3.12+ rightly warns.
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", STORM, str(seed), "400"],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        env=_faults.python_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "could not watch" not in proc.stderr and "supervisor" not in proc.stderr, proc.stderr
+    interrupts = int(proc.stdout.split()[-1])
+    assert interrupts > 20  # the storm did land during the calls
+
+
+def test_release_delivers_a_held_interrupt_once(sigint_default: None) -> None:
+    assert _interrupts.should_hold()
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            _interrupts.hold()
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            with pytest.raises(_interrupts.GiveUp):
+                _interrupts.give_up_if_pending()
+            assert not _interrupts.should_hold()  # nested sections leave it to this one
+        finally:
+            _interrupts.release()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _interrupts.give_up_if_pending()  # nothing is left held
+
+
+def test_other_threads_hold_nothing(sigint_default: None) -> None:
+    seen: list[bool] = []
+    thread = threading.Thread(target=lambda: seen.append(_interrupts.should_hold()))
+    thread.start()
+    thread.join(BOUND)
+    assert seen == [False]
+
+
+def test_a_call_that_gives_up_starts_nothing_and_delivers_the_interrupt(
+    sigint_default: None,
+) -> None:
+    # A Ctrl-C that arrives before the fork: the call gives up, and nothing is started.
+    stats0 = _supervisor.statistics()
+
+    @_interrupts.atomic
+    def interrupted_before_the_fork() -> int:
+        signal.raise_signal(signal.SIGINT)  # held
+        return double(1).result(timeout=BOUND)
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        interrupted_before_the_fork()
+    assert not hasattr(info.value, "future")
+    assert _supervisor.statistics()["spawned"] == stats0["spawned"]
