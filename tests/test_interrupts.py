@@ -69,6 +69,7 @@ class InterruptAt:
         self.python_calls += 1
         if not frame.f_code.co_filename.startswith(PACKAGE_DIR):
             return None
+        frame.f_trace = self._local  # first: 3.12+ turns opcode events on for a traced frame
         frame.f_trace_opcodes = True
         return self._local
 
@@ -90,6 +91,8 @@ class InterruptAt:
         return self._local
 
     def __enter__(self) -> InterruptAt:
+        # CPython 3.12.1 emits opcode events only if a frame asked for them before settrace.
+        sys._getframe().f_trace_opcodes = True
         sys.settrace(self._global)
         return self
 
