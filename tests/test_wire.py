@@ -488,6 +488,70 @@ def test_b12_result_over_max_result_size(kind: str) -> None:
     assert fits().result(timeout=PATIENCE) == b"y" * (MiB // 2)
 
 
+def _frame_of_buffers(count: int, size: int) -> bytes:
+    # A frame as a child sends it: ``count`` writable out-of-band buffers of ``size`` bytes,
+    # in the pipe after the payload (the pickle of a list of PickleBuffers).
+    from inparallel._core import _wire
+
+    pieces = [pickle.PickleBuffer(bytearray([i % 251]) * size) for i in range(count)]
+    buffers: list[pickle.PickleBuffer] = []
+    payload = pickle.dumps(pieces, protocol=5, buffer_callback=buffers.append)
+    head = _wire.HEADER.pack(_wire.MAGIC, _wire.Kind.VALUE, len(payload), count, -1)
+    sizes = b"".join(_wire.SIZE.pack(b.raw().nbytes) for b in buffers)
+    return head + sizes + payload + b"".join(bytes(b.raw()) for b in buffers)
+
+
+def test_b12_a_result_of_more_than_a_million_buffers_is_read() -> None:
+    # 2**20 + 3 buffers: more than the frame reader once accepted ("bad header").
+    from inparallel._core._reader import FrameReader
+
+    count = (1 << 20) + 3
+    frame = _frame_of_buffers(count, 1)
+    reader = FrameReader(max_size=64 << 30)
+    view = memoryview(frame)
+    while not reader.complete:
+        reader.feed(bytes(view[reader.received : reader.received + reader.want()]))
+    assert reader.received == len(frame)
+    payload, buffers = reader.parts(os.getpid(), set())
+    value = pickle.loads(payload, buffers=buffers)
+    assert len(value) == count
+    assert bytes(value[-1]) == bytes([(count - 1) % 251])
+
+
+def test_b12_the_table_of_buffer_sizes_counts_against_the_cap() -> None:
+    from inparallel._core._reader import FrameError, FrameReader
+
+    reader = FrameReader(max_size=1000)
+    frame = _frame_of_buffers(200, 1)  # the size table alone is 1,600 bytes
+    with pytest.raises(FrameError, match=r"exceeds max_result_size=1000; raise max_result_size="):
+        reader.feed(frame[:64])
+
+
+def test_b12_many_small_arrays_come_back_whole_and_writable() -> None:
+    np = pytest.importorskip("numpy")
+
+    @task
+    def arrays() -> list[object]:
+        return [np.full(3, i, np.int64) for i in range(50_000)]
+
+    value = arrays().result(timeout=PATIENCE)
+    assert len(value) == 50_000
+    assert value[49_999].tolist() == [49_999] * 3
+    assert all(a.flags.writeable for a in value[:10])
+
+
+@pytest.mark.soak
+def test_b12_a_task_returning_over_a_million_arrays_soak() -> None:
+    np = pytest.importorskip("numpy")
+
+    @task
+    def arrays() -> list[object]:
+        return [np.zeros(1, np.uint8) for _ in range(1_100_000)]
+
+    value = arrays().result(timeout=PATIENCE * 2)
+    assert len(value) == 1_100_000
+
+
 # A fresh interpreter measures its own peak RSS: a refused 256 MiB result must not be
 # allocated in the parent.
 _CAP_HARNESS = r"""

@@ -10,6 +10,7 @@ import io
 import mmap
 import os
 import pickle
+import struct
 from typing import Any
 
 from ._errors import RemoteError
@@ -35,6 +36,8 @@ class FrameReader:
         self.readonly: list[bool] = []
         self._chunks: list[bytes] = []
         self._payload_len = 0
+        self._head: tuple[int, int, int, int] | None = None  # kind, payload, count, memfd
+        self._table_end = 0  # where the table of buffer sizes ends, once the header is in
 
     @property
     def started(self) -> bool:
@@ -48,9 +51,11 @@ class FrameReader:
 
     def want(self) -> int:
         """Return how many bytes to read next (never past the end of the frame)."""
-        if self.expected is None:
-            return 1 << 16
-        return min(self.expected - self.received, 1 << 20)
+        if self.expected is not None:
+            return min(self.expected - self.received, 1 << 20)
+        if self._head is not None:  # the table of buffer sizes is on its way
+            return min(self._table_end - self.received, 1 << 20)
+        return 1 << 16
 
     def feed(self, data: bytes) -> None:
         """Add bytes read from the pipe.
@@ -60,29 +65,43 @@ class FrameReader:
         """
         self._chunks.append(data)
         self.received += len(data)
-        if self.expected is None and self.received >= HEADER.size:
+        if self.expected is not None:
+            return
+        if self._head is None and self.received >= HEADER.size:
             self._parse_header()
+        if self._head is not None and self.received >= self._table_end:
+            self._parse_sizes()
 
     def _parse_header(self) -> None:
         head = b"".join(self._chunks)
         self._chunks = [head]
         magic, kind, payload_len, count, memfd = HEADER.unpack_from(head)
-        if magic != MAGIC or kind not in Kind.__members__.values() or count > 1 << 20:
+        if magic != MAGIC or kind not in Kind.__members__.values():
             raise FrameError("corrupt result frame (bad header)")
-        need = HEADER.size + SIZE.size * count
-        if self.received < need:
-            return  # the sizes are still on their way; parse again on the next feed
-        raw = [SIZE.unpack_from(head, HEADER.size + SIZE.size * i)[0] for i in range(count)]
+        # The table of sizes is part of the result: the cap bounds it before it is read, so
+        # a result of many buffers is fine up to max_size, and a corrupt count is caught.
+        self._table_end = HEADER.size + SIZE.size * count
+        self._check_size(self._table_end - HEADER.size + payload_len)
+        self._head = (kind, payload_len, count, memfd)
+
+    def _parse_sizes(self) -> None:
+        assert self._head is not None
+        kind, payload_len, count, memfd = self._head
+        data = b"".join(self._chunks)
+        self._chunks = [data]
+        raw = struct.unpack_from(f"<{count}Q", data, HEADER.size)
         self.sizes = [size & ~READONLY for size in raw]
         self.readonly = [bool(size & READONLY) for size in raw]
-        body = payload_len + sum(self.sizes)
+        self._check_size(SIZE.size * count + payload_len + sum(self.sizes))
+        self.kind, self.memfd, self._payload_len = Kind(kind), memfd, payload_len
+        self.expected = self._table_end + payload_len + (sum(self.sizes) if memfd < 0 else 0)
+
+    def _check_size(self, body: int) -> None:
         if body > self.max_size:
             raise FrameError(
                 f"result of {body} bytes exceeds max_result_size={self.max_size};"
                 " raise max_result_size= on the task, or return less data"
             )
-        self.kind, self.memfd, self._payload_len = Kind(kind), memfd, payload_len
-        self.expected = need + payload_len + (sum(self.sizes) if memfd < 0 else 0)
 
     def parts(self, pid: int, fds: set[int]) -> tuple[bytes, list[Any]]:
         """Return the payload and its out-of-band buffers from a complete frame.

@@ -20,6 +20,7 @@ parent's. Everything here is pure encoding: no threads, no process control.
 from __future__ import annotations
 
 import enum
+import functools
 import io
 import os
 import pickle
@@ -118,6 +119,16 @@ def _dump(pickler_cls: type[pickle.Pickler], obj: object) -> bytes:
     return out.getvalue()
 
 
+def _out_of_band(buffers: list[pickle.PickleBuffer], buffer: pickle.PickleBuffer) -> bool:
+    # pickle's buffer_callback: a false return sends the buffer out of band. Small buffers
+    # stay in the pickle, where they cost nothing extra: a list of a million tiny arrays is
+    # one payload, not a million pieces to frame, write and map.
+    if buffer.raw().nbytes < BIG_BYTES:
+        return True
+    buffers.append(buffer)
+    return False
+
+
 def encode_value(value: object, restricted: bool) -> Encoded:
     """Pickle a return value: plain pickle first, cloudpickle for what plain pickle refuses.
 
@@ -131,7 +142,7 @@ def encode_value(value: object, restricted: bool) -> Encoded:
     error: BaseException | None = None
     for dumps in dumpers:
         buffers: list[pickle.PickleBuffer] = []
-        callback = None if restricted else buffers.append
+        callback = None if restricted else functools.partial(_out_of_band, buffers)
         try:
             payload = dumps(value, protocol=5, buffer_callback=callback)
         except BaseException as exc:  # any failure, even SystemExit from __reduce__
