@@ -617,6 +617,28 @@ def test_c8_truncated_header_is_worker_died() -> None:
     assert "truncated" in exc.detail
 
 
+@pytest.mark.parametrize("size", [10, MiB, 4 * MiB], ids=["small", "1MiB", "4MiB"])
+@pytest.mark.parametrize("how", ["dup2", "close"])
+def test_c8_a_task_that_replaces_its_result_pipe_fails_at_once(how: str, size: int) -> None:
+    # The fd number no longer leads to the parent: a frame written there would go nowhere,
+    # or block for ever once that other pipe is full.
+    @task
+    def lose_the_pipe() -> bytes:
+        (fd,) = _faults.result_pipe_fds()
+        if how == "dup2":
+            _r, w = os.pipe()  # the read end stays open here: a write blocks once it is full
+            os.dup2(w, fd)
+        else:
+            os.close(fd)
+        return b"r" * size
+
+    exc, elapsed = wait_exception(lose_the_pipe())
+    assert elapsed < PROMPT
+    assert type(exc) is WorkerDied
+    assert exc.exitcode == 71 and exc.signal is None
+    assert "closed its result pipe or put another file on its fd" in str(exc)
+
+
 def test_c9_bytes_written_after_the_frame_are_ignored(gate: _faults.Gate) -> None:
     def scribble() -> None:
         _faults.write_result_pipe(b"trailing garbage" * 1000, exclude=(gate.r, gate.w))

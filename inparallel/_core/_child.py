@@ -40,6 +40,10 @@ __all__ = ("Plan", "forget_spares", "plan", "prime_lifeline", "run_child")
 #: WorkerDied with this code.
 INTERNAL_ERROR = 70
 
+#: Exit status of a child whose task closed or replaced its result pipe (EX_OSERR): the
+#: outcome cannot be reported, and writing it to whatever the fd is now could block for ever.
+LOST_PIPE = 71
+
 # Stream objects replaced in the child (see `_isolate_stdio`).
 _ABANDONED: list[Any] = []
 
@@ -73,14 +77,19 @@ def run_child(wfd: int, call: Callable[[], object], options: TaskOptions, plan: 
     code = INTERNAL_ERROR
     try:
         _arm_lifeline(wfd)
+        pipe = _identity(wfd)
         _reset_signals(plan.handlers)
         _isolate_stdio(plan)
         encoded = _run(call, options)
         _flush_stdio()  # before the frame: the parent may exit as soon as it has the result
-        _disarm_lifeline(wfd)
-        if send(wfd, encoded):
-            _wait_for_parent(wfd)
-        code = 0
+        if _identity(wfd) != pipe:
+            _say(f"task process {os.getpid()} closed or replaced its result pipe (fd {wfd})")
+            code = LOST_PIPE
+        else:
+            _disarm_lifeline(wfd)
+            if send(wfd, encoded):
+                _wait_for_parent(wfd)
+            code = 0
     except BaseException:
         _report_internal_error()
     finally:
@@ -262,6 +271,21 @@ def _flush_stdio() -> None:
         with contextlib.suppress(BaseException):
             if stream is not None:
                 stream.flush()
+
+
+def _identity(fd: int) -> tuple[int, int] | None:
+    # The open file behind an fd number: a task may close the number or dup2 another file
+    # onto it, and then the number no longer leads to the parent.
+    try:
+        stat = os.fstat(fd)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _say(text: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, f"inparallel: {text}; its outcome cannot be reported\n".encode())
 
 
 def _report_internal_error() -> None:

@@ -43,6 +43,7 @@ from collections import Counter
 from typing import Any
 
 from . import _future
+from ._child import LOST_PIPE
 from ._errors import RemoteError, TaskTimeout, WorkerDied
 from ._future import Rusage
 from ._reader import FrameError, decode
@@ -406,6 +407,11 @@ class Supervisor:
             if child.reader.started and not detail:
                 total = child.reader.expected
                 detail = f"truncated result ({child.reader.received} of {total or '?'} bytes)"
+            elif exitcode == LOST_PIPE and not detail:
+                detail = (
+                    f"exit status {LOST_PIPE}: the task closed its result pipe or put another"
+                    " file on its fd (os.closerange, os.dup2), so it could not report"
+                )
             signum = -exitcode if exitcode is not None and exitcode < 0 else None
             ok, outcome = False, WorkerDied(child.pid, exitcode, signum, detail)
         if future.cancelled():
