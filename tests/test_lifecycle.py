@@ -242,6 +242,71 @@ def test_parent_sigkilled_no_task_survives_including_tasks_from_finished_threads
         finish(proc)
 
 
+def _wait_comm(pid: int, name: str) -> None:
+    deadline = time.monotonic() + BOUND
+    while True:
+        with open(f"/proc/{pid}/comm") as comm:
+            if comm.read().strip() == name:
+                return
+        assert time.monotonic() < deadline, f"process {pid} did not become {name}"
+        time.sleep(0.005)  # polling /proc: nothing to wait on for another process's exec
+
+
+def test_parent_sigkilled_no_task_survives_an_exec_or_closed_fds():
+    """A task that execs, closes its fds, or both, dies with its parent (Linux)."""
+    proc = harness(
+        """
+        def announce_then(action):
+            os.write(started_w, b"x")
+            action()
+
+        def closerange():
+            os.closerange(3, 1 << 16)
+
+        def execute():
+            os.execv("/bin/sleep", ["sleep", "60"])
+
+        @task
+        def execs():
+            announce_then(execute)
+
+        @task
+        def closes_fds():
+            announce_then(closerange)
+            time.sleep(60)
+
+        @task
+        def closes_fds_then_execs():
+            announce_then(closerange)
+            execute()
+
+        futs = [execs(), closes_fds(), closes_fds_then_execs()]
+        # From a thread that has ended: the lifeline fd survives the exec.
+        thread = threading.Thread(target=lambda: futs.append(execs()))
+        thread.start()
+        thread.join()
+        wait_started(4)
+        print("READY", *[f.pid for f in futs], flush=True)
+        sys.stdin.read()
+        """
+    )
+    pids: list[int] = []
+    watch = None
+    try:
+        pids = [int(p) for p in read_line(proc, "READY")]
+        for pid in (pids[0], pids[2], pids[3]):
+            _wait_comm(pid, "sleep")  # the exec has happened: it is /bin/sleep now
+        watch = Watch(pids)
+        proc.kill()
+        proc.wait(30)
+        assert watch.survivors(PROMPT) == []
+    finally:
+        if watch:
+            watch.close()
+        kill_leftovers(pids)
+        finish(proc)
+
+
 def test_task_outlives_the_thread_that_called_it():
     """E5: a task started from a thread that then exits completes normally."""
     started_r, started_w = os.pipe()

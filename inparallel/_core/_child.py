@@ -3,8 +3,10 @@
 The child is a copy of the caller at the moment of the call. It prepares itself in this order
 (research notes, "child bootstrap"):
 
-1. arm the lifeline (primed by the parent, see `prime_lifeline`): the kernel SIGKILLs this
-   process when the parent's read end of the result pipe closes, i.e. when the parent dies;
+1. arm the lifelines (see `prime_lifeline` and `_arm_lifeline`): the kernel SIGKILLs this
+   process when the parent's read end of the result pipe closes, i.e. when the parent dies,
+   also after the task ``exec``s; and, when the main thread forked us, when the parent dies
+   even if the task closed every fd (``PR_SET_PDEATHSIG``);
 2. ignore SIGINT (the parent owns Ctrl-C), reset the parent's Python signal handlers and its
    wakeup fd, restore SIGCHLD so ``subprocess`` works in the task;
 3. point stdin at ``/dev/null`` and rebind stdout/stderr to fresh objects over fds 1/2, so the
@@ -26,6 +28,7 @@ import resource
 import select
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any, NamedTuple, NoReturn
@@ -60,12 +63,19 @@ class Plan(NamedTuple):
     stdin: io.TextIOWrapper  #: reads fd 0, which the child points at /dev/null
     stdout: io.TextIOWrapper | None  #: fresh object over fd 1, or None to keep sys.stdout
     stderr: io.TextIOWrapper | None  #: fresh object over fd 2, or None to keep sys.stderr
+    parent: int  #: the parent's pid, to die at once if it is gone before the child is armed
+    deathsig: Callable[[int, int, int, int, int], int] | None  #: prctl, when it is sound
 
 
 def plan() -> Plan:
     """Prepare, in the parent, what the next child will need (see `Plan`). Cheap."""
     return Plan(
-        _python_handlers(), _spare("stdin", 0), _spare_for("stdout", 1), _spare_for("stderr", 2)
+        _python_handlers(),
+        _spare("stdin", 0),
+        _spare_for("stdout", 1),
+        _spare_for("stderr", 2),
+        os.getpid(),
+        _prctl() if threading.current_thread() is threading.main_thread() else None,
     )
 
 
@@ -76,7 +86,7 @@ def run_child(wfd: int, call: Callable[[], object], options: TaskOptions, plan: 
     """
     code = INTERNAL_ERROR
     try:
-        _arm_lifeline(wfd)
+        _arm_lifeline(wfd, plan)
         pipe = _identity(wfd)
         _reset_signals(plan.handlers)
         _isolate_stdio(plan)
@@ -137,15 +147,45 @@ def prime_lifeline(wfd: int) -> None:
         fcntl.fcntl(wfd, fcntl.F_SETFL, fcntl.fcntl(wfd, fcntl.F_GETFL) | os.O_ASYNC)
 
 
-def _arm_lifeline(wfd: int) -> None:
+def _arm_lifeline(wfd: int, plan: Plan) -> None:
     # From now on we die when the parent does, whichever of its threads forked us. If it died
     # before we got here, the signal has come and gone: the read end is already closed.
     if _F_SETSIG is not None:
         fcntl.fcntl(wfd, fcntl.F_SETOWN, os.getpid())
+        # Kept across exec: a program the task execs is this same process, so the owner.
+        os.set_inheritable(wfd, True)
         poller = select.poll()
         poller.register(wfd, select.POLLERR)
         if poller.poll(0):
             os._exit(INTERNAL_ERROR)
+    if plan.deathsig is not None:
+        # A second lifeline that no fd carries, for a task that closes its fds. Linux sends
+        # it when the *thread* that forked us ends (prctl(2)), so only the main thread's
+        # children get it: that thread lasts as long as the process. It survives exec (but
+        # not a set-user-ID one).
+        plan.deathsig(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != plan.parent:
+            os._exit(INTERNAL_ERROR)  # the parent died before the lifeline was set
+
+
+_PR_SET_PDEATHSIG = 1
+_PRCTL: list[Callable[[int, int, int, int, int], int] | None] = []
+
+
+def _prctl() -> Callable[[int, int, int, int, int], int] | None:
+    # libc's prctl, looked up once in the parent (so that no child pays for ctypes), or None
+    # where there is none (not Linux).
+    if not _PRCTL:
+        function = None
+        if sys.platform == "linux":
+            try:
+                import ctypes
+
+                function = ctypes.CDLL(None, use_errno=True).prctl
+            except (OSError, AttributeError, ImportError):
+                function = None
+        _PRCTL.append(function)
+    return _PRCTL[0]
 
 
 def _disarm_lifeline(wfd: int) -> None:
