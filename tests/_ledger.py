@@ -2,7 +2,7 @@
 
 Run it from the repository root; a failure found by the test suite replays with the same seed::
 
-    python -m tests._ledger N CONC SEED [--stall SECONDS]
+    python -m tests._ledger N CONC SEED [--stall SECONDS] [--storm]
 
 Every input id ``0..N-1`` gets a plan drawn from ``random.Random(SEED)``: what the task does in
 its child (return its id, raise, kill itself, segfault, ``os._exit``, ``sys.exit``, sleep, return
@@ -13,6 +13,12 @@ loop iterations after the call). All tasks go through ``waitfor(in_flight, CONC)
     plan per id --> @task call --> in_flight --> waitfor --> yielded future --> classify
                         |                                                  ^
                         +-- done-callback (supervisor thread): count, snapshot state
+
+With ``--storm``, a thread sends SIGINT to the main thread every few milliseconds, and each one
+that lands while a call is being made raises ``KeyboardInterrupt`` there (the others are
+dropped, so that the harness's own bookkeeping is never interrupted). An interrupted call either
+started nothing, and the id is called again, or carries its started future as ``exc.future``;
+the ledger below then proves that no id ran twice and none was lost.
 
 The harness then checks the ledger (research notes, section 6.1):
 
@@ -174,6 +180,53 @@ def call(i: int, plan: Plan) -> Future[Any]:
     if plan.kind == "timeout":
         return overdue(i)
     return work(i, plan.kind, plan.arg)
+
+
+class Storm:
+    """SIGINT at random moments; a ``KeyboardInterrupt`` only inside `call_through`."""
+
+    def __init__(self, seed: int) -> None:
+        self.random = random.Random(seed)
+        self.calling = False
+        self.sent = self.landed = self.retried = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ledger-storm")
+
+    def _run(self) -> None:
+        main = threading.main_thread().ident
+        assert main is not None
+        while not self._stop.wait(self.random.random() * 0.003):
+            signal.pthread_kill(main, signal.SIGINT)
+            self.sent += 1
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self.calling:
+            self.landed += 1
+            raise KeyboardInterrupt
+
+    def call_through(self, i: int, plan: Plan) -> Future[Any]:
+        """Call id ``i`` until it has started: exactly once, whatever the interrupts."""
+        while True:
+            try:
+                self.calling = True
+                return call(i, plan)
+            except KeyboardInterrupt as exc:
+                started = getattr(exc, "future", None)
+                if started is not None:
+                    return started  # type: ignore[no-any-return]
+                self.retried += 1  # it started nothing: call it again
+            finally:
+                self.calling = False
+
+    def __enter__(self) -> Storm:
+        signal.signal(signal.SIGINT, self._on_sigint)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # -- classification --------------------------------------------------------------------------------
@@ -393,7 +446,9 @@ def settle(timeout: float) -> None:
 # -- the run ---------------------------------------------------------------------------------------
 
 
-def drive(plans: list[Plan], ledger: Ledger, concurrency: int, stall: float) -> list[str]:
+def drive(
+    plans: list[Plan], ledger: Ledger, concurrency: int, stall: float, storm: Storm | None = None
+) -> list[str]:
     """Push every id through ``waitfor``, striking some; return run-level problems (a stall).
 
     A stall is ``stall`` seconds without any future finishing: the longest planned task takes
@@ -412,7 +467,7 @@ def drive(plans: list[Plan], ledger: Ledger, concurrency: int, stall: float) -> 
             if fut is None:
                 if next_id < len(plans):
                     i, next_id = next_id, next_id + 1
-                    new = call(i, plans[i])
+                    new = storm.call_through(i, plans[i]) if storm else call(i, plans[i])
                     ledger.calls[i] += 1
                     new.add_done_callback(functools.partial(ledger.on_done, i))
                     owner[new] = i
@@ -469,7 +524,7 @@ def residue(ledger: Ledger, stats0: dict[str, Any], fds0: dict[int, str]) -> lis
     return problems
 
 
-def run(n: int, concurrency: int, seed: int, stall: float) -> dict[str, Any]:
+def run(n: int, concurrency: int, seed: int, stall: float, storm: bool = False) -> dict[str, Any]:
     """Run the ledger and return the summary (``summary["ok"]`` says whether it held)."""
     plans = make_plans(n, seed, concurrency)
     ledger = Ledger(plans)
@@ -480,7 +535,12 @@ def run(n: int, concurrency: int, seed: int, stall: float) -> dict[str, Any]:
     fds0 = _faults.fd_table()
     stats0 = _supervisor.statistics()
     started = time.monotonic()
-    general += drive(plans, ledger, concurrency, stall)
+    weather = Storm(seed) if storm else None
+    if weather is None:
+        general += drive(plans, ledger, concurrency, stall)
+    else:
+        with weather:
+            general += drive(plans, ledger, concurrency, stall, weather)
     elapsed = time.monotonic() - started
     ledger.close()
     if not general:  # after a stall, the residue only repeats it
@@ -510,7 +570,10 @@ def run(n: int, concurrency: int, seed: int, stall: float) -> dict[str, Any]:
             "spam_complete": [i for i in spam if ledger.outcomes[i] == "value"],
             "spam_partial": [i for i in spam if ledger.outcomes[i] != "value"],
         },
-        "replay": f"python -m tests._ledger {n} {concurrency} {seed}",
+        "replay": f"python -m tests._ledger {n} {concurrency} {seed}" + (" --storm" * storm),
+        "storm": None
+        if weather is None
+        else {"sent": weather.sent, "landed": weather.landed, "retried": weather.retried},
     }
 
 
@@ -526,8 +589,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stall", type=float, default=20.0, help="seconds without a completion that fail the run"
     )
+    parser.add_argument(
+        "--storm", action="store_true", help="interrupt calls with SIGINT at random moments"
+    )
     args = parser.parse_args(argv)
-    summary = run(args.n, args.concurrency, args.seed, args.stall)
+    summary = run(args.n, args.concurrency, args.seed, args.stall, args.storm)
     print(json.dumps(summary, sort_keys=True))
     if not summary["ok"]:
         print(
