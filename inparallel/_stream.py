@@ -3,49 +3,49 @@
 ``submit`` runs each call in a forked child (``mode="process"``, one `task` per call) or in a
 worker thread (``mode="thread"``), at most ``max_workers`` at a time; the rest wait in a queue.
 In process mode a call starts in the submitting thread when a slot is free, and otherwise in a
-dispatcher thread that lives only while calls are queued.
+dispatcher thread that lives only while calls are queued. ``map`` is in `_streammap`.
 
-``map`` returns at once. A daemon *feeder* thread pulls the input and submits it, staying at
-most ``buffer_size`` items ahead of the consumer; the consumer waits on the futures in input
-order. An abandoned map (closed, garbage-collected, timed out, or failed) stops its feeder
-and cancels the work it had submitted (killing the children of running calls). The feeder is
-a daemon, so a live map never blocks interpreter exit, and a feeder stuck inside ``next()`` of
-its input is abandoned safely: it submits nothing once it comes back.
+**Shutdown.** ``shutdown()`` refuses new ``submit`` and ``map`` calls, but a map started before
+it keeps submitting its own input: ``with StreamExecutor() as ex: results = ex.map(...)``
+delivers every result after the block, as `ThreadPoolExecutor` does. ``shutdown(wait=True)``
+waits for every call submitted so far and for each live map to read its input either to the
+end or until its buffer is full (what 3.14's ``Executor.map(buffersize=)`` reads in ``map()``
+itself); it never waits for a consumer, so a map read after the block cannot deadlock it.
+``cancel_futures=True`` also cuts every map off where its feeder is.
+
+**Interpreter exit.** Process mode: queued calls are cancelled and the core kills every child
+(no child outlives the parent). Thread mode, as `ThreadPoolExecutor`: every call given to
+``submit``, queued ones included, runs to its end before the ``atexit`` handlers run; the calls
+of a live map are not waited for (nobody can read them any more).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import contextvars
 import functools
-import itertools
 import os
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, InvalidStateError, wait
+from concurrent.futures import Executor, Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
-from itertools import islice
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from ._checks import count
-from ._core._channel import load_error, pack_error
+from ._core._interrupts import GiveUp, atomic
 from ._core._options import TaskOptions
 from ._core._spawn import install_hooks, spawn
 from ._executor import concurrency, portable, selected
+from ._streammap import MapIterator, MapState
 
 __all__ = ("StreamExecutor",)
 
 R = TypeVar("R")
 _MISSING: Any = object()
-
-#: A map's first call gets this long (or until it finishes) before the feeder forks more:
-#: each fork holds the parent for 1-3 ms, and the first result should not wait for them.
-FIRST_CALL_HEAD_START = 0.02
 
 
 class _Call(Future[Any]):
@@ -56,13 +56,18 @@ class _Call(Future[Any]):
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        *,
         killable: bool,
-        engine: Executor | None = None,
+        engine: Executor | None,
+        mapped: bool,
     ) -> None:
         super().__init__()
-        self.call = (fn, args, kwargs)
+        self.call: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None
+        self.call = (fn, args, kwargs)  # dropped once started: the arguments are not kept
         self.killable = killable
         self.engine = engine  # None: fork the call here
+        self.mapped = mapped  # submitted by a map's feeder, not by submit()
+        self.slot = False  # holds a worker slot (changed under the executor's lock)
         self.task: Future[Any] | None = None
 
     def cancel(self) -> bool:
@@ -149,11 +154,16 @@ class StreamExecutor(Executor):
             max_workers = min(32, cpus + 4) if mode == "thread" else concurrency(executor)
         self._max = count("StreamExecutor()", "max_workers", max_workers, optional=True)
         self._mode = mode
-        self._cond = threading.Condition(threading.Lock())
+        # Re-entrant: a map's finalizer, run by the collector in a thread that holds it,
+        # takes it again (see _streammap).
+        self._cond = threading.Condition()
         self._pending: deque[_Call] = deque()
-        self._running = 0
+        self._running = 0  # slots taken (calls started, or being started)
+        self._owned = 0  # calls given to submit() not yet ended: thread mode waits at exit
         self._threads = 0  # dispatcher or worker threads alive
         self._shutdown = False
+        self._cancelled = False  # shutdown(cancel_futures=True): maps may submit no more
+        self._maps: weakref.WeakSet[MapState] = weakref.WeakSet()
         self.forks = mode == "process"
         _at_exit_stop(self)
 
@@ -161,78 +171,75 @@ class StreamExecutor(Executor):
         state = "shut down" if self._shutdown else f"{self._running} running"
         return f"<StreamExecutor {self._mode} x{self._max}: {state}, {len(self._pending)} queued>"
 
+    @atomic
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
         """Schedule ``fn(*args, **kwargs)`` and return its future at once.
 
+        In process mode this forks here when a slot is free. ``result()`` raises what ``fn``
+        raised, a `StopIteration` included (as the stdlib's executors do). A Ctrl-C during
+        the call is held until it returns, then raised carrying the future as ``.future``
+        (or, before anything started, raised with nothing submitted; see `_core._interrupts`).
+
         Raises:
-            RuntimeError: The executor is shut down.
+            RuntimeError: The executor is shut down, or no worker thread could be started.
             TypeError: ``fn`` is not callable.
         """
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, not {type(fn).__name__} {fn!r}")
-        engine = selected(self._executor) if self._mode == "process" else None
-        call = _Call(fn, args, kwargs, killable=self._mode == "process", engine=engine)
-        start_now = False
+        return self._submit(fn, args, kwargs, mapped=False)
+
+    def submit_mapped(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Future[Any]:
+        """Submit a call of a map: accepted after `shutdown`, unless that cancelled futures."""
+        return self._submit(fn, args, {}, mapped=True)
+
+    def _submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], mapped: bool
+    ) -> _Call:
+        engine = selected(self._executor) if self.forks else None
+        call = _Call(fn, args, kwargs, killable=self.forks, engine=engine, mapped=mapped)
         with self._cond:
-            if self._shutdown:
+            if self._shutdown and (self._cancelled or not mapped):
                 raise RuntimeError("cannot submit to a StreamExecutor after shutdown()")
-            if self._mode == "process" and self._running < self._max and not self._pending:
+            start_now = self.forks and self._running < self._max and not self._pending
+            if start_now:
                 self._running += 1
-                start_now = True
+                call.slot = True
             else:
                 self._pending.append(call)
-                self._ensure_thread()
+                try:
+                    self._ensure_thread()
+                except BaseException:
+                    self._pending.pop()  # ours, the last one: nobody could take it meanwhile
+                    raise
+            self._owned += not mapped
         if start_now:
             self._start(call)
         return call
 
     def _ensure_thread(self) -> None:
-        # Under the lock. Process mode needs one dispatcher; thread mode one thread per call.
-        wanted = (
-            1 if self._mode == "process" else min(self._max, self._running + len(self._pending))
-        )
-        if self._threads < wanted:
-            self._threads += 1
-            target = self._dispatch if self._mode == "process" else self._work
-            threading.Thread(target=target, name="inparallel-stream", daemon=True).start()
+        """Start the dispatcher, or a worker thread per queued call (under the lock).
 
-    def _start(self, call: _Call) -> None:
-        """Fork the call's child (process mode)."""
-        if not call.set_running_or_notify_cancel():
-            self._release()
+        Raises:
+            RuntimeError: No thread could be started, and none is alive to take the call.
+        """
+        wanted = 1 if self.forks else min(self._max, self._running + len(self._pending))
+        if self._threads >= wanted:
             return
-        fn, args, kwargs = call.call
+        thread = threading.Thread(target=self._serve, name="inparallel-stream", daemon=True)
         try:
-            if call.engine is None:
-                task: Future[Any] = spawn(fn, args, kwargs, TaskOptions())
-            else:
-                task = call.engine.submit(portable(fn), *args, **kwargs)
-        except BaseException as exc:
-            if not call.cancelled():
-                call.set_exception(exc)
-            self._release()
-            if not isinstance(exc, Exception):
-                raise  # Ctrl-C in the submitting thread: the call failed, and so does submit
-            return
-        call.attach(task)
-        task.add_done_callback(functools.partial(self._finished, call))
+            thread.start()
+        except RuntimeError:  # "can't start new thread": the ones alive will take the call
+            if not self._threads:
+                raise
+        else:
+            self._threads += 1  # its first step waits for this lock: it sees the count
 
-    def _finished(self, call: _Call, task: Future[Any]) -> None:
-        try:
-            call.copy_from(task)
-        finally:
-            call.task = None  # the task's callbacks hold the call: break the cycle
-            self._release()
-
-    def _release(self) -> None:
-        with self._cond:
-            self._running -= 1
-            self._cond.notify_all()
-
-    def _dispatch(self) -> None:
-        """Process mode: start queued calls as slots free up; end when none is queued."""
+    def _serve(self) -> None:
+        """Dispatcher (process mode) or worker thread: run queued calls until none is left."""
+        run = self._start if self.forks else self._run
         while (call := self._take()) is not None:
-            self._start(call)
+            run(call)
+            del call  # not kept (nor so its result) while this thread waits for a slot
 
     def _take(self) -> _Call | None:
         """Take the next queued call once a slot is free; None (the thread ends) if none."""
@@ -244,22 +251,80 @@ class StreamExecutor(Executor):
                 self._cond.notify_all()
                 return None
             self._running += 1
-            return self._pending.popleft()
+            call = self._pending.popleft()
+            call.slot = True
+            return call
 
-    def _work(self) -> None:
-        """Thread mode: run queued calls; end when none is queued."""
-        while (call := self._take()) is not None:
+    def _start(self, call: _Call) -> None:
+        """Fork the call's child, or start it on the engine (process mode)."""
+        task: Future[Any] | None = None
+        try:
+            if not call.set_running_or_notify_cancel():
+                self._release(call)
+                return
+            assert call.call is not None
+            fn, args, kwargs = call.call
+            if call.engine is None:
+                task = spawn(fn, args, kwargs, TaskOptions())
+            else:
+                task = call.engine.submit(portable(fn), *args, **kwargs)
+            call.call = None
+            call.attach(task)
+            task.add_done_callback(functools.partial(self._finished, call))
+        except BaseException as exc:
+            if task is not None:  # started, but not followed up: it must not run on unseen
+                task.cancel()
+            if isinstance(exc, Exception) and not isinstance(exc, GiveUp):
+                with contextlib.suppress(InvalidStateError):  # could not fork: the call failed
+                    call.set_exception(exc)
+                self._release(call)
+                return
+            # A held Ctrl-C before the fork (GiveUp: submit() starts nothing and delivers
+            # it), or an interrupt that was not held: the call is given up, its child killed.
+            call.cancel()
+            self._release(call)
+            raise
+
+    def _finished(self, call: _Call, task: Future[Any]) -> None:
+        try:
+            call.copy_from(task)
+        finally:
+            call.task = None  # the task's callbacks hold the call: break the cycle
+            self._release(call)
+
+    def _run(self, call: _Call) -> None:
+        """Thread mode: run the call here."""
+        try:
             if call.set_running_or_notify_cancel():
+                assert call.call is not None
                 fn, args, kwargs = call.call
+                call.call = None
                 try:
                     result = fn(*args, **kwargs)
                 except BaseException as exc:
                     call.set_exception(exc)
                 else:
                     call.set_result(result)
-                    del result  # the future holds it; this thread must not
-            self._release()
+        finally:
+            self._release(call)
 
+    def _release(self, call: _Call) -> None:
+        """Give the call's slot back; a no-op if it holds none (released already)."""
+        with self._cond:
+            if not call.slot:
+                return
+            call.slot = False
+            self._running -= 1
+            self._owned -= not call.mapped
+            self._cond.notify_all()
+
+    def map_settled(self) -> None:
+        """A map's feeder ended or waits for its consumer: wake a waiting `shutdown`."""
+        if self._shutdown:
+            with self._cond:
+                self._cond.notify_all()
+
+    @atomic
     def map(
         self,
         fn: Callable[..., R],
@@ -272,10 +337,13 @@ class StreamExecutor(Executor):
         """Return an iterator over ``fn(*items)`` for the zipped inputs, without blocking.
 
         A background thread acquires the inputs and submits them, at most ``buffer_size``
-        items ahead of the consumer (``None``: no limit). Results come in input order.
-        ``timeout`` counts from this call: a result not there by then raises `TimeoutError`.
-        An item's error is raised at its position (after every earlier result) and ends the
-        map; so does closing the iterator, which also cancels the work submitted ahead.
+        items ahead of the consumer (``None``: no limit), also after `shutdown` (unless it
+        cancelled futures). Results come in input order. ``timeout`` counts from this call: a
+        result not there by then raises `TimeoutError`. An item's error is raised at its
+        position (after every earlier result) and ends the map; so does closing the iterator,
+        which also cancels the work submitted ahead. A `StopIteration` raised by ``fn`` is
+        raised as a `RuntimeError` caused by it, not taken for the end of the map. A Ctrl-C
+        during the call is held until it returns (see `submit`).
 
         Args:
             fn: The function; inherited by the children in process mode.
@@ -288,7 +356,7 @@ class StreamExecutor(Executor):
         Raises:
             TypeError: ``fn`` is not callable, or both spellings of the buffer are given.
             ValueError: ``buffer_size`` or ``chunksize`` is less than 1.
-            RuntimeError: The executor is shut down.
+            RuntimeError: The executor is shut down, or no thread could be started.
         """
         if buffersize is not _MISSING:
             if buffer_size not in {10000, buffersize}:
@@ -304,24 +372,66 @@ class StreamExecutor(Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         if not iterables:
             return iter(())
-        state = _MapState(self, fn, zip(*iterables, strict=False), chunksize, buffer_size)
-        return _MapIterator(state, deadline)
+        state = MapState(self, fn, chunksize, buffer_size)
+        iterator = MapIterator(state, deadline)  # its finalizer stops the feeder from now on
+        with self._cond:
+            if self._shutdown:  # shut down since the check above
+                raise RuntimeError("cannot map on a StreamExecutor after shutdown()")
+            self._maps.add(state)
+        _at_exit_stop(state)
+        try:
+            state.start(fn, zip(*iterables, strict=False))
+        except BaseException:
+            iterator.close()
+            raise
+        return iterator
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Refuse new calls; optionally cancel queued ones; optionally wait for the rest.
+        """Refuse new calls and maps; optionally cancel queued calls; optionally wait.
 
-        Running calls finish (use ``future.cancel()`` to kill one in process mode). Maps in
-        progress fail with `CancelledError` at the first cancelled item.
+        Maps started before keep submitting their input (see the module docstring). Running
+        calls finish (use ``future.cancel()`` to kill one in process mode).
+
+        Args:
+            wait: Block until every call submitted so far has ended and each live map has
+                read its input to the end or filled its buffer (never for a consumer). An
+                input that blocks in ``next()`` holds this up, unless ``cancel_futures``.
+            cancel_futures: Cancel the queued calls, and end every live map where its feeder
+                is: it raises `CancelledError` after the results of what it had submitted.
         """
-        with self._cond:
-            self._shutdown = True
-            cancelled = list(self._pending) if cancel_futures else []
-        for call in cancelled:
-            call.cancel()
+        self._refuse(cancel_futures)
         if wait:
             with self._cond:
-                while self._running or self._pending or self._threads:
+                while not self._idle():
                     self._cond.wait()
+
+    @atomic
+    def _refuse(self, cancel_futures: bool) -> None:
+        """Shut down now; a Ctrl-C meanwhile is held until every queued call is cancelled."""
+        with self._cond:
+            self._shutdown = True
+            cancelled: list[_Call] = []
+            maps: list[MapState] = []
+            if cancel_futures:
+                self._cancelled = True  # from here on, maps submit nothing
+                cancelled = list(self._pending)
+                maps = list(self._maps)
+        for state in maps:
+            state.cut()
+        for call in cancelled:
+            call.cancel()
+
+    def _idle(self) -> bool:
+        # Under the lock. A map's `settled` is read without its own lock: the feeder sets it
+        # before it calls map_settled(), which takes this lock and wakes us.
+        busy = self._running or self._pending or self._threads
+        return not busy and all(state.settled for state in self._maps)
+
+    def _drain(self) -> None:
+        """Wait until every call given to `submit` has ended (thread mode, at exit)."""
+        with self._cond:
+            while self._owned:
+                self._cond.wait()
 
     def __exit__(
         self,
@@ -332,146 +442,46 @@ class StreamExecutor(Executor):
         self.shutdown(wait=True)
 
 
-def _run_chunk(
-    fn: Callable[..., Any], chunk: list[tuple[Any, ...]], pack: bool
-) -> tuple[list[Any], Any]:
-    """Run a chunk of calls; return the values up to the first error, and that error.
-
-    In a child (``pack``) the error travels packed, as a map worker's does, so that the values
-    before it arrive even when the exception itself will not pickle.
-    """
-    values: list[Any] = []
-    try:
-        values.extend(itertools.starmap(fn, chunk))
-    except BaseException as exc:  # belongs to the item after the last value
-        return values, pack_error(exc) if pack else exc
-    return values, None
-
-
-_stop_at_exit: weakref.WeakSet[StreamExecutor | _MapState] = weakref.WeakSet()
+_stop_at_exit: weakref.WeakSet[StreamExecutor | MapState] = weakref.WeakSet()
 _exit_lock = threading.Lock()
-_exit_hook = False
+_exit_hooks = False
 
 
-def _at_exit_stop(obj: StreamExecutor | _MapState) -> None:
+def _at_exit_stop(obj: StreamExecutor | MapState) -> None:
     """Stop ``obj`` at interpreter exit, before the core kills and reaps every child.
 
     Daemon threads keep running while ``atexit`` handlers do; without this a feeder or a
     dispatcher would go on forking while the interpreter tears itself down.
     """
-    global _exit_hook
+    global _exit_hooks
     with _exit_lock:
-        if not _exit_hook:
+        if not _exit_hooks:
             install_hooks()  # registered first, so the core's handler runs after ours
             atexit.register(_stop_all)
-            _exit_hook = True
+            _when_main_thread_ends(_drain_thread_calls)
+            _exit_hooks = True
         _stop_at_exit.add(obj)
 
 
-class _MapState:
-    """What the feeder thread and the consumer share (the iterator itself is not shared)."""
+def _when_main_thread_ends(callback: Callable[[], None]) -> None:
+    # THE ONE USE OF A CPYTHON PRIVATE in inparallel: threading._register_atexit (3.9+) runs
+    # ``callback`` when the main thread ends, before non-daemon threads are joined and before
+    # any atexit handler; concurrent.futures.thread uses it to finish its calls at exit. The
+    # public ways fall short: an atexit handler runs after handlers registered later (which
+    # may have torn down what the calls use), and 3.12 refuses to start threads or fork in
+    # one; non-daemon workers would make exit wait for the calls of an abandoned map too.
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:  # a Python without it: the atexit order, registered after _stop_all
+        atexit.register(callback)
+        return
+    with contextlib.suppress(RuntimeError):  # already exiting: nothing submitted can wait
+        register(callback)
 
-    def __init__(
-        self,
-        executor: StreamExecutor,
-        fn: Callable[..., Any],
-        items: Iterator[tuple[Any, ...]],
-        chunksize: int,
-        buffer_size: int | None,
-    ) -> None:
-        self.cond = threading.Condition(threading.Lock())
-        self.futures: deque[tuple[Future[Any], int]] = deque()
-        self.ahead = 0  # items pulled (or being pulled) and not yet consumed
-        self.limit = buffer_size
-        self.chunked = chunksize > 1  # each future holds a list of values
-        self.fed = False  # the feeder has ended
-        self.error: BaseException | None = None  # the input's own error, after the futures
-        self.stopped = False
-        _at_exit_stop(self)
-        thread = threading.Thread(
-            # In a copy of the caller's context: the engine selected by inparallel.use()
-            # around map() is the one the feeder submits to.
-            target=contextvars.copy_context().run,
-            args=(self._feed, executor, fn, items, chunksize),
-            name="inparallel-stream-feeder",
-            daemon=True,
-        )
-        thread.start()
 
-    def _feed(
-        self,
-        executor: StreamExecutor,
-        fn: Callable[..., Any],
-        items: Iterator[tuple[Any, ...]],
-        chunksize: int,
-    ) -> None:
-        cond = self.cond
-        first = True
-        try:
-            while True:
-                with cond:
-                    while self.limit is not None and self.ahead >= self.limit and not self.stopped:
-                        cond.wait()
-                    if self.stopped:
-                        return
-                    take = (
-                        chunksize if self.limit is None else min(chunksize, self.limit - self.ahead)
-                    )
-                    self.ahead += take
-                chunk: list[tuple[Any, ...]] = []
-                try:
-                    chunk.extend(islice(items, take))
-                except BaseException as exc:  # the input's error: raised after the results
-                    self.error = exc  # (the items pulled before it still go out below)
-                if not chunk:
-                    return
-                if self.chunked:
-                    future = executor.submit(_run_chunk, fn, chunk, executor.forks)
-                else:
-                    future = executor.submit(fn, *chunk[0])
-                with cond:
-                    self.ahead -= take - len(chunk)
-                    if self.is_stopped():  # stop() ran while we pulled or submitted
-                        future.cancel()
-                        return
-                    self.futures.append((future, len(chunk)))
-                    cond.notify_all()
-                if first:
-                    first = False
-                    wait([future], timeout=FIRST_CALL_HEAD_START)
-                if len(chunk) < take:  # the input ended (or failed)
-                    return
-                # Let the supervisor and the consumer in: filling a big buffer would otherwise
-                # hold the GIL for tens of ms at a time and delay the first results.
-                os.sched_yield()
-        except BaseException as exc:  # submit refused (shut down) or could not fork
-            self.error = exc
-        finally:
-            with cond:
-                self.fed = True
-                cond.notify_all()
-
-    def is_stopped(self) -> bool:
-        return self.stopped
-
-    def release(self, n: int) -> None:
-        """``n`` items were consumed (or will never be): the feeder may pull that many more."""
-        if n:
-            with self.cond:
-                self.ahead -= n
-                self.cond.notify_all()
-
-    def stop(self) -> None:
-        with self.cond:
-            self.stopped = True
-            self.error = None  # an input error not yet raised: the map is over anyway
-            futures = [f for f, _ in self.futures]
-            self.futures.clear()
-            self.cond.notify_all()
-        # Latest first: the queued calls are cancelled before a killed running one frees a
-        # slot that the dispatcher could give them.
-        for future in reversed(futures):
-            future.cancel()
+def _drain_thread_calls() -> None:
+    for obj in list(_stop_at_exit):
+        if isinstance(obj, StreamExecutor) and not obj.forks:
+            obj._drain()
 
 
 def _stop_all() -> None:
@@ -480,70 +490,3 @@ def _stop_all() -> None:
             obj.shutdown(wait=False, cancel_futures=True)
         else:
             obj.stop()
-
-
-class _MapIterator(Iterator[Any]):
-    def __init__(self, state: _MapState, deadline: float | None) -> None:
-        self._state, self._deadline = state, deadline
-        self._values: deque[Any] = deque()
-        self._error: BaseException | None = None
-        self._finalizer = weakref.finalize(self, state.stop)
-
-    def __iter__(self) -> _MapIterator:
-        return self
-
-    def _remaining(self) -> float | None:
-        if self._deadline is None:
-            return None
-        return max(0.0, self._deadline - time.monotonic())
-
-    def __next__(self) -> Any:
-        if self._values:
-            self._state.release(1)
-            return self._values.popleft()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        state = self._state
-        with state.cond:
-            while not state.futures and not state.fed and not state.stopped:
-                remaining = self._remaining()
-                if remaining == 0.0:
-                    break
-                state.cond.wait(remaining)
-            if not state.futures:
-                failure, state.error = state.error, None
-                timed_out = not state.fed and not state.stopped
-        if not state.futures:
-            self.close()
-            if timed_out:
-                raise TimeoutError("StreamExecutor.map timed out waiting for its input")
-            if failure is not None:
-                raise failure
-            raise StopIteration
-        future, count = state.futures[0]
-        try:
-            result = future.result(self._remaining())
-        except BaseException:
-            self.close()
-            raise
-        with state.cond:
-            state.futures.popleft()
-            if not state.chunked:
-                state.ahead -= count
-            state.cond.notify_all()
-        if not state.chunked:
-            return result
-        values, error = result
-        state.release(count - len(values))  # items after an error are never delivered
-        self._values.extend(values)
-        if error is not None:  # the values before it first, then the error; then the end
-            self._error = load_error(error) if isinstance(error, tuple) else error
-            self._finalizer()
-        return next(self)
-
-    def close(self) -> None:
-        """Stop the feeder and cancel every call submitted ahead; the map ends here."""
-        self._values.clear()
-        self._error = None
-        self._finalizer()

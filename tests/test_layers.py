@@ -22,7 +22,7 @@ LAYERS = [
     ("_core._spawn",),
     ("_task", "_waitfor", "_progress", "_workers", "_checks", "backends._call"),
     ("_executor",),
-    ("_pools", "_preload", "_stream"),
+    ("_pools", "_preload", "_streammap", "_stream"),
     ("_enginepool",),
     ("_pass",),
     ("_map",),

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Iterable, Iterator
 from concurrent.futures import CancelledError, Future
 from itertools import count, islice
@@ -28,6 +29,7 @@ import _faults
 import pytest
 
 from inparallel import StreamExecutor
+from inparallel._core import _supervisor
 
 PATIENCE = 10.0  # generous bound (seconds) for anything that should take milliseconds
 PROMPT = 2.0  # "promptly", on a noisy 2-core machine
@@ -666,10 +668,12 @@ def test_abandoned_map_that_was_never_iterated(mode: str) -> None:
 
 def test_shutdown_is_not_held_up_by_a_blocked_input(mode: str) -> None:
     opened = threading.Event()  # opened only at the end of the test
+    stuck = threading.Event()
     passed = threading.Event()
 
     def source() -> Iterator[int]:
         yield from range(3)
+        stuck.set()
         opened.wait()
         passed.set()
         yield 3
@@ -691,7 +695,8 @@ def test_shutdown_is_not_held_up_by_a_blocked_input(mode: str) -> None:
         try:
             m = ex.map(work, source(), buffer_size=4)
             assert [next(m) for _ in range(3)] == [0, 1, 2]
-            waiter.start()  # the feeder is now stuck in next() of the input
+            assert stuck.wait(PATIENCE)
+            waiter.start()  # the feeder is stuck in next() of the input
             assert returned.wait(PROMPT), "shutdown(cancel_futures=True) waited for the input"
         finally:
             opened.set()
@@ -699,8 +704,8 @@ def test_shutdown_is_not_held_up_by_a_blocked_input(mode: str) -> None:
                 waiter.join(PATIENCE)
             ex.shutdown(wait=True)
         assert passed.wait(PATIENCE)
-        # The feeder came back after the shutdown: the map ends with an error, item 3 never runs.
-        with pytest.raises((RuntimeError, CancelledError)):
+        # The feeder came back after the shutdown: the map ends cancelled, item 3 never runs.
+        with pytest.raises(CancelledError):
             next(m)
         assert sorted(log.receive_int() for _ in range(3)) == [0, 1, 2]
         assert not log.pending()
@@ -712,7 +717,7 @@ EXIT_SCRIPT = """
 import itertools, os, sys, time
 from inparallel import StreamExecutor
 
-mode, log_path = sys.argv[1], sys.argv[2]
+mode, log_path, shut = sys.argv[1], sys.argv[2], sys.argv[3] == "shutdown"
 
 def slow(i):
     with open(log_path, "a") as f:
@@ -726,7 +731,9 @@ def started():
         return len(f.read().split("\\n")) - 1
 
 ex = StreamExecutor(max_workers=2, mode=mode)
-m = ex.map(slow, itertools.count())
+m = ex.map(slow, itertools.count(), buffer_size=2 if shut else 10000)
+if shut:  # items 2 and 3 are submitted after the shutdown, as the consumer makes room
+    ex.shutdown(wait=False)
 assert next(m) == 0 and next(m) == 1
 deadline = time.monotonic() + 20
 while started() < 4 and time.monotonic() < deadline:
@@ -735,13 +742,15 @@ print("END", started(), time.monotonic(), flush=True)
 """
 
 
-def test_a_live_map_never_blocks_interpreter_exit(mode: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shut", ["live", "shutdown"])
+def test_a_live_map_never_blocks_interpreter_exit(mode: str, shut: str, tmp_path: Path) -> None:
+    # "shutdown": the calls of items 2 and 3 start after shutdown(); their children die too.
     log_path, out_path, err_path = tmp_path / "log", tmp_path / "out", tmp_path / "err"
     log_path.touch()
     # stdout and stderr go to files: a surviving worker holding a pipe must not hang the test.
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-c", EXIT_SCRIPT, mode, str(log_path)],
+            [sys.executable, "-c", EXIT_SCRIPT, mode, str(log_path), shut],
             cwd=_faults.REPO_ROOT,
             env=_faults.python_env(),
             stdin=subprocess.DEVNULL,
@@ -889,3 +898,223 @@ def test_chunked_map_reads_at_most_buffer_size_ahead(mode: str) -> None:
         assert state.ahead == 4
         assert pulled == 1 + 4  # one consumed, four ahead: not a whole chunk more
         m.close()  # type: ignore[attr-defined]
+
+
+# -- shutdown with a map in progress -------------------------------------------------------------
+
+
+def test_with_block_then_read_the_map_gets_every_result(mode: str) -> None:
+    # The standard idiom: the map is read after the with block has shut the executor down.
+    with StreamExecutor(2, mode=mode) as ex:  # type: ignore[arg-type]
+        results = ex.map(abs, range(-3, 3))
+    assert list(results) == [3, 2, 1, 0, 1, 2]
+    # With a small buffer, most items can only be submitted after the shutdown, as the
+    # consumer makes room; shutdown(wait=True) must not wait for that consumer either.
+    with executor(2, mode=mode) as ex:
+        results = ex.map(abs, range(-30, 30), buffer_size=4)
+    assert list(results) == [abs(i) for i in range(-30, 30)]
+    with pytest.raises(RuntimeError):
+        ex.submit(abs, 1)
+
+
+def test_a_map_started_before_shutdown_submits_its_input_after_it(mode: str) -> None:
+    opened = threading.Event()
+
+    def source() -> Iterator[int]:
+        yield 0
+        assert opened.wait(PATIENCE)
+        yield from range(1, 6)
+
+    with executor(2, mode=mode) as ex:
+        try:
+            m = ex.map(square, source())
+            ex.shutdown(wait=False)
+        finally:
+            opened.set()  # items 1-5 reach the feeder only after the shutdown
+        assert list(m) == [0, 1, 4, 9, 16, 25]
+        with pytest.raises(RuntimeError):
+            ex.map(square, [1])
+
+
+def test_shutdown_waits_for_a_maps_buffer_but_not_its_consumer(mode: str) -> None:
+    source = Counted(count())
+    with _faults.Beacon() as log, executor(2, mode=mode) as ex, Hold() as hold:
+
+        def work(i: int) -> int:
+            if i < 3:
+                hold.wait()
+            log.send_int(i)
+            return i
+
+        m = ex.map(work, source, buffer_size=3)
+        returned = threading.Event()
+
+        def shut() -> None:
+            ex.shutdown(wait=True)
+            returned.set()
+
+        waiter = threading.Thread(target=shut, name="stream-test-shutdown")
+        waiter.start()
+        try:
+            assert source.wait_pulled(3)
+            assert not returned.wait(0.2), "shutdown(wait=True) returned with the map's calls held"
+            hold.release(3)
+            assert returned.wait(PATIENCE), "shutdown(wait=True) waited for the map's consumer"
+        finally:
+            hold.close()
+            waiter.join(PATIENCE)
+        # Everything the map had submitted ended before shutdown() returned; nothing more.
+        assert sorted(log.receive_int(timeout=0) for _ in range(3)) == [0, 1, 2]
+        assert source.pulled == 3
+        assert [next(m) for _ in range(6)] == list(range(6))  # 3 to 8 submitted after it
+        m.close()
+
+
+def test_shutdown_cancel_futures_cuts_a_map_off(mode: str) -> None:
+    source = Counted(count())
+    with _faults.Beacon() as log, executor(2, mode=mode) as ex, Hold() as hold:
+
+        def work(i: int) -> int:
+            log.send_int(i)
+            hold.wait()
+            return i
+
+        m = ex.map(work, source, buffer_size=4)
+        assert source.wait_pulled(4)  # 0 and 1 run, 2 and 3 are queued, the feeder waits
+        assert sorted(log.receive_int() for _ in range(2)) == [0, 1]
+        ex.shutdown(wait=False, cancel_futures=True)
+        hold.release(2)
+        assert [next(m), next(m)] == [0, 1]  # the running calls finish
+        with pytest.raises(CancelledError):
+            next(m)  # item 2 was queued: cancelled
+        with pytest.raises(StopIteration):
+            next(m)
+        ex.shutdown(wait=True)
+        time.sleep(0.1)  # a feeder still running would pull more now; absence has no event
+        assert source.pulled == 4
+        assert not log.pending(), "a cancelled call ran"
+
+
+def test_closing_a_map_after_shutdown_still_stops_it(mode: str) -> None:
+    source = Counted(count())
+    with executor(2, mode=mode) as ex:
+        m = ex.map(ident, source, buffer_size=3)
+        ex.shutdown(wait=False)
+        assert [next(m), next(m)] == [0, 1]
+        assert source.wait_pulled(2 + 3)
+        m.close()
+        time.sleep(0.1)  # a feeder still running would pull more now; absence has no event
+        assert source.pulled == 2 + 3
+
+
+THREAD_EXIT_SCRIPT = """
+import sys, time
+from inparallel import StreamExecutor
+
+def work(i):
+    time.sleep(0.3)  # still running when the main thread ends: that is the scenario
+    with open(sys.argv[1], "a") as f:
+        f.write(f"{i}\\n")
+
+ex = StreamExecutor(2, mode="thread")
+for i in range(3):
+    ex.submit(work, i)  # the third waits in the queue
+print("END", flush=True)
+"""
+
+
+def test_thread_mode_runs_submitted_calls_to_the_end_at_exit(tmp_path: Path) -> None:
+    log_path = tmp_path / "log"
+    proc = subprocess.run(
+        [sys.executable, "-c", THREAD_EXIT_SCRIPT, str(log_path)],
+        cwd=_faults.REPO_ROOT,
+        env=_faults.python_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.split() == ["END"]
+    assert sorted(log_path.read_text().split()) == ["0", "1", "2"]
+
+
+# -- references, StopIteration ------------------------------------------------------------------
+
+
+class Box:
+    """A result that can be watched with a weakref (and pickled back from a child)."""
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+
+def boxed(i: int) -> Box:
+    return Box(i)
+
+
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_map_keeps_no_consumed_result_alive(mode: str, chunksize: int) -> None:
+    asked = threading.Event()  # the feeder asked for the next item: it waits in the input
+    opened = threading.Event()
+
+    def source() -> Iterator[int]:
+        yield from range(chunksize)
+        asked.set()
+        assert opened.wait(PATIENCE)
+        yield from range(chunksize, 2 * chunksize)
+
+    with executor(2, mode=mode) as ex:
+        try:
+            m = ex.map(boxed, source(), chunksize=chunksize)
+            values = [next(m) for _ in range(chunksize)]
+            assert asked.wait(PATIENCE)
+            # The threads that ran the calls end when the queue is empty; the supervisor when
+            # no child is left. Their last frames must be gone before anything is counted.
+            for thread in threading.enumerate():
+                if thread.name == "inparallel-stream":
+                    thread.join(PATIENCE)
+            assert _supervisor.wait_idle(PATIENCE)
+            refs = [weakref.ref(value) for value in values]
+            del values
+            gc.collect()
+            assert [ref() for ref in refs] == [None] * chunksize, "a consumed result is kept"
+        finally:
+            opened.set()
+        assert [box.i for box in m] == list(range(chunksize, 2 * chunksize))
+
+
+def stop_at_three(i: int) -> int:
+    if i == 3:
+        raise StopIteration("no more")
+    return i
+
+
+@pytest.mark.parametrize("chunksize", [1, 2, 4])
+def test_map_fn_raising_stop_iteration_is_an_error_at_its_position(
+    mode: str, chunksize: int
+) -> None:
+    with executor(2, mode=mode) as ex:
+        m = ex.map(stop_at_three, range(8), chunksize=chunksize)
+        got = []
+        with pytest.raises(RuntimeError, match="stop_at_three raised StopIteration") as info:
+            for value in m:
+                got.append(value)
+        assert got == [0, 1, 2]
+        cause = info.value.__cause__
+        assert isinstance(cause, StopIteration) and cause.args == ("no more",)
+        assert "stop_at_three" in frame_names(cause)
+        with pytest.raises(StopIteration):
+            next(m)  # the error ended the map
+
+
+def test_submit_fn_raising_stop_iteration_keeps_it(mode: str) -> None:
+    # As the stdlib's executors do: result() raises the StopIteration itself.
+    with executor(2, mode=mode) as ex:
+        fut = ex.submit(stop_at_three, 3)
+        with pytest.raises(StopIteration, match="no more"):
+            fut.result(PATIENCE)
+        assert isinstance(fut.exception(), StopIteration)
+        done, _ = concurrent.futures.wait([fut], timeout=PATIENCE)
+        assert done == {fut}
+        assert ex.submit(stop_at_three, 2).result(PATIENCE) == 2
