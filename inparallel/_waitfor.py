@@ -249,9 +249,11 @@ def _iterate(
                     # Removed by the loop body while it ran: not ours to yield any more.
                     bar.add_total(-1)
                     continue
+                # Nothing between the removal and the yield may be a check point: a Ctrl-C
+                # there would lose a finished future (it is neither listed nor yielded).
+                yield future
                 stalled = False
                 bar.update(1)
-                yield future
                 continue
             if limit is not None and not stalled and len(in_flight) < limit:
                 watch_new()  # so that the count below sees only what this request adds

@@ -10,6 +10,7 @@ program opened afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import dis
 import os
 import signal
@@ -69,9 +70,16 @@ class InterruptAt:
         self.python_calls += 1
         if not frame.f_code.co_filename.startswith(PACKAGE_DIR):
             return None
+        self._check_point()  # the frame's RESUME, which comes as this event, not an opcode
         frame.f_trace = self._local  # first: 3.12+ turns opcode events on for a traced frame
         frame.f_trace_opcodes = True
         return self._local
+
+    def _check_point(self) -> None:
+        if self.seen == self.at and not self.fired:
+            self.fired = True
+            signal.raise_signal(signal.SIGINT)  # its handler runs here, as a real one's
+        self.seen += 1
 
     def _local(self, frame: FrameType, event: str, arg: Any) -> Callable[..., Any] | None:
         if os.getpid() != self.pid:
@@ -82,10 +90,7 @@ class InterruptAt:
         name = dis.opname[frame.f_code.co_code[frame.f_lasti]]
         calls = self.after_call.pop(id(frame), None)
         if name in self.CHECKED or calls == self.python_calls:
-            if self.seen == self.at and not self.fired:
-                self.fired = True
-                signal.raise_signal(signal.SIGINT)  # its handler runs here, as a real one's
-            self.seen += 1
+            self._check_point()
         if name in self.CALLS:
             self.after_call[id(frame)] = self.python_calls
         return self._local
@@ -311,3 +316,30 @@ def test_a_call_that_gives_up_starts_nothing_and_delivers_the_interrupt(
         interrupted_before_the_fork()
     assert not hasattr(info.value, "future")
     assert _supervisor.statistics()["spawned"] == stats0["spawned"]
+
+
+def test_ctrl_c_at_every_check_point_of_waitfor_loses_no_finished_future(
+    sigint_default: None,
+) -> None:
+    from concurrent.futures import Future
+
+    from inparallel import waitfor
+
+    def finished(i: int) -> Future[int]:
+        future: Future[int] = Future()
+        future.set_result(i)
+        return future
+
+    with InterruptAt(-1) as counter:
+        in_flight = [finished(i) for i in range(5)]
+        assert len(list(waitfor(in_flight))) == 5
+    assert counter.seen > 10
+    for k in range(counter.seen):
+        in_flight = [finished(i) for i in range(5)]
+        everything = list(in_flight)
+        yielded = []
+        with contextlib.suppress(KeyboardInterrupt), InterruptAt(k):
+            for future in waitfor(in_flight):
+                yielded.append(future)
+        kept = {id(f) for f in yielded} | {id(f) for f in in_flight}
+        assert kept == {id(f) for f in everything}, f"a finished future was lost at {k}"

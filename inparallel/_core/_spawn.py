@@ -270,6 +270,7 @@ def install_hooks() -> None:
         _install_hooks()
 
 
+@_interrupts.atomic
 def open_pipe() -> tuple[int, int]:
     """Create a pipe that no forked child inherits unless its `spawn` keeps the end.
 
@@ -289,6 +290,7 @@ def open_pipe() -> tuple[int, int]:
     return ends
 
 
+@_interrupts.atomic
 def close_fd(fd: int) -> None:
     """Close an `open_pipe` end (under the fork lock, so no fork sees a reused number)."""
     with _fork_lock:
