@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 from ._checks import count
 from ._executor import portable, selected
+from ._inputs import iterate, stop_error
 from ._pass import Engine, MapOptions, Pass
 from ._pools import Indexed, spread
 
@@ -136,7 +137,10 @@ class ItemizedMap(Sequence[R], Generic[R]):
             raise TypeError(
                 f"ItemizedMap indices must be integers or slices, not {type(index).__name__}"
             ) from None
-        return self._fn(*inputs.item(i))
+        try:
+            return self._fn(*inputs.item(i))
+        except StopIteration as exc:  # not an end: m[i] may run inside someone's iteration
+            raise stop_error(exc, "the mapped function") from exc
 
     def __iter__(self) -> MapIterator[R]:
         several = len(self._inputs.sequences) > 1
@@ -208,9 +212,10 @@ def _make(
         sequences: list[Sequence[Any]] = list(iterables)  # type: ignore[arg-type]
         view = range(min(len(s) for s in sequences))
         return ItemizedMap(fn, Indexed(sequences, view), options, name)
-    if len(iterables) == 1:
-        return _start(fn, iter(iterables[0]), False, options, name)
-    return _start(fn, zip(*iterables, strict=False), True, options, name)
+    iterators = [iterate(x, f"input {i} of {engine}_map()") for i, x in enumerate(iterables)]
+    if len(iterators) == 1:
+        return _start(fn, iterators[0], False, options, name)
+    return _start(fn, zip(*iterators, strict=False), True, options, name)
 
 
 def thread_map(

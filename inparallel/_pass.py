@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from ._enginepool import EnginePool
 from ._executor import worker_slots
+from ._inputs import stop_error
 from ._pools import Chunk, Done, Indexed, ItemNotPicklable, ProcessPool, ThreadPool
 from ._progress import Progress, open_progress
 
@@ -254,6 +255,8 @@ class Pass:
             self._record(done)
 
     def _record(self, done: Done) -> None:
+        if isinstance(done.error, StopIteration):  # an engine's: raised here, it looks like the end
+            done = done._replace(error=stop_error(done.error, "the engine computing a map chunk"))
         if not self.options.ordered:
             if done.values:
                 self._ready.append(done.values)

@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from ._checks import count
+from ._inputs import stop_error
 from ._map import process_map
 
 __all__ = ("process_parallel",)
@@ -82,7 +83,10 @@ def process_parallel(
         if not callable(stage):
             raise TypeError(f"process_parallel(): {label} must be callable, not {stage!r}")
     made = callable(work_generator)
-    source: Any = work_generator() if callable(work_generator) else work_generator
+    try:
+        source: Any = work_generator() if callable(work_generator) else work_generator
+    except StopIteration as exc:  # a call, not an iteration: this is an error, not "no work"
+        raise stop_error(exc, "work_generator()") from exc
     try:
         mapped = process_map(
             work_processor,
@@ -94,8 +98,11 @@ def process_parallel(
             executor=executor,
         )
         with iter(mapped) as passing:
-            for result in passing:
-                result_consumer(result)
+            try:
+                for result in passing:
+                    result_consumer(result)
+            except StopIteration as exc:  # the consumer's: the loop swallows the map's own end
+                raise stop_error(exc, "result_consumer") from exc
     finally:
         if made:
             close = getattr(source, "close", None)

@@ -33,6 +33,7 @@ from ._core._channel import dumps, load_error, pack_error, recv_message, send_pa
 from ._core._errors import ResultNotPicklable, WorkerDied
 from ._core._reader import decode
 from ._core._wire import Kind, encode_value
+from ._inputs import stop_error
 from ._workers import Waker, Worker, wait_any
 
 __all__ = ("Chunk", "Done", "Indexed", "ItemNotPicklable", "ProcessPool", "ThreadPool")
@@ -118,6 +119,8 @@ def spread(fn: Callable[..., Any]) -> Callable[[tuple[Any, ...]], Any]:
     def call(args: tuple[Any, ...]) -> Any:
         return fn(*args)
 
+    # Named in error messages. Not through __qualname__: pickle would look that up here.
+    call.__wrapped__ = fn  # type: ignore[attr-defined]
     return call
 
 
@@ -126,11 +129,13 @@ def compute(
 ) -> tuple[list[Any], BaseException | None, float]:
     """Run ``call(item)`` over a chunk's items; stop at the first exception and return it.
 
-    ``call`` is the mapped function for one input, `spread` of it for several.
+    ``call`` is the mapped function for one input, `spread` of it for several. The values
+    before the error are returned, so ``len(values)`` is the failing item's offset.
     """
     started = time.perf_counter()
     values: list[Any] = []
-    error = None
+    append = values.append
+    error: BaseException | None = None
     try:
         items: Iterable[Any]
         if chunk.items is None:
@@ -138,12 +143,27 @@ def compute(
             items = source.items(chunk.start, chunk.stop)
         else:
             items = chunk.items
-        # The loop runs in C; when an item raises, extend() has kept the values before it,
-        # so len(values) is the failing item's offset.
-        values.extend(map(call, items))
+        # A plain loop, not values.extend(map(call, items)): a StopIteration raised by call
+        # would end map() as if the items had run out, and the rest of the chunk would vanish.
+        # Here only the items' own end ends the loop, and it costs ~7 ns more per item.
+        for item in items:
+            append(call(item))
+    except StopIteration as exc:  # raised by call: the loop itself swallows the items' end
+        error = stop_error(exc, _describe(call))
     except BaseException as exc:  # the item's error, whatever it is, belongs to its position
         error = exc
+    else:
+        if len(values) < chunk.stop - chunk.start:  # never leave a position without an outcome
+            error = RuntimeError(
+                f"the input gave {len(values)} items for positions {chunk.start}.."
+                f"{chunk.stop - 1}: its slices and its len() disagree"
+            )
     return values, error, time.perf_counter() - started
+
+
+def _describe(call: Callable[..., Any]) -> str:
+    name = getattr(getattr(call, "__wrapped__", call), "__qualname__", None)
+    return f"the mapped function {name}()" if isinstance(name, str) else "the mapped function"
 
 
 # -- threads ---------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from ._core._channel import dumps, load_error, pack_error, recv_message, send_me
 from ._core._errors import ResultNotPicklable
 from ._core._reader import decode
 from ._core._wire import Kind
+from ._inputs import iterate
 from ._workers import Waker, Worker, wait_any
 
 __all__ = ("Preloader", "process_preload", "thread_preload")
@@ -42,7 +43,7 @@ _ITEM, _ERROR, _END = 0, 1, 2
 def _check(tool: str, iterable: object, buffer_size: object) -> Iterator[Any]:
     count(f"{tool}()", "buffer_size", buffer_size)
     try:
-        return iter(iterable)  # type: ignore[call-overload, no-any-return]
+        return iterate(iterable, f"the source of {tool}()")  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"{tool}() needs an iterable, not {type(iterable).__name__}") from None
 

@@ -592,6 +592,131 @@ def test_sentinel_like_values_pass_through(engine: Engine, kind: str) -> None:
             assert got == want
 
 
+# -- StopIteration from user code is an error, never an end ---------------------------------------
+
+
+def stop_at_5(x: int) -> int:
+    if x == 5:
+        raise StopIteration("from item 5")
+    return x
+
+
+def assert_stop_error(error: BaseException | None, who: str) -> None:
+    assert type(error) is RuntimeError
+    assert str(error) == f"{who} raised StopIteration"
+    assert type(error.__cause__) is StopIteration
+    assert str(error.__cause__) == "from item 5"
+    frames = traceback.extract_tb(error.__cause__.__traceback__)
+    assert any("raise StopIteration" in (f.line or "") for f in frames)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("chunksize", [1, 4, None], ids=["chunk1", "chunk4", "auto"])
+@pytest.mark.parametrize("kind", ["indexable", "iterator"])
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+def test_a_function_raising_stop_iteration_fails_at_its_position(
+    engine: Engine, chunksize: int | None, kind: str, ordered: bool
+) -> None:
+    source: Iterable[int] = range(12) if kind == "indexable" else iter(range(12))
+    it = iter(engine(stop_at_5, source, chunksize=chunksize, num_workers=2, ordered=ordered))
+    out, error = drain(it)
+    assert_stop_error(error, "the mapped function stop_at_5()")
+    if ordered:
+        assert out == [0, 1, 2, 3, 4]
+    else:  # every item dispatched before item 5 (0..4 at least) comes out before the error
+        assert set(range(5)) <= set(out) <= set(range(12)) - {5}
+        assert len(out) == len(set(out))
+    assert_exhausted(it)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_stop_iteration_from_a_function_of_several_inputs(engine: Engine) -> None:
+    def add_until_5(x: int, y: int) -> int:
+        return stop_at_5(x) + y
+
+    out, error = drain(iter(engine(add_until_5, range(12), iter(range(12)), chunksize=3)))
+    assert out == [0, 2, 4, 6, 8]
+    assert_stop_error(error, "the mapped function " + add_until_5.__qualname__ + "()")
+
+
+def test_stop_iteration_on_an_executor_engine() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        for source in (range(12), iter(range(12))):
+            it = process_map(stop_at_5, source, executor=pool, chunksize=2)
+            out, error = drain(iter(it))
+            assert out == [0, 1, 2, 3, 4]
+            assert_stop_error(error, "the mapped function stop_at_5()")
+
+
+def test_an_engine_failing_a_chunk_with_stop_iteration_is_an_error() -> None:
+    from concurrent.futures import Executor, Future
+
+    class Refusing(Executor):
+        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+            future: Future[Any] = Future()
+            future.set_exception(StopIteration("from item 5"))
+            return future
+
+    out, error = drain(iter(process_map(square, range(3), executor=Refusing())))
+    assert out == []
+    assert type(error) is RuntimeError
+    assert str(error) == "the engine computing a map chunk raised StopIteration"
+    assert type(error.__cause__) is StopIteration
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_indexing_an_itemized_map_raising_stop_iteration(engine: Engine) -> None:
+    m = engine(stop_at_5, range(12))
+    assert m[4] == 4
+    with pytest.raises(RuntimeError) as caught:
+        m[5]
+    assert_stop_error(caught.value, "the mapped function")
+    # So that a lazy map read through map() or a for loop never ends early:
+    with pytest.raises(RuntimeError):
+        list(map(m.__getitem__, range(12)))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_input_ending_with_stop_iteration_is_its_end(engine: Engine) -> None:
+    source = Pulled(range(7))  # its __next__ raises StopIteration after 7 items
+    assert list(engine(square, source, chunksize=3)) == [i * i for i in range(7)]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_input_whose_iter_raises_stop_iteration(engine: Engine) -> None:
+    class Broken:
+        def __iter__(self) -> Iterator[int]:
+            raise StopIteration("from item 5")
+
+    with pytest.raises(RuntimeError, match=r"__iter__ of input 0 .* raised StopIteration"):
+        engine(square, Broken())
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_input_whose_slices_are_short_fails_instead_of_skipping(engine: Engine) -> None:
+    class Liar(list[int]):
+        def __len__(self) -> int:
+            return super().__len__() + 1  # one more than it iterates
+
+    class Short:
+        """Ten items, whose slices claim the right length but hold one item fewer."""
+
+        def __len__(self) -> int:
+            return 10
+
+        def __getitem__(self, i: int | slice) -> Any:
+            if isinstance(i, slice):
+                return Liar(list(range(10))[i][:-1])
+            return i
+
+    out, error = drain(iter(engine(square, Short(), chunksize=4, num_workers=1)))
+    assert isinstance(error, RuntimeError)
+    assert "slices and its len() disagree" in str(error)
+    assert out == [0, 1, 4]
+
+
 # -- dead workers ----------------------------------------------------------------------------------
 
 

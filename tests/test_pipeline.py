@@ -392,6 +392,101 @@ def test_worker_dying_ends_the_pipeline_with_worker_died():
     assert_workers_gone(before)
 
 
+# -- StopIteration from a stage is an error, not the end of the work -------------------------
+
+
+def stop_at_5(x):
+    if x == 5:
+        raise StopIteration("from item 5")
+    return x * 10
+
+
+def assert_stop_error(error, who):
+    assert type(error) is RuntimeError
+    assert str(error) == f"{who} raised StopIteration"
+    assert type(error.__cause__) is StopIteration
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+@pytest.mark.parametrize("kind", ["generator", "list"])
+def test_processor_raising_stop_iteration_fails_at_its_position(workers, ordered, kind):
+    source = Tracked(12) if kind == "generator" else list(range(12))
+    consumed = []
+    before = child_pids()
+    with pytest.raises(RuntimeError) as info:
+        process_parallel(
+            source, stop_at_5, consumed.append, workers=workers, maxsize_jobs=2, ordered=ordered
+        )
+    assert_stop_error(info.value, "the mapped function stop_at_5()")
+    if ordered:
+        assert consumed == [0, 10, 20, 30, 40]
+    else:
+        assert {0, 10, 20, 30, 40} <= set(consumed) and 50 not in consumed
+    if kind == "generator":
+        assert source.events in (["GeneratorExit", "finally"], ["finally"])
+    assert_workers_gone(before)
+
+
+def test_consumer_raising_stop_iteration_stops_everything():
+    source = Tracked()
+    consumed = []
+
+    def result_consumer(result):
+        if len(consumed) == 5:
+            raise StopIteration("from item 5")
+        consumed.append(result)
+
+    before = child_pids()
+    with pytest.raises(RuntimeError) as info:
+        process_parallel(source, square, result_consumer, workers=2, maxsize_jobs=4)
+    assert_stop_error(info.value, "result_consumer")
+    assert consumed == [square(i) for i in range(5)]
+    assert source.events == ["GeneratorExit", "finally"]
+    assert_workers_gone(before)
+
+
+def test_generator_callable_raising_stop_iteration_when_called():
+    def work_generator():
+        raise StopIteration("from item 5")
+
+    consumed = []
+    with pytest.raises(RuntimeError) as info:
+        process_parallel(work_generator, square, consumed.append, workers=2)
+    assert_stop_error(info.value, "work_generator()")
+    assert consumed == []
+
+
+def test_generator_stop_iteration_ends_it_only_when_it_is_its_own_end():
+    class Five:
+        """An iterator whose __next__ says "no more" after five items: a normal end."""
+
+        def __init__(self):
+            self.i = 0
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            if self.i == 5:
+                raise StopIteration
+            self.i += 1
+            return self.i - 1
+
+    consumed = []
+    process_parallel(Five, square, consumed.append, workers=2)
+    assert consumed == [square(i) for i in range(5)]
+
+    def leaky():  # a StopIteration escaping inside a generator: an error (PEP 479)
+        yield from range(5)
+        next(iter(()))
+
+    consumed.clear()
+    with pytest.raises(RuntimeError, match="generator raised StopIteration"):
+        process_parallel(leaky, square, consumed.append, workers=2)
+    assert consumed == [square(i) for i in range(5)]
+
+
 # -- argument errors -------------------------------------------------------------------------
 
 

@@ -658,6 +658,29 @@ def test_non_iterable_source(kind, bad):
         kind(bad)
 
 
+@pytest.mark.parametrize("kind", PRELOADERS)
+def test_a_source_whose_iter_raises_stop_iteration_is_an_error(kind):
+    class Broken:
+        def __iter__(self):
+            raise StopIteration("not an empty source")
+
+    with pytest.raises(RuntimeError, match=r"__iter__ of the source .* raised StopIteration"):
+        kind(Broken())
+
+
+@pytest.mark.parametrize("kind", PRELOADERS)
+def test_a_stop_iteration_escaping_inside_a_generator_source_is_an_error(kind):
+    def source():
+        yield from range(3)
+        next(iter(()))  # PEP 479: an error at this position, not the end
+
+    preloader = kind(source())
+    assert [next(preloader) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="generator raised StopIteration"):
+        next(preloader)
+    assert_exhausted(preloader)
+
+
 # -- the iterlib README ----------------------------------------------------------------------
 
 
