@@ -272,7 +272,11 @@ class StreamExecutor(Executor):
             call.attach(task)
             task.add_done_callback(functools.partial(self._finished, call))
         except BaseException as exc:
-            if task is not None:  # started, but not followed up: it must not run on unseen
+            # Started but not followed up (an interrupt after the fork carries the task, see
+            # _core._interrupts): it must not run on unseen.
+            if task is None:
+                task = getattr(exc, "future", None)
+            if task is not None:
                 task.cancel()
             if isinstance(exc, Exception) and not isinstance(exc, GiveUp):
                 with contextlib.suppress(InvalidStateError):  # could not fork: the call failed

@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import _faults
+import conftest
 import pytest
+from test_interrupts import InterruptAt
 
-from inparallel import StreamExecutor
+from inparallel import StreamExecutor, _stream
 from inparallel._core import _supervisor
 
 PATIENCE = 10.0  # generous bound (seconds) for anything that should take milliseconds
@@ -1118,3 +1120,180 @@ def test_submit_fn_raising_stop_iteration_keeps_it(mode: str) -> None:
         done, _ = concurrent.futures.wait([fut], timeout=PATIENCE)
         assert done == {fut}
         assert ex.submit(stop_at_three, 2).result(PATIENCE) == 2
+
+
+# -- Ctrl-C and failures inside submit, map and shutdown -------------------------------------------
+
+
+@pytest.fixture
+def sigint_default() -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def settled(ex: StreamExecutor) -> None:
+    """Wait until the executor's books show nothing running, queued or owned, and no thread."""
+    with ex._cond:
+        assert ex._cond.wait_for(
+            lambda: not (ex._running or ex._pending or ex._owned or ex._threads), PATIENCE
+        ), f"the books do not balance: {ex!r}, {ex._owned} owned, {ex._threads} threads"
+    for thread in threading.enumerate():
+        if thread.name.startswith("inparallel-stream"):
+            thread.join(PATIENCE)
+    assert _supervisor.wait_idle(PATIENCE)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def interrupted_at(k: int, call: Any, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+    """Run ``call`` with a SIGINT at its k-th check point; return (interrupted, its result)."""
+    try:
+        with InterruptAt(k):
+            return False, call(*args, **kwargs)
+    except KeyboardInterrupt as exc:
+        return True, getattr(exc, "future", None)  # what the call returned, if it finished
+
+
+needs_main_thread = pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="needs the main thread"
+)
+
+
+@needs_main_thread
+def test_ctrl_c_at_every_check_point_of_submit(mode: str, sigint_default: None) -> None:
+    with executor(2, mode=mode) as ex:
+        assert ex.submit(add, 0, 1).result(PATIENCE) == 1  # warm up: hooks, imports
+        settled(ex)
+        with InterruptAt(-1) as tracer:
+            fut = ex.submit(add, 0, 1)
+        assert fut.result(PATIENCE) == 1
+        settled(ex)
+        total = tracer.seen
+        assert total > 5
+        outcomes = set()
+        for k in range(total + 3):
+            pids0 = conftest.child_pids()
+            interrupted, fut = interrupted_at(k, ex.submit, add, k, 1)
+            assert interrupted or k >= total, f"the interrupt at {k} did not reach the caller"
+            if fut is not None:  # the call had been made: it runs to its end
+                assert fut.result(PATIENCE) == k + 1
+            settled(ex)
+            assert conftest.child_pids() <= pids0, f"a child was left at check point {k}"
+            outcomes.add(fut is not None)
+        assert outcomes == {True, False}
+
+
+@needs_main_thread
+def test_ctrl_c_at_every_check_point_of_map(mode: str, sigint_default: None) -> None:
+    with executor(2, mode=mode) as ex:
+        assert list(ex.map(add, range(3), range(3))) == [0, 2, 4]
+        settled(ex)
+        with InterruptAt(-1) as tracer:
+            m = ex.map(add, range(3), range(3))
+        assert list(m) == [0, 2, 4]
+        settled(ex)
+        for k in range(tracer.seen + 3):
+            interrupted, m = interrupted_at(k, ex.map, add, range(3), range(3))
+            assert interrupted or k >= tracer.seen
+            if m is not None:
+                assert list(m) == [0, 2, 4]
+            del m  # a map nobody got stops when dropped
+            gc.collect()
+            settled(ex)
+            assert not ex._maps, "a map is still recorded"
+
+
+@needs_main_thread
+def test_ctrl_c_at_every_check_point_of_shutdown(mode: str, sigint_default: None) -> None:
+    k = 0
+    total = None
+    while total is None or k < total + 3:
+        ex = StreamExecutor(1, mode=mode)  # type: ignore[arg-type]
+        with _faults.Beacon() as log, Hold() as hold:
+
+            def work() -> str:
+                log.send()
+                hold.wait()
+                return "ran"
+
+            running = ex.submit(work)
+            queued = [ex.submit(add, i, 1) for i in range(2)]
+            log.receive()  # running: shutdown(cancel_futures=True) leaves it alone
+            if total is None:
+                with InterruptAt(-1) as tracer:
+                    ex.shutdown(wait=False, cancel_futures=True)
+                total, interrupted = tracer.seen, False
+            else:
+                interrupted, _ = interrupted_at(k, ex.shutdown, wait=False, cancel_futures=True)
+                assert interrupted or k >= total
+                k += 1
+            # All or nothing: the queued calls are cancelled together, or not at all.
+            assert [f.cancelled() for f in queued] in ([True, True], [False, False])
+            hold.release()
+            ex.shutdown(wait=True)
+        assert running.result(PATIENCE) == "ran"
+        assert [f.result(PATIENCE) for f in queued if not f.cancelled()] in ([], [1, 2])
+        settled(ex)
+
+
+def test_an_interrupt_right_after_the_fork_kills_the_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A Ctrl-C that spawn() delivers after its fork, carrying the task (as it does when it is
+    # the outermost frame that holds the interrupt), or one that nothing held.
+    real_spawn = _stream.spawn
+    pids: list[int] = []
+
+    def spawn_then_interrupt(*args: Any, **kwargs: Any) -> Any:
+        task = real_spawn(*args, **kwargs)
+        pids.append(task.pid)
+        interrupt = KeyboardInterrupt()
+        interrupt.future = task  # type: ignore[attr-defined]
+        raise interrupt
+
+    with executor(1) as ex, Hold() as hold:
+
+        def work() -> str:
+            hold.wait()
+            return "ran"
+
+        monkeypatch.setattr(_stream, "spawn", spawn_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            ex.submit(work)
+        monkeypatch.undo()
+        assert len(pids) == 1 and _faults.survivors(pids, PROMPT) == [], "the child runs on"
+        assert ex.submit(add, 1, 2).result(PATIENCE) == 3  # its slot was given back
+        settled(ex)
+
+
+def test_a_thread_that_cannot_start_fails_only_its_call(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_start = threading.Thread.start
+
+    def refuse(self: threading.Thread) -> None:
+        if self.name.startswith("inparallel-stream"):
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    with executor(1, mode=mode) as ex, Hold() as hold:
+
+        def work() -> str:
+            hold.wait()
+            return "ran"
+
+        first = ex.submit(work) if mode == "process" else None  # forks here: no thread
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            ex.submit(add, 1, 2)  # needs the dispatcher, or a worker thread
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            ex.map(add, [1], [2])  # needs its feeder
+        monkeypatch.undo()
+        hold.release()
+        if first is not None:
+            assert first.result(PATIENCE) == "ran"
+        assert ex.submit(add, 2, 3).result(PATIENCE) == 5
+        assert list(ex.map(add, [1], [2])) == [3]
+        settled(ex)
