@@ -213,17 +213,8 @@ def _park(supervisor: _supervisor.Supervisor) -> None:
     me = threading.get_ident()
     if any(t.ident not in (me, supervisor.ident) for t in threading.enumerate()):
         return  # the user's threads are alive: the fork is not single-threaded, warn honestly
-    if not supervisor.park(PARK_TIMEOUT):
-        return
-    tid = supervisor.last_native_id
-    if tid is None:
-        return  # no supervisor thread was ever started in this process
-    # The thread is in its last microseconds: wait for its own entry to go, so that threads
-    # we do not own (a native library's) neither make us wait nor are hidden.
-    entry = f"/proc/self/task/{tid}"
-    deadline = time.monotonic() + OS_THREAD_WAIT
-    while os.path.exists(entry) and time.monotonic() < deadline:
-        os.sched_yield()
+    if supervisor.park(PARK_TIMEOUT):
+        supervisor.thread.wait_gone(OS_THREAD_WAIT)
 
 
 def _install_hooks() -> None:

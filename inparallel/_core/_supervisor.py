@@ -23,16 +23,13 @@ A future resolves once both its frame has arrived and its child has been reaped,
 delivering is SIGKILLed after `LINGER_GRACE`; its result still wins.
 
 The thread starts with the first child and exits when none is left. `Supervisor.park` stops
-it so that a fork can run single-threaded (see ``_spawn`` for why). It is started as a bare
-``_thread`` thread (see `Supervisor.add`) and registers itself with ``threading`` by name.
+it so that a fork can run single-threaded (see ``_spawn`` for why). How it is started and
+waited for is ``_thread``'s business.
 """
 
 from __future__ import annotations
 
-import _thread
 import contextlib
-import heapq
-import itertools
 import os
 import select
 import selectors
@@ -43,11 +40,12 @@ from collections import Counter
 from typing import Any
 
 from . import _future
-from ._child import LOST_PIPE
-from ._errors import RemoteError, TaskTimeout, WorkerDied
+from ._deadlines import Deadlines
+from ._errors import RemoteError
 from ._future import Rusage
 from ._reader import FrameError, decode
 from ._record import Child, Phase
+from ._thread import BareThread
 
 __all__ = (
     "Supervisor",
@@ -78,18 +76,11 @@ class Supervisor:
         self._lock = threading.Lock()  # guards everything below; never held across user code
         self._children: dict[int, Child] = {}
         self._pending: list[Child] = []
-        self._heap: list[tuple[float, int, Child]] = []  # deadlines; the thread's own
-        self._seq = itertools.count()
+        self._deadlines = Deadlines()  # the thread's own
         self._selector: selectors.BaseSelector | None = None
         self._wake_r = self._wake_w = -1
         self._running = False  # a thread is in (or about to enter) its loop
-        self.ident: int | None = None  #: the running thread's ident, once it runs
-        self.native_id: int | None = None  #: the OS thread id of the running thread, for tests
-        #: The OS thread id of the last thread started, kept after it ends: a fork waits until
-        #: the kernel has torn that thread down.
-        self.last_native_id: int | None = None
-        self._baton = _thread.allocate_lock()  # held for the whole life of a thread
-        self._started = threading.Event()  # set once the running thread knows its ids
+        self.thread = BareThread(THREAD_NAME)
         self._stop = False
         self._direct = False  # whether other threads may register fds themselves (epoll)
         self._polled: set[Child] = set()  # children without a pidfd
@@ -121,7 +112,7 @@ class Supervisor:
             os.close(fd)
         self._wake_r = self._wake_w = -1
         self._polled.clear()
-        self._heap.clear()  # only stale entries are left
+        self._deadlines.clear()  # only stale entries are left
 
     def add(self, child: Child) -> None:
         """Hand a freshly forked child to the thread, starting the thread if needed.
@@ -160,16 +151,10 @@ class Supervisor:
         if self._selector is None:
             self._open()
         self._running = True
-        self._started.clear()
-        self._baton.acquire()  # the previous thread may be in its last instructions
-        # A bare thread, not threading.Thread: start() would wait until the new thread has
-        # run, and right after a fork that costs ~1 ms on 2 cores (measured) while the child
-        # takes the CPU. The baton stands in for join().
         try:
-            _thread.start_new_thread(self._main, ())
+            self.thread.start(self._main)
         except BaseException:
             self._running = False
-            self._baton.release()
             raise
 
     def park(self, timeout: float) -> bool:
@@ -180,14 +165,11 @@ class Supervisor:
         """
         with self._lock:
             if self._running:
-                if self.ident == threading.get_ident():
+                if self.thread.is_current():
                     return False  # a done-callback is forking: we cannot wait for ourselves
                 self._stop = True
                 self._wake()
-        if not self._baton.acquire(timeout=timeout):
-            return False
-        self._baton.release()
-        return True
+        return self.thread.wait_ended(timeout)
 
     def resume(self) -> None:
         """Call off a park when no fork followed it: restart the thread if children remain."""
@@ -198,7 +180,12 @@ class Supervisor:
 
     def thread_alive(self) -> bool:
         """Whether a supervisor thread is currently running."""
-        return self._baton.locked()
+        return self.thread.alive()
+
+    @property
+    def ident(self) -> int | None:
+        """The running supervisor thread's ident, or None."""
+        return self.thread.ident
 
     def send_signal(self, child: Child, sig: int) -> bool:
         """Signal a child that has not been reaped yet; return whether it was sent."""
@@ -221,27 +208,13 @@ class Supervisor:
             os.write(self._wake_w, b"\0")
 
     def _main(self) -> None:
-        self.ident, self.native_id = threading.get_ident(), threading.get_native_id()
-        self.last_native_id = self.native_id
         _future.on_supervisor.active = True
-        # Register with `threading` by name (a "dummy" entry, as for any foreign thread), so
-        # that logging, debuggers and threading.enumerate() see who we are.
-        threading.current_thread().name = THREAD_NAME
-        self._started.set()
         try:
             self._run()
         except BaseException as exc:  # a bug of ours: say so, and let the next add restart us
             _emergency(f"inparallel: the supervisor thread failed: {exc!r}")
             with self._lock:
                 self._running = False
-        finally:
-            # Dummy entries are never removed by `threading` itself (3.11); ours goes now.
-            # `threading`'s registry (stable private names on 3.11-3.13), looked up now: a
-            # forked child gets new ones.
-            with getattr(threading, "_active_limbo_lock"):  # noqa: B009
-                getattr(threading, "_active").pop(threading.get_ident(), None)  # noqa: B009
-            self.ident = self.native_id = None
-            self._baton.release()
 
     def _run(self) -> None:
         selector = self._selector
@@ -271,7 +244,7 @@ class Supervisor:
             self._watch(selector, child)
             if child.options.timeout is not None and not child.timeout_armed:
                 child.timeout_armed = True
-                self._set_deadline(child, child.started + child.options.timeout)
+                self._deadlines.set(child, child.started + child.options.timeout)
         self._pending.clear()
 
     def _watch(self, selector: selectors.BaseSelector, child: Child) -> None:
@@ -287,22 +260,10 @@ class Supervisor:
             self._polled.add(child)  # its exit is still seen, by polling
 
     def _timeout(self) -> float | None:
-        heap = self._heap
-        if len(heap) > 2 * len(self._children) + 64:  # mostly stale: rebuild, keep it small
-            heap[:] = [e for e in heap if not e[2].reaped and e[2].deadline == e[0]]
-            heapq.heapify(heap)
-        while heap and (heap[0][2].reaped or heap[0][2].deadline != heap[0][0]):
-            heapq.heappop(heap)  # stale: moved, or its child is gone; must not wake us
-        timeout = None
-        if self._heap:
-            timeout = max(0.0, self._heap[0][0] - time.monotonic())
+        timeout = self._deadlines.timeout(len(self._children))
         if self._polled:
             timeout = EXIT_POLL if timeout is None else min(timeout, EXIT_POLL)
         return timeout
-
-    def _set_deadline(self, child: Child, when: float) -> None:
-        child.deadline = when
-        heapq.heappush(self._heap, (when, next(self._seq), child))
 
     def _guarded(self, data: tuple[Child, bool] | None) -> None:
         if data is None:
@@ -318,10 +279,7 @@ class Supervisor:
         except BaseException as exc:
             # A bug of ours, or an OS error we did not foresee: fail this task, keep the rest.
             reason = "inparallel's supervisor failed while handling this task"
-            child.outcome = (False, RemoteError(type(exc).__qualname__, str(exc), "", reason))
-            child.phase = Phase.DELIVERED
-            self._close_pipe(child)
-            self.send_signal(child, signal.SIGKILL)
+            self._fail(child, RemoteError(type(exc).__qualname__, str(exc), "", reason))
 
     def _on_readable(self, child: Child) -> None:
         for _ in range(64):  # bounded, so one big transfer cannot starve the others
@@ -340,15 +298,16 @@ class Supervisor:
             try:
                 child.reader.feed(data)
             except FrameError as exc:
-                self._reject(child, str(exc))
+                reason = str(exc)
+                self._fail(child, RemoteError("inparallel.ResultFrame", reason, "", reason))
                 return
             if child.reader.complete:
                 self._deliver(child)
                 return
 
-    def _reject(self, child: Child, reason: str) -> None:
-        child.outcome = (False, RemoteError("inparallel.ResultFrame", reason, "", reason))
-        child.phase = Phase.DELIVERED
+    def _fail(self, child: Child, error: RemoteError) -> None:
+        # The outcome is settled as a failure: the child has nothing more to say.
+        child.fail(error)
         self._close_pipe(child)
         self.send_signal(child, signal.SIGKILL)
 
@@ -369,7 +328,7 @@ class Supervisor:
         child.phase = Phase.DELIVERED
         self._close_pipe(child)  # also tells a child waiting on its memfd that it may exit
         if not child.reaped:
-            self._set_deadline(child, time.monotonic() + LINGER_GRACE)
+            self._deadlines.set(child, time.monotonic() + LINGER_GRACE)
 
     def _on_exit(self, child: Child) -> None:
         if child.phase is not Phase.DELIVERED and child.rfd is not None:
@@ -398,42 +357,16 @@ class Supervisor:
         future.exitcode = exitcode
         if usage is not None:
             future.rusage = Rusage(usage.ru_maxrss * 1024, usage.ru_utime, usage.ru_stime)
-        if child.outcome is not None:
-            ok, outcome = child.outcome
-        elif child.timed_out:
-            ok, outcome = False, TaskTimeout(child.pid, child.options.timeout or 0.0)
-        else:
-            detail = child.detail
-            if child.reader.started and not detail:
-                total = child.reader.expected
-                detail = f"truncated result ({child.reader.received} of {total or '?'} bytes)"
-            elif exitcode == LOST_PIPE and not detail:
-                detail = (
-                    f"exit status {LOST_PIPE}: the task closed its result pipe or put another"
-                    " file on its fd (os.closerange, os.dup2), so it could not report"
-                )
-            signum = -exitcode if exitcode is not None and exitcode < 0 else None
-            ok, outcome = False, WorkerDied(child.pid, exitcode, signum, detail)
-        if future.cancelled():
-            self.counts["cancelled"] += 1
-        elif child.timed_out and child.outcome is None:
-            self.counts["timed_out"] += 1
-        else:
-            self.counts["completed" if ok else "failed"] += 1
-        # Drop every reference to the outcome: stale heap entries may keep the record alive.
-        child.future = child.outcome = None
+        ok, outcome, counter = child.conclude(exitcode)
+        self.counts[counter] += 1
         future._resolve(ok, outcome)
 
     def _expire(self) -> None:
         now = time.monotonic()
-        while self._heap and self._heap[0][0] <= now:
-            when, _, child = heapq.heappop(self._heap)
-            if child.reaped or child.deadline != when:
-                continue  # stale entry: the deadline was moved or the child is gone
-            child.deadline = None
+        for child in self._deadlines.due(now):
             if child.phase is Phase.RECEIVING:
                 if now - child.last_progress < TRANSFER_STALL:
-                    self._set_deadline(child, child.last_progress + TRANSFER_STALL)
+                    self._deadlines.set(child, child.last_progress + TRANSFER_STALL)
                     continue
             elif child.phase is Phase.DELIVERED:
                 self.counts["killed_lingering"] += 1
@@ -533,18 +466,12 @@ def reset_in_child() -> None:
 
 def thread_native_id(timeout: float = 5.0) -> int | None:
     """Return the OS thread id of the running supervisor thread, or None (for tests)."""
-    if _SUPERVISOR is None or not _SUPERVISOR.thread_alive():
-        return None
-    _SUPERVISOR._started.wait(timeout)
-    return _SUPERVISOR.native_id
+    return None if _SUPERVISOR is None else _SUPERVISOR.thread.started_native_id(timeout)
 
 
 def wait_idle(timeout: float) -> bool:
     """Wait up to ``timeout`` seconds for the supervisor thread to exit (for tests)."""
-    if _SUPERVISOR is None or not _SUPERVISOR._baton.acquire(timeout=timeout):
-        return _SUPERVISOR is None
-    _SUPERVISOR._baton.release()
-    return True
+    return _SUPERVISOR is None or _SUPERVISOR.thread.wait_ended(timeout)
 
 
 def statistics() -> dict[str, Any]:
