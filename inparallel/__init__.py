@@ -16,6 +16,7 @@ if sys.platform == "win32":  # pragma: no cover - the library is built on fork()
     raise ImportError("inparallel needs a POSIX system with os.fork(); Windows is not supported")
 
 from ._core._errors import (
+    InheritedFutureError,
     InParallelError,
     MemoryLimitExceeded,
     RemoteError,
@@ -38,6 +39,7 @@ __version__ = "0.1.0.dev0"
 __all__ = (
     "ForkExecutor",
     "InParallelError",
+    "InheritedFutureError",
     "ItemizedMap",
     "MapIterator",
     "MemoryLimitExceeded",

@@ -20,8 +20,17 @@ import time
 import pytest
 from _faults import process_state as proc_state
 
-from inparallel import InParallelError, TaskFuture, TaskTimeout, WorkerDied, task, waitfor
+from inparallel import (
+    InheritedFutureError,
+    InParallelError,
+    TaskFuture,
+    TaskTimeout,
+    WorkerDied,
+    task,
+    waitfor,
+)
 from inparallel._core import _supervisor
+from inparallel._core._future import LocalFuture, to_asyncio
 
 BOUND = 10.0  # generous bound (seconds) for anything that should take milliseconds
 
@@ -434,6 +443,223 @@ def test_asyncio_wait_for_timeout_kills_the_child(gate, started):
         return fut
 
     _assert_child_killed(asyncio.run(main()))
+
+
+# -- futures inherited by fork ---------------------------------------------------------------
+
+
+def wait_in_child(fut, how):
+    """Wait for ``fut`` in the calling process, the way ``how`` says; return what it gave."""
+    if how == "result":
+        return fut.result()
+    if how == "exception":
+        return fut.exception()
+    if how.startswith("wait_"):
+        when = how[5:].upper()
+        done, not_done = concurrent.futures.wait([fut], timeout=BOUND, return_when=when)
+        return len(done), len(not_done)
+    if how == "as_completed":
+        return [f.result() for f in concurrent.futures.as_completed([fut])]
+    if how == "add_done_callback":
+        called = threading.Event()
+        fut.add_done_callback(lambda f: called.set())
+        return called.wait(BOUND)
+    if how == "waitfor":
+        return [f.result() for f in waitfor([fut])]
+
+    async def main():
+        if how == "await":
+            return await fut
+        assert how == "wrap_future"
+        return await asyncio.wrap_future(fut)
+
+    return asyncio.run(main())
+
+
+WAYS = [
+    "result",
+    "exception",
+    "wait_all_completed",
+    "wait_first_completed",
+    "wait_first_exception",
+    "as_completed",
+    "add_done_callback",
+    "waitfor",
+    "await",
+    "wrap_future",
+]
+
+
+@task(timeout=BOUND)  # a child that hangs (as before the fix) is killed, not leaked
+def wait_for_it(fut, how):
+    return wait_in_child(fut, how)
+
+
+@pytest.mark.parametrize("how", WAYS)
+def test_a_parents_unfinished_future_refuses_to_wait_in_a_child(gate, how):
+    """A task given a future of its parent: every way to wait for it fails at once.
+
+    Before, the child waited for ever: only the parent's supervisor finishes the future.
+    """
+
+    @task
+    def blocked():
+        gate.wait()
+        return "value"
+
+    parent = blocked()
+    consumer = wait_for_it(parent, how)
+    with pytest.raises(InheritedFutureError) as info:
+        consumer.result(timeout=2 * BOUND)  # the error pickles back from the child as itself
+    error = info.value
+    assert isinstance(error, InParallelError) and isinstance(error, RuntimeError)
+    assert (error.owner, error.pid) == (os.getpid(), consumer.pid)
+    assert f"pid={parent.pid}" in error.what
+    assert "Pass the value, not the future" in str(error)
+    assert parent.running()  # the child's attempt changed nothing here
+    gate.open()
+    assert parent.result(timeout=BOUND) == "value"
+
+
+def test_local_future_refuses_to_wait_in_a_child():
+    """The base class, for futures that a thread of the parent finishes (StreamExecutor's)."""
+    fut: LocalFuture[int] = LocalFuture()
+    with pytest.raises(InheritedFutureError, match="LocalFuture"):
+        wait_for_it(fut, "result").result(timeout=2 * BOUND)
+    fut.set_result(3)
+    assert fut.result() == 3
+
+
+@pytest.mark.parametrize("how", WAYS)
+def test_a_future_finished_before_the_fork_works_in_the_child(how):
+    done = double(4)
+    assert done.result(timeout=BOUND) == 8
+    got = wait_for_it(done, how).result(timeout=BOUND)
+    expected = {"exception": None, "as_completed": [8], "add_done_callback": True, "waitfor": [8]}
+    assert got == ((1, 0) if how.startswith("wait_") else expected.get(how, 8))
+
+
+def test_a_failed_future_finished_before_the_fork_keeps_its_error_in_the_child():
+    @task
+    def fail():
+        raise KeyError("from the first child")
+
+    failed = fail()
+    assert isinstance(failed.exception(timeout=BOUND), KeyError)
+
+    @task
+    def inspect_it(fut):
+        return repr(fut.exception())
+
+    assert "from the first child" in inspect_it(failed).result(timeout=BOUND)
+
+
+def test_cancel_in_a_child_leaves_the_parents_task_alone(gate):
+    @task
+    def blocked():
+        gate.wait()
+        return "still here"
+
+    parent = blocked()
+
+    @task
+    def cancel_it(fut):
+        return fut.cancel(), fut.done(), fut.kill()
+
+    assert cancel_it(parent).result(timeout=BOUND) == (False, False, False)
+    assert parent.running()
+    gate.open()
+    assert parent.result(timeout=BOUND) == "still here"
+
+
+def test_a_future_made_in_the_child_works_there():
+    @task
+    def nested():
+        return double(5).result(timeout=BOUND)
+
+    assert nested().result(timeout=BOUND) == 10
+
+
+# -- StopIteration and StopAsyncIteration through await ---------------------------------------
+
+
+def run_quietly(main):
+    """``asyncio.run(main())``, failing on anything the loop reports (a callback's error)."""
+    complaints = []
+
+    async def wrapper():
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: complaints.append(ctx))
+        return await main()
+
+    result = asyncio.run(wrapper())
+    assert complaints == []
+    return result
+
+
+@pytest.mark.parametrize("stop", [StopIteration, StopAsyncIteration])
+def test_await_of_a_task_raising_stop_iteration_raises_runtime_error(stop):
+    """As PEP 479 does: a RuntimeError caused by the original, naming the task.
+
+    Before, asyncio refused to store a StopIteration (a TypeError in the loop's log) and the
+    await hung; a StopAsyncIteration reached the awaiting code as itself, where it ends an
+    ``__anext__`` in silence.
+    """
+
+    @task
+    def stops():
+        raise stop("no more")
+
+    fut = stops()
+
+    async def main():
+        with pytest.raises(RuntimeError, match=f"raised {stop.__name__}") as info:
+            await asyncio.wait_for(fut, BOUND)
+        assert type(info.value.__cause__) is stop
+        assert str(info.value.__cause__) == "no more"
+        assert f"task {fut.name} (pid {fut.pid})" in str(info.value)
+
+    run_quietly(main)
+    with pytest.raises(stop, match="no more"):  # sync code gets the task's own exception
+        fut.result(timeout=BOUND)
+
+
+def test_to_asyncio_passes_results_errors_and_cancellation():
+    async def main():
+        loop = asyncio.get_running_loop()
+        ok: concurrent.futures.Future[int] = concurrent.futures.Future()
+        dest = to_asyncio(ok, loop, "ok")
+        setter = threading.Thread(target=ok.set_result, args=(1,))  # callbacks off the loop
+        setter.start()
+        assert await dest == 1
+        setter.join(BOUND)
+        bad: concurrent.futures.Future[int] = concurrent.futures.Future()
+        bad.set_exception(KeyError("k"))
+        with pytest.raises(KeyError):
+            await to_asyncio(bad, loop, "bad")
+        stop: concurrent.futures.Future[int] = concurrent.futures.Future()
+        stop.set_exception(StopIteration())
+        with pytest.raises(RuntimeError, match=r"^stop raised StopIteration"):
+            await to_asyncio(stop, loop, "stop")
+        pending: concurrent.futures.Future[int] = concurrent.futures.Future()
+        dest = to_asyncio(pending, loop, "pending")
+        dest.cancel()
+        await asyncio.sleep(0)  # the done-callbacks run on the next turn
+        assert pending.cancelled()
+        cancelled: concurrent.futures.Future[int] = concurrent.futures.Future()
+        dest = to_asyncio(cancelled, loop, "cancelled")
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await dest
+
+    run_quietly(main)
+
+
+def test_to_asyncio_source_finishing_after_the_loop_closed_is_quiet():
+    loop = asyncio.new_event_loop()
+    source: concurrent.futures.Future[int] = concurrent.futures.Future()
+    to_asyncio(source, loop, "late")
+    loop.close()
+    source.set_result(1)  # no RuntimeError from the closed loop reaches this thread
 
 
 # -- repr and attributes ---------------------------------------------------------------------

@@ -6,6 +6,10 @@ message says what happened and what to do about it.
 
 All of them pickle by value (`__reduce__`), so they survive a trip through a result pipe or a
 Dask worker unchanged.
+
+One error is Python's own: a `StopIteration` or `StopAsyncIteration` that user code raises
+where it would end an iteration in silence becomes the `RuntimeError` that PEP 479 made the
+standard for it (`stray_stop`).
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from typing import Any
 
 __all__ = (
     "InParallelError",
+    "InheritedFutureError",
     "MemoryLimitExceeded",
     "RemoteError",
     "ResultNotPicklable",
     "SpawnError",
     "TaskTimeout",
     "WorkerDied",
+    "stray_stop",
 )
 
 
@@ -199,3 +205,54 @@ class SpawnError(InParallelError, OSError):
 
     def __str__(self) -> str:
         return str(self.args[1]) if len(self.args) > 1 else super().__str__()
+
+
+class InheritedFutureError(InParallelError, RuntimeError):
+    """A forked child waited for a future it inherited, which can never finish there.
+
+    A future is finished by a thread of the process that made it (for a `TaskFuture`, that
+    process's supervisor). Its copy in a forked child, such as a task given a parent's future
+    as an argument, has no such thread and would wait for ever; so waiting for it there
+    raises this at once. The fix is to pass the value, not the future.
+
+    Attributes:
+        what: ``repr()`` of the future.
+        owner: The pid of the process that made the future: the only one where it finishes.
+        pid: The pid of the process that tried to wait for it.
+    """
+
+    def __init__(self, what: str, owner: int, pid: int) -> None:
+        self.what = what
+        self.owner = owner
+        self.pid = pid
+        super().__init__(
+            f"{what} was made by process {owner}; this process ({pid}) has a copy of it,"
+            f" inherited by fork, which can never finish here (only process {owner} receives"
+            f" the outcome). Pass the value, not the future: call .result() in process {owner}"
+            " and pass what it returns"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.what, self.owner, self.pid))
+
+
+def stray_stop(exc: BaseException, what: str) -> BaseException:
+    """Return ``exc``; or, for a `StopIteration` or `StopAsyncIteration`, an error caused by it.
+
+    Raised by a user's callable and passed on as it is, either would end the iteration that
+    receives it in silence (the items after it lost). As PEP 479 does for generators, it is
+    delivered instead as a `RuntimeError` that names where it came from, with the original as
+    its ``__cause__``.
+
+    Args:
+        exc: The exception a callable raised.
+        what: Who raised it, for the message (``"map_f double"``, ``"task f (pid 12)"``).
+    """
+    if not isinstance(exc, StopIteration | StopAsyncIteration):
+        return exc
+    error = RuntimeError(
+        f"{what} raised {type(exc).__name__}, which is an error here, not the end of an"
+        " iteration; if it means 'no value', catch it there and return a value instead"
+    )
+    error.__cause__ = exc  # also suppresses the context, as ``raise ... from exc`` does
+    return error

@@ -1,9 +1,23 @@
-"""`TaskFuture`: a `concurrent.futures.Future` bound to one child process."""
+"""`TaskFuture`: a `concurrent.futures.Future` bound to one child process.
+
+**Futures inherited by fork.** A future is finished by a thread of the process that made it
+(a task's by that process's supervisor). A forked child that got a copy of one, say a task
+given a parent's future as an argument, has no such thread: waiting for the copy would never
+end. So `LocalFuture`, the base of `TaskFuture`, remembers the pid that made it, and its copy
+in another process refuses to wait with `InheritedFutureError`: ``result()``,
+``exception()``, ``add_done_callback()`` (and so `asyncio.wrap_future`), ``await`` of a task,
+and `concurrent.futures.wait` / `as_completed` (which wait on a ``_Waiter`` of their own:
+they are stopped where they register it with the future). A future that had finished before
+the fork works as usual in the child: its outcome was copied with it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
+import weakref
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from concurrent.futures._base import (  # the stdlib's state names; stable since 3.2
@@ -11,19 +25,25 @@ from concurrent.futures._base import (  # the stdlib's state names; stable since
     CANCELLED_AND_NOTIFIED,
     FINISHED,
     LOGGER,
+    PENDING,
     RUNNING,
 )
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from ._errors import InParallelError
+from ._errors import InheritedFutureError, InParallelError, stray_stop
 
-__all__ = ("Rusage", "TaskFuture")
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = ("LocalFuture", "Rusage", "TaskFuture", "to_asyncio")
 
 R = TypeVar("R")
 
 #: ``on_supervisor.active`` is True on the supervisor thread (set by the supervisor). Lets
 #: `result()` refuse to block where blocking can only deadlock.
 on_supervisor = threading.local()
+
+_UNFINISHED = (PENDING, RUNNING)
 
 
 class Rusage(NamedTuple):
@@ -34,7 +54,141 @@ class Rusage(NamedTuple):
     stime: float
 
 
-class TaskFuture(Future[R]):
+class LocalFuture(Future[R]):
+    """A future that only a thread of the process that made it finishes.
+
+    In a forked child, a copy of one that had not finished at the fork refuses to be waited
+    for (see the module docstring): ``result()``, ``exception()``, ``add_done_callback()``
+    (so `asyncio.wrap_future` too) and `concurrent.futures.wait` / `as_completed` raise
+    `InheritedFutureError` at once. ``done()`` and ``running()`` report the state copied at
+    the fork, and ``cancel()`` returns False: it cannot stop work that belongs to another
+    process. Costs one ``getpid()`` per future made, and per wait on an unfinished one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # One getpid() per future (~0.2 us), against a fork of milliseconds; a pid is exact
+        # for every way of forking, at-fork hooks only for forks made through Python.
+        self._owner = os.getpid()
+        waiters = self._waiters = _Waiters()
+        waiters.future = weakref.ref(self)  # weak: a cycle would hold the result until gc
+
+    def _inherited(self) -> bool:
+        """Whether this is a fork's copy of a future that had not finished at the fork."""
+        # Unlocked, and safe either way: in the owner the pid test fails whatever the state
+        # read, and in a fork no thread is left to change it (nor to release a lock it held).
+        return self._state in _UNFINISHED and self._owner != os.getpid()
+
+    def _refuse_inherited(self) -> None:
+        """Raise `InheritedFutureError` for a fork's copy of an unfinished future."""
+        if self._inherited():
+            raise InheritedFutureError(repr(self), self._owner, os.getpid())
+
+    def _refuse_wait(self) -> None:
+        """Raise instead of starting a wait that cannot end (called before any lock)."""
+        self._refuse_inherited()
+
+    def result(self, timeout: float | None = None) -> R:
+        """Return the value, waiting up to ``timeout`` seconds (None: for ever).
+
+        Raises:
+            InheritedFutureError: In a forked child, for a copy that had not finished at the
+                fork.
+        """
+        self._refuse_wait()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Return the exception (None if the call succeeded), waiting like `result`."""
+        self._refuse_wait()
+        return super().exception(timeout)
+
+    def add_done_callback(self, fn: Callable[[Future[R]], object]) -> None:
+        """Call ``fn(future)`` when the future finishes (at once if it has).
+
+        Raises:
+            InheritedFutureError: In a forked child, for a copy that had not finished at the
+                fork (``fn`` would never be called).
+        """
+        self._refuse_inherited()  # not _refuse_wait: registering from a callback is fine
+        super().add_done_callback(fn)
+
+    def cancel(self) -> bool:
+        """Cancel the future if it has not started; see `concurrent.futures.Future.cancel`.
+
+        Returns False for a fork's copy of an unfinished future (the work is not this
+        process's to stop).
+        """
+        if self._inherited():
+            return False
+        return super().cancel()
+
+
+class _Waiters(list[Any]):
+    """A future's list of ``_Waiter`` objects, which refuses a waiter that would never wake.
+
+    `concurrent.futures.wait` and `as_completed` wait on a waiter they append here (under the
+    future's lock), not through ``result()``: appending is the one step we can stop. If that
+    raises, waiters already appended to the other futures of the call stay on their lists
+    until those finish; they are inert.
+    """
+
+    __slots__ = ("future",)  # no __init__ of its own: made once per future, keep it cheap
+
+    future: weakref.ref[LocalFuture[Any]]
+
+    def append(self, waiter: Any) -> None:
+        future = self.future()
+        if future is not None:
+            future._refuse_inherited()
+        super().append(waiter)
+
+
+def to_asyncio(source: Future[R], loop: asyncio.AbstractEventLoop, what: str) -> asyncio.Future[R]:
+    """Return a future of ``loop`` that finishes like ``source`` (as `asyncio.wrap_future`).
+
+    Cancelling the returned future cancels ``source`` (for a task: kills its child). Unlike
+    `asyncio.wrap_future`, a `StopIteration` or `StopAsyncIteration` outcome arrives as a
+    `RuntimeError` caused by it (`stray_stop`): asyncio refuses to store a StopIteration in a
+    future (it logs a TypeError and the future never finishes), and either would end the
+    iteration of an awaiting ``__anext__`` in silence. Any other outcome is passed as it is.
+
+    Args:
+        source: Any `concurrent.futures.Future`; its callbacks may run on any thread.
+        loop: The loop of the returned future (the running one, when called from it).
+        what: Names the call in the message of a converted StopIteration.
+    """
+    dest: asyncio.Future[R] = loop.create_future()
+
+    # The callbacks take the future they follow as an argument instead of closing over it:
+    # ``source`` keeps its callbacks for ever, and a callback that referred back to it would
+    # make a cycle that holds its result until the garbage collector runs.
+    def copy(done: Future[R]) -> None:  # on the loop's thread
+        if dest.done():  # cancelled meanwhile by its awaiter
+            return
+        if done.cancelled():
+            dest.cancel()
+            return
+        error = done.exception()
+        if error is None:
+            dest.set_result(done.result())
+        else:
+            dest.set_exception(stray_stop(error, what))
+
+    def on_source_done(done: Future[R]) -> None:  # on the thread that finished it
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits any more
+            loop.call_soon_threadsafe(copy, done)
+
+    def on_dest_done(awaited: asyncio.Future[R]) -> None:  # asyncio drops it once called
+        if awaited.cancelled():
+            source.cancel()
+
+    dest.add_done_callback(on_dest_done)
+    source.add_done_callback(on_source_done)
+    return dest
+
+
+class TaskFuture(LocalFuture[R]):
     """The future result of one ``@task`` call, computed in a forked child.
 
     It is RUNNING from the start (the child exists before the call returns). Beyond the
@@ -49,7 +203,9 @@ class TaskFuture(Future[R]):
         rusage: A `Rusage` once the child has been reaped, else None.
 
     Done-callbacks run on the supervisor thread: keep them short, and do not block in them on
-    another task (`result` raises `InParallelError` there instead of deadlocking).
+    another task (`result` raises `InParallelError` there instead of deadlocking). A forked
+    child's copy of an unfinished task refuses to be waited for (`LocalFuture`): pass a child
+    the task's value, not its future.
     """
 
     def __init__(self, pid: int, name: str, send_signal: Callable[[int], bool]) -> None:
@@ -86,8 +242,11 @@ class TaskFuture(Future[R]):
         once; the supervisor reaps the child shortly after.
 
         Returns:
-            False if the future had already finished, True otherwise.
+            False if the future had already finished, or if this is a forked child's copy
+            of it (see `LocalFuture`); True otherwise.
         """
+        if self._inherited():
+            return False  # the task is the parent's; nor must its callbacks run here
         with self._condition:
             if self._state == FINISHED:
                 return False
@@ -108,17 +267,18 @@ class TaskFuture(Future[R]):
             The task's own exception, rebuilt with the child's traceback; `WorkerDied`,
             `TaskTimeout`, `RemoteError` or `ResultNotPicklable` as the case may be;
             `concurrent.futures.CancelledError` if cancelled; `TimeoutError` if ``timeout``
-            passes first; `InParallelError` if called, unfinished, from a done-callback.
+            passes first; `InParallelError` if called, unfinished, from a done-callback;
+            `InheritedFutureError` in a forked child, for a copy of a task that had not
+            finished at the fork (pass the value to the child, not the future).
         """
-        self._refuse_deadlock()
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Return the task's exception (None if it succeeded), waiting like `result`."""
-        self._refuse_deadlock()
         return super().exception(timeout)
 
-    def _refuse_deadlock(self) -> None:
+    def _refuse_wait(self) -> None:
+        super()._refuse_wait()
         if getattr(on_supervisor, "active", False) and not self.done():
             raise InParallelError(
                 f"{self!r} is not finished, and waiting for it here would deadlock: done-callbacks"
@@ -127,10 +287,19 @@ class TaskFuture(Future[R]):
             )
 
     def __await__(self) -> Generator[Any, None, R]:
-        """Await the result in a running asyncio loop; cancelling the awaiter kills the child."""
+        """Await the result in a running asyncio loop; cancelling the awaiter kills the child.
+
+        A `StopIteration` or `StopAsyncIteration` from the task is raised as a `RuntimeError`
+        caused by it (see `to_asyncio`); ``result()`` raises it as it is.
+
+        Raises:
+            InheritedFutureError: As `result` does, at once.
+        """
+        self._refuse_wait()
         import asyncio  # only when awaited: importing inparallel does not import asyncio
 
-        return asyncio.wrap_future(self).__await__()
+        loop = asyncio.get_running_loop()
+        return to_asyncio(self, loop, f"task {self.name} (pid {self.pid})").__await__()
 
     def _resolve(self, ok: bool, outcome: Any) -> None:
         """Finish the future from the supervisor; a no-op if it was cancelled meanwhile."""
