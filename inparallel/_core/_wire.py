@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import cloudpickle  # type: ignore[import-untyped]
 from tblib import pickling_support  # type: ignore[import-untyped]
 
+from . import _tracebacks
 from ._errors import ResultNotPicklable
 
 HEADER = struct.Struct("<4sB3xQIi")
@@ -158,7 +159,11 @@ def encode_value(value: object, restricted: bool) -> Encoded:
 
 
 class _ErrorPickler(pickle.Pickler):
-    """Pickles exceptions with their traceback, chain and notes (tblib), without global state."""
+    """Pickles exceptions with their traceback, chain and notes, without global state.
+
+    tblib restores the chain and notes; tracebacks travel as `_tracebacks` entries, which keep
+    the child's column positions.
+    """
 
     def reducer_override(self, obj: object) -> Any:
         if isinstance(obj, BaseException):
@@ -172,7 +177,7 @@ class _ErrorPickler(pickle.Pickler):
             notes = getattr(obj, "__notes__", None)
             return (pickling_support.unpickle_exception, (func, args, *chain, notes), *state)
         if isinstance(obj, TracebackType):
-            return pickling_support.pickle_traceback(obj)
+            return _tracebacks.rebuild, (_tracebacks.entries(obj),)
         return NotImplemented
 
 
