@@ -21,7 +21,6 @@ of a live map are not waited for (nobody can read them any more).
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import os
@@ -38,9 +37,10 @@ from typing import Any, Literal, TypeVar
 from ._checks import count
 from ._core._interrupts import GiveUp, atomic
 from ._core._options import TaskOptions
-from ._core._spawn import install_hooks, spawn
+from ._core._spawn import spawn
 from ._executor import concurrency, portable, selected
-from ._streammap import MapIterator, MapState
+from ._inputs import iterate
+from ._streammap import MapIterator, MapState, cut_off, stop_at_exit
 
 __all__ = ("StreamExecutor",)
 
@@ -165,7 +165,7 @@ class StreamExecutor(Executor):
         self._cancelled = False  # shutdown(cancel_futures=True): maps may submit no more
         self._maps: weakref.WeakSet[MapState] = weakref.WeakSet()
         self.forks = mode == "process"
-        _at_exit_stop(self)
+        stop_at_exit(self)
 
     def __repr__(self) -> str:
         state = "shut down" if self._shutdown else f"{self._running} running"
@@ -175,10 +175,9 @@ class StreamExecutor(Executor):
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
         """Schedule ``fn(*args, **kwargs)`` and return its future at once.
 
-        In process mode this forks here when a slot is free. ``result()`` raises what ``fn``
-        raised, a `StopIteration` included (as the stdlib's executors do). A Ctrl-C during
-        the call is held until it returns, then raised carrying the future as ``.future``
-        (or, before anything started, raised with nothing submitted; see `_core._interrupts`).
+        In process mode this forks here if a slot is free. ``result()`` raises what ``fn``
+        raised, a `StopIteration` too (as the stdlib's executors do). A Ctrl-C is held until
+        the call is made, then raised with the future as ``.future`` (see `_core._interrupts`).
 
         Raises:
             RuntimeError: The executor is shut down, or no worker thread could be started.
@@ -188,7 +187,7 @@ class StreamExecutor(Executor):
             raise TypeError(f"submit() needs a callable, not {type(fn).__name__} {fn!r}")
         return self._submit(fn, args, kwargs, mapped=False)
 
-    def submit_mapped(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Future[Any]:
+    def _submit_mapped(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Future[Any]:
         """Submit a call of a map: accepted after `shutdown`, unless that cancelled futures."""
         return self._submit(fn, args, {}, mapped=True)
 
@@ -198,7 +197,9 @@ class StreamExecutor(Executor):
         engine = selected(self._executor) if self.forks else None
         call = _Call(fn, args, kwargs, killable=self.forks, engine=engine, mapped=mapped)
         with self._cond:
-            if self._shutdown and (self._cancelled or not mapped):
+            if self._shutdown and self._cancelled and mapped:
+                raise cut_off()  # the map ends as cut() would have it
+            if self._shutdown and not mapped:
                 raise RuntimeError("cannot submit to a StreamExecutor after shutdown()")
             start_now = self.forks and self._running < self._max and not self._pending
             if start_now:
@@ -217,11 +218,7 @@ class StreamExecutor(Executor):
         return call
 
     def _ensure_thread(self) -> None:
-        """Start the dispatcher, or a worker thread per queued call (under the lock).
-
-        Raises:
-            RuntimeError: No thread could be started, and none is alive to take the call.
-        """
+        """Start the dispatcher, or a worker per queued call (under the lock); see `submit`."""
         wanted = 1 if self.forks else min(self._max, self._running + len(self._pending))
         if self._threads >= wanted:
             return
@@ -236,7 +233,7 @@ class StreamExecutor(Executor):
 
     def _serve(self) -> None:
         """Dispatcher (process mode) or worker thread: run queued calls until none is left."""
-        run = self._start if self.forks else self._run
+        run = functools.partial(self._start, queued=True) if self.forks else self._run
         while (call := self._take()) is not None:
             run(call)
             del call  # not kept (nor so its result) while this thread waits for a slot
@@ -255,8 +252,12 @@ class StreamExecutor(Executor):
             call.slot = True
             return call
 
-    def _start(self, call: _Call) -> None:
-        """Fork the call's child, or start it on the engine (process mode)."""
+    def _start(self, call: _Call, *, queued: bool = False) -> None:
+        """Fork the call's child, or start it on the engine (process mode).
+
+        A Ctrl-C (`GiveUp`: one held before the fork) cancels the call, killing its child if
+        any, and is raised unless ``queued`` (a dispatcher thread goes on).
+        """
         task: Future[Any] | None = None
         try:
             if not call.set_running_or_notify_cancel():
@@ -264,30 +265,27 @@ class StreamExecutor(Executor):
                 return
             assert call.call is not None
             fn, args, kwargs = call.call
+            call.call = None
             if call.engine is None:
                 task = spawn(fn, args, kwargs, TaskOptions())
             else:
                 task = call.engine.submit(portable(fn), *args, **kwargs)
-            call.call = None
             call.attach(task)
             task.add_done_callback(functools.partial(self._finished, call))
         except BaseException as exc:
-            # Started but not followed up (an interrupt after the fork carries the task, see
-            # _core._interrupts): it must not run on unseen.
-            if task is None:
+            if task is None:  # an interrupt after the fork carries the task (_core._interrupts)
                 task = getattr(exc, "future", None)
-            if task is not None:
+            if task is not None:  # started but not followed up: it must not run on unseen
                 task.cancel()
-            if isinstance(exc, Exception) and not isinstance(exc, GiveUp):
-                with contextlib.suppress(InvalidStateError):  # could not fork: the call failed
+            failed = isinstance(exc, Exception) and not isinstance(exc, GiveUp)
+            if failed:  # could not fork or start: the call's own failure
+                with contextlib.suppress(InvalidStateError):
                     call.set_exception(exc)
-                self._release(call)
-                return
-            # A held Ctrl-C before the fork (GiveUp: submit() starts nothing and delivers
-            # it), or an interrupt that was not held: the call is given up, its child killed.
-            call.cancel()
+            else:
+                call.cancel()
             self._release(call)
-            raise
+            if not (failed or queued):
+                raise
 
     def _finished(self, call: _Call, task: Future[Any]) -> None:
         try:
@@ -322,13 +320,12 @@ class StreamExecutor(Executor):
             self._owned -= not call.mapped
             self._cond.notify_all()
 
-    def map_settled(self) -> None:
+    def _map_settled(self) -> None:
         """A map's feeder ended or waits for its consumer: wake a waiting `shutdown`."""
         if self._shutdown:
             with self._cond:
                 self._cond.notify_all()
 
-    @atomic
     def map(
         self,
         fn: Callable[..., R],
@@ -376,15 +373,28 @@ class StreamExecutor(Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         if not iterables:
             return iter(())
+        # Each __iter__ is user code: called here, before Ctrl-C is held.
+        inputs = [iterate(x, f"input {i} of StreamExecutor.map()") for i, x in enumerate(iterables)]
+        return self._open(fn, zip(*inputs, strict=False), chunksize, buffer_size, deadline)
+
+    @atomic
+    def _open(
+        self,
+        fn: Callable[..., Any],
+        items: Iterator[tuple[Any, ...]],
+        chunksize: int,
+        buffer_size: int | None,
+        deadline: float | None,
+    ) -> MapIterator:
+        """Start a map; a Ctrl-C meanwhile is held until it returns (see `submit`)."""
         state = MapState(self, fn, chunksize, buffer_size)
         iterator = MapIterator(state, deadline)  # its finalizer stops the feeder from now on
         with self._cond:
-            if self._shutdown:  # shut down since the check above
+            if self._shutdown:  # shut down since map() checked
                 raise RuntimeError("cannot map on a StreamExecutor after shutdown()")
             self._maps.add(state)
-        _at_exit_stop(state)
         try:
-            state.start(fn, zip(*iterables, strict=False))
+            state.start(fn, items)
         except BaseException:
             iterator.close()
             raise
@@ -427,15 +437,18 @@ class StreamExecutor(Executor):
 
     def _idle(self) -> bool:
         # Under the lock. A map's `settled` is read without its own lock: the feeder sets it
-        # before it calls map_settled(), which takes this lock and wakes us.
+        # before it calls _map_settled(), which takes this lock and wakes us.
         busy = self._running or self._pending or self._threads
         return not busy and all(state.settled for state in self._maps)
 
-    def _drain(self) -> None:
-        """Wait until every call given to `submit` has ended (thread mode, at exit)."""
+    def _drain_at_exit(self) -> None:
+        """Thread mode: wait until every call given to `submit` has ended."""
         with self._cond:
-            while self._owned:
+            while self._owned and not self.forks:
                 self._cond.wait()
+
+    def _stop_at_exit(self) -> None:
+        self.shutdown(wait=False, cancel_futures=True)
 
     def __exit__(
         self,
@@ -444,53 +457,3 @@ class StreamExecutor(Executor):
         tb: TracebackType | None,
     ) -> None:
         self.shutdown(wait=True)
-
-
-_stop_at_exit: weakref.WeakSet[StreamExecutor | MapState] = weakref.WeakSet()
-_exit_lock = threading.Lock()
-_exit_hooks = False
-
-
-def _at_exit_stop(obj: StreamExecutor | MapState) -> None:
-    """Stop ``obj`` at interpreter exit, before the core kills and reaps every child.
-
-    Daemon threads keep running while ``atexit`` handlers do; without this a feeder or a
-    dispatcher would go on forking while the interpreter tears itself down.
-    """
-    global _exit_hooks
-    with _exit_lock:
-        if not _exit_hooks:
-            install_hooks()  # registered first, so the core's handler runs after ours
-            atexit.register(_stop_all)
-            _when_main_thread_ends(_drain_thread_calls)
-            _exit_hooks = True
-        _stop_at_exit.add(obj)
-
-
-def _when_main_thread_ends(callback: Callable[[], None]) -> None:
-    # THE ONE USE OF A CPYTHON PRIVATE in inparallel: threading._register_atexit (3.9+) runs
-    # ``callback`` when the main thread ends, before non-daemon threads are joined and before
-    # any atexit handler; concurrent.futures.thread uses it to finish its calls at exit. The
-    # public ways fall short: an atexit handler runs after handlers registered later (which
-    # may have torn down what the calls use), and 3.12 refuses to start threads or fork in
-    # one; non-daemon workers would make exit wait for the calls of an abandoned map too.
-    register = getattr(threading, "_register_atexit", None)
-    if register is None:  # a Python without it: the atexit order, registered after _stop_all
-        atexit.register(callback)
-        return
-    with contextlib.suppress(RuntimeError):  # already exiting: nothing submitted can wait
-        register(callback)
-
-
-def _drain_thread_calls() -> None:
-    for obj in list(_stop_at_exit):
-        if isinstance(obj, StreamExecutor) and not obj.forks:
-            obj._drain()
-
-
-def _stop_all() -> None:
-    for obj in list(_stop_at_exit):
-        if isinstance(obj, StreamExecutor):
-            obj.shutdown(wait=False, cancel_futures=True)
-        else:
-            obj.stop()

@@ -5,7 +5,7 @@ Data flow::
     map() ------- starts -------> feeder thread (daemon)
                                     waits for room (at most ``buffer_size`` items ahead)
                                     pulls a chunk of the zipped inputs
-                                    submit_mapped(fn, ...) ---> executor: a future
+                                    _submit_mapped(fn, ...) ---> executor: a future
     next(iterator) <-- futures --   appends the future to ``futures``, in input order
       waits on the oldest future;
       consuming it makes room
@@ -26,6 +26,8 @@ in a thread that already holds one of them.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import contextvars
 import os
 import threading
@@ -39,24 +41,32 @@ from typing import Any, Protocol
 
 from ._core._channel import load_error, pack_error
 from ._core._interrupts import atomic
+from ._core._spawn import install_hooks
+from ._inputs import stop_error
 
-__all__ = ("MapIterator", "MapState", "Submitter", "run_chunk")
+__all__ = ("Host", "MapIterator", "MapState", "cut_off", "run_chunk", "stop_at_exit")
 
 #: A map's first call gets this long (or until it finishes) before the feeder forks more:
 #: each fork holds the parent for 1-3 ms, and the first result should not wait for them.
 FIRST_CALL_HEAD_START = 0.02
 
 
-class Submitter(Protocol):
-    """What a map needs of its executor."""
+class Host(Protocol):
+    """What a map, and interpreter exit, need of a `StreamExecutor`."""
 
     forks: bool  # calls run in forked children (a chunk's error then travels packed)
 
-    def submit_mapped(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Future[Any]:
+    def _submit_mapped(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Future[Any]:
         """Submit one call of a map (accepted after ``shutdown()`` unless it cancelled)."""
 
-    def map_settled(self) -> None:
+    def _map_settled(self) -> None:
         """Tell a waiting ``shutdown(wait=True)`` that a map may have settled."""
+
+    def _drain_at_exit(self) -> None:
+        """When the main thread ends: wait for the calls that must run to their end."""
+
+    def _stop_at_exit(self) -> None:
+        """In ``atexit``, before the core kills every child: start nothing more."""
 
 
 def run_chunk(
@@ -79,16 +89,11 @@ def run_chunk(
     return values, None
 
 
-def stray_stop(exc: BaseException, what: str) -> BaseException:
-    """Return ``exc``, or for a `StopIteration` a `RuntimeError` caused by it (PEP 479)."""
-    if not isinstance(exc, StopIteration):
-        return exc
-    error = RuntimeError(
-        f"{what} raised StopIteration, which is an error here, not the end of the map;"
-        " if it means 'no value', catch it there and return a value instead"
+def cut_off() -> CancelledError:
+    """Return the error that ends a map cut off by ``shutdown(cancel_futures=True)``."""
+    return CancelledError(
+        "StreamExecutor.shutdown(cancel_futures=True) cut this map off before its input ended"
     )
-    error.__cause__ = exc  # also suppresses the context, as ``raise ... from exc`` does
-    return error
 
 
 class MapState:
@@ -98,7 +103,7 @@ class MapState:
     """
 
     def __init__(
-        self, executor: Submitter, fn: Callable[..., Any], chunksize: int, limit: int | None
+        self, executor: Host, fn: Callable[..., Any], chunksize: int, limit: int | None
     ) -> None:
         self.cond = threading.Condition()  # re-entrant: see the module docstring
         self.futures: deque[tuple[Future[Any], int]] = deque()
@@ -106,7 +111,10 @@ class MapState:
         self.limit = limit
         self.chunksize = chunksize
         self.chunked = chunksize > 1  # each future holds a list of values
-        self.name = str(getattr(fn, "__qualname__", None) or repr(fn))
+        name = getattr(getattr(fn, "__wrapped__", fn), "__qualname__", None)
+        self.name = (
+            f"the mapped function {name}()" if isinstance(name, str) else "the mapped function"
+        )
         self.fed = False  # the feeder has ended
         self.idle = False  # the feeder waits for the consumer to make room
         self.stopped = False  # abandoned: nothing more is submitted or delivered
@@ -162,7 +170,7 @@ class MapState:
                     self.idle = True
                     # Set before the executor reads its shutdown flag in there, so a shutdown
                     # that began meanwhile has either seen `settled` or is woken now.
-                    self._executor.map_settled()
+                    self._executor._map_settled()
                 self.cond.wait()
             self.idle = False
             if self.stopped or self.halted:
@@ -190,9 +198,9 @@ class MapState:
             return False
         executor = self._executor
         if self.chunked:
-            future = executor.submit_mapped(run_chunk, (fn, chunk, executor.forks))
+            future = executor._submit_mapped(run_chunk, (fn, chunk, executor.forks))
         else:
-            future = executor.submit_mapped(fn, chunk[0])
+            future = executor._submit_mapped(fn, chunk[0])
         entry = (future, len(chunk))  # allocated before the lock: a finalizer run by the
         with self.cond:  # collector in there could otherwise miss this future (see `stop`)
             self.ahead -= take - len(chunk)
@@ -218,7 +226,7 @@ class MapState:
                 self.end = error
             self.fed = True
             self.cond.notify_all()
-        self._executor.map_settled()
+        self._executor._map_settled()
 
     def release(self, n: int) -> None:
         """``n`` items were consumed (or will never be): the feeder may pull that many more."""
@@ -239,7 +247,7 @@ class MapState:
         # slot that the dispatcher could give them.
         for future in reversed(futures):
             future.cancel()
-        self._executor.map_settled()
+        self._executor._map_settled()
 
     def cut(self) -> None:
         """Submit nothing more; the map ends with `CancelledError` after what was submitted."""
@@ -248,10 +256,7 @@ class MapState:
                 return
             self.halted = True
             if self.end is None:
-                self.end = CancelledError(
-                    "StreamExecutor.shutdown(cancel_futures=True) cut this map off before the"
-                    " end of its input"
-                )
+                self.end = cut_off()
             self.cond.notify_all()
 
 
@@ -294,7 +299,7 @@ class MapIterator(Iterator[Any]):
         try:
             result = future.result(self._remaining())
         except StopIteration as exc:  # raised by fn: this item's error, not the end
-            raise stray_stop(exc, f"the mapped function {state.name}") from exc
+            raise stop_error(exc, state.name) from exc
         with state.cond:
             state.futures.popleft()
             if not state.chunked:
@@ -307,7 +312,9 @@ class MapIterator(Iterator[Any]):
         self._values.extend(values)
         if error is not None:  # the values before it first, then the error; then the end
             loaded = load_error(error) if isinstance(error, tuple) else error
-            self._error = stray_stop(loaded, f"the mapped function {state.name}")
+            if isinstance(loaded, StopIteration):
+                loaded = stop_error(loaded, state.name)
+            self._error = loaded
             self._finalizer()
         return self._next()  # a value, or the error: a chunk holds at least one item
 
@@ -326,8 +333,10 @@ class MapIterator(Iterator[Any]):
             over = state.over
         if not over:
             raise TimeoutError("StreamExecutor.map timed out waiting for its input")
+        if isinstance(end, StopIteration):  # not the input's (islice ends on those): an engine's
+            raise stop_error(end, "the engine running a StreamExecutor.map") from end
         if end is not None:
-            raise stray_stop(end, "the input (or the engine) of a StreamExecutor.map")
+            raise end
         raise StopIteration
 
     @atomic
@@ -339,3 +348,53 @@ class MapIterator(Iterator[Any]):
         self._values.clear()
         self._error = None
         self._finalizer()
+
+
+# -- interpreter exit ----------------------------------------------------------------------------
+
+
+_exiting: weakref.WeakSet[Host] = weakref.WeakSet()
+_exit_lock = threading.Lock()
+_exit_hooks = False
+
+
+def stop_at_exit(obj: Host) -> None:
+    """Drain and then stop ``obj`` at interpreter exit, before the core kills every child.
+
+    Daemon threads keep running while ``atexit`` handlers do; without this a feeder or a
+    dispatcher would go on forking while the interpreter tears itself down. (Stopping an
+    executor cuts its maps off: they are not recorded themselves.)
+    """
+    global _exit_hooks
+    with _exit_lock:
+        if not _exit_hooks:
+            install_hooks()  # registered first, so the core's handler runs after ours
+            atexit.register(_stop_all)
+            _when_main_thread_ends(_drain_all)
+            _exit_hooks = True
+        _exiting.add(obj)
+
+
+def _when_main_thread_ends(callback: Callable[[], None]) -> None:
+    # A CPython private, relied on here only: threading._register_atexit (3.9+) runs
+    # ``callback`` when the main thread ends, before non-daemon threads are joined and before
+    # any atexit handler; concurrent.futures.thread uses it to finish its calls at exit. The
+    # public ways fall short: an atexit handler runs after handlers registered later (which
+    # may have torn down what the calls use), and 3.12 refuses to start threads or fork in
+    # one; non-daemon workers would make exit wait for the calls of an abandoned map too.
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:  # a Python without it: the atexit order, registered after _stop_all
+        atexit.register(callback)
+        return
+    with contextlib.suppress(RuntimeError):  # already exiting: nothing submitted can wait
+        register(callback)
+
+
+def _drain_all() -> None:
+    for obj in list(_exiting):
+        obj._drain_at_exit()
+
+
+def _stop_all() -> None:
+    for obj in list(_exiting):
+        obj._stop_at_exit()

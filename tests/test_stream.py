@@ -1099,7 +1099,9 @@ def test_map_fn_raising_stop_iteration_is_an_error_at_its_position(
     with executor(2, mode=mode) as ex:
         m = ex.map(stop_at_three, range(8), chunksize=chunksize)
         got = []
-        with pytest.raises(RuntimeError, match="stop_at_three raised StopIteration") as info:
+        with pytest.raises(
+            RuntimeError, match=r"^the mapped function stop_at_three\(\) raised StopIteration$"
+        ) as info:
             for value in m:
                 got.append(value)
         assert got == [0, 1, 2]
@@ -1108,6 +1110,19 @@ def test_map_fn_raising_stop_iteration_is_an_error_at_its_position(
         assert "stop_at_three" in frame_names(cause)
         with pytest.raises(StopIteration):
             next(m)  # the error ended the map
+
+
+class StopsInIter:
+    def __iter__(self) -> Iterator[int]:
+        raise StopIteration("not an iterator's end")
+
+
+def test_an_input_whose_iter_raises_stop_iteration_is_an_error(mode: str) -> None:
+    with executor(2, mode=mode) as ex:
+        with pytest.raises(RuntimeError, match=r"^__iter__ of input 1 of StreamExecutor") as info:
+            ex.map(add, range(3), StopsInIter())
+        assert isinstance(info.value.__cause__, StopIteration)
+        assert not ex._maps  # nothing was started
 
 
 def test_submit_fn_raising_stop_iteration_keeps_it(mode: str) -> None:
