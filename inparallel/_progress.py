@@ -9,11 +9,15 @@ install, never an error.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import warnings
 from types import TracebackType
 from typing import Any
 
 __all__ = ("Progress", "open_progress")
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 MISSING_TQDM = (
     "progress=True needs tqdm, which is not installed; continuing without a progress bar. "
@@ -113,8 +117,9 @@ def open_progress(
         total: Expected number of items, if known; grow it later with `Progress.add_total`.
         desc: Label shown in front of the bar.
         unit: Name of one item in the rate display.
-        stacklevel: Where the missing-tqdm warning points, counted from the caller of this
-            function (2 = the caller's caller, typically the user's code).
+        stacklevel: Ignored: the missing-tqdm warning points at the innermost caller outside
+            the library, wherever the bar is opened (a map opens it on its first ``next()``,
+            which ``list()`` calls from C).
 
     Returns:
         A tqdm-backed `Progress` if ``enabled`` and tqdm imports, else a `Progress` that draws
@@ -128,6 +133,16 @@ def open_progress(
     try:
         bar_class = _tqdm_class()
     except ImportError:
-        warnings.warn(MISSING_TQDM, RuntimeWarning, stacklevel=stacklevel + 1)
+        warnings.warn(MISSING_TQDM, RuntimeWarning, stacklevel=_outside_the_library())
         return Progress()
     return _TqdmProgress(bar_class(total=total, desc=desc, unit=unit, miniters=1))
+
+
+def _outside_the_library() -> int:
+    # The warnings stacklevel of the innermost frame that is not the library's (1 = our caller).
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    return level

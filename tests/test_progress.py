@@ -1,0 +1,44 @@
+"""progress=True without tqdm: one RuntimeWarning that points at the caller's own line."""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import Future
+
+import pytest
+
+from inparallel import process_map, thread_map, waitfor
+
+
+@pytest.fixture
+def no_tqdm(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
+
+
+def _line_of(marker: str) -> int:
+    with open(__file__) as source:
+        for number, line in enumerate(source, 1):
+            if line.rstrip().endswith(f"# {marker}"):
+                return number
+    raise AssertionError(marker)
+
+
+def _the_warning(record: pytest.WarningsRecorder) -> tuple[str, int]:
+    [warning] = [w for w in record if issubclass(w.category, RuntimeWarning)]
+    assert "pip install 'inparallel[progress]'" in str(warning.message)
+    return warning.filename, warning.lineno
+
+
+@pytest.mark.parametrize("tool", [thread_map, process_map])
+def test_a_map_warns_at_the_line_that_iterates_it(no_tqdm: None, tool: object) -> None:
+    with pytest.warns(RuntimeWarning) as record:
+        assert list(tool(abs, range(-3, 0), progress=True)) == [3, 2, 1]  # type: ignore[operator]  # map
+    assert _the_warning(record) == (__file__, _line_of("map"))
+
+
+def test_waitfor_warns_at_the_loop(no_tqdm: None) -> None:
+    done: Future[int] = Future()
+    done.set_result(1)
+    with pytest.warns(RuntimeWarning) as record:
+        assert list(waitfor([done], progress=True)) == [done]  # loop
+    assert _the_warning(record) == (__file__, _line_of("loop"))
