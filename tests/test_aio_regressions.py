@@ -1,6 +1,7 @@
-"""Regression tests for the bugs the aio code review found (fixed in db82487).
+"""Regression tests for the bugs the aio code review found (fixed in db82487), and later ones.
 
-Each test fails on the code before that commit and names the bug (B1 ...) it covers.
+Each test fails on the code before its fix and names the bug (B1 ...) it covers; the
+sections after B16 name theirs in words.
 """
 
 # ruff: noqa: F401, F811 - `arun` is a fixture imported from tests._aio so that pytest sees it
@@ -651,5 +652,84 @@ def test_b16_active_fork_of_passive_fork_calls_preflight(arun):
         assert calls == [a]
         for s in (a, p, q):
             await s.aclose()
+
+    arun(main)
+
+
+# --- A callable's StopIteration / StopAsyncIteration is an error, never the end -------------
+
+BOUND = 30.0  # seconds; the old code hung here for ever
+
+
+def _stop_on_2(stop: type[Exception], x: int) -> int:
+    if x == 2:
+        raise stop("no value for 2")
+    return x * 10
+
+
+@pytest.mark.parametrize("stop", [StopIteration, StopAsyncIteration])
+def test_parallel_map_fn_raising_stop_iteration_is_an_error_at_its_place(arun, stop):
+    """The children's StopIteration/StopAsyncIteration: a RuntimeError after the items before.
+
+    Before, a StopIteration never reached the reader (asyncio refused to store it in the
+    wrapped future, logged a TypeError, and the read hung); a StopAsyncIteration ended the
+    stream quietly, losing the items after it.
+    """
+    fn = functools.partial(_stop_on_2, stop)  # inherited by the children, not pickled
+
+    async def main():
+        out = []
+        with pytest.raises(RuntimeError, match=f"parallel_map's fn .* raised {stop.__name__}"):
+            async with aio.parallel_map(fn, [0, 1, 2, 3], concurrency=2) as m:
+                while True:
+                    out.append(await asyncio.wait_for(anext(m), BOUND))
+        assert out == [0, 10]
+
+    arun(main)
+
+
+@pytest.mark.parametrize("stop", [StopIteration, StopAsyncIteration])
+def test_awaited_task_raising_stop_iteration_does_not_end_an_async_iterator(arun, stop):
+    """A hand-written ``__anext__`` that awaits a task: its StopAsyncIteration is no end."""
+
+    @task
+    def fetch(x: int) -> int:
+        return _stop_on_2(stop, x)
+
+    class Pages:
+        def __init__(self) -> None:
+            self.n = 0
+
+        def __aiter__(self) -> Pages:
+            return self
+
+        async def __anext__(self) -> int:
+            if self.n == 4:
+                raise StopAsyncIteration
+            self.n += 1
+            return await asyncio.wait_for(fetch(self.n - 1), BOUND)
+
+    async def main():
+        out = []
+        with pytest.raises(RuntimeError, match=f"task .*fetch.* raised {stop.__name__}"):
+            async for page in Pages():
+                out.append(page)
+        assert out == [0, 10]
+
+    arun(main)
+
+
+@pytest.mark.parametrize("stop", [StopIteration, StopAsyncIteration])
+def test_push_aiter_next_preflight_raising_stop_iteration_is_an_error(arun, stop):
+    """next_preflight's StopIteration/StopAsyncIteration reaches the reader as an error."""
+
+    async def main():
+        def preflight() -> None:
+            raise stop
+
+        q: aio.push_aiter[int] = aio.push_aiter(next_preflight=preflight)
+        q.push(1)
+        with pytest.raises(RuntimeError, match=f"next_preflight .* raised {stop.__name__}"):
+            await anext(q)
 
     arun(main)

@@ -578,6 +578,72 @@ def test_map_on_error_callable(arun, workers):
     arun(main)
 
 
+def stop_on_2(kind: str, stop: type[BaseException]) -> Callable[[int], Any]:
+    def sync_f(x):
+        if x == 2:
+            raise stop("no value for 2")
+        return x * 10
+
+    async def async_f(x):
+        await asyncio.sleep(0)
+        return sync_f(x)
+
+    return sync_f if kind == "sync" else async_f
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("stop", [StopIteration, StopAsyncIteration])
+def test_map_f_raising_stop_iteration_is_an_error_at_its_place(arun, stop, kind, workers):
+    """map_f's StopIteration/StopAsyncIteration: a RuntimeError after 10, never a quiet end.
+
+    Before, a StopAsyncIteration raised by map_f left ``__anext__`` as it was and the reader
+    took it for the end of the stream ([10], no error: item 3 lost).
+    """
+
+    async def main():
+        src = Seq([1, 2, 3])
+        out = []
+        with pytest.raises(RuntimeError, match=f"raised {stop.__name__}") as info:
+            async for y in map_aiter(stop_on_2(kind, stop), src, worker_count=workers):
+                out.append(y)
+        assert out == [10]
+        assert type(info.value.__cause__) is stop
+        if kind == "sync" or stop is StopAsyncIteration:  # else Python's own: "coroutine raised"
+            assert "map_f" in str(info.value)
+        assert src.closed_count == 1
+
+    arun(main)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_map_on_error_skip_drops_an_item_whose_map_f_raised_stop_iteration(arun, workers):
+    async def main():
+        fn = stop_on_2("sync", StopAsyncIteration)
+        assert [y async for y in map_aiter(fn, [1, 2, 3], workers, on_error="skip")] == [10, 30]
+
+    arun(main)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("stop", [StopIteration, StopAsyncIteration])
+def test_map_on_error_raising_stop_iteration_is_an_error(arun, stop, workers):
+    """An on_error callable's StopIteration/StopAsyncIteration does not end the map quietly."""
+
+    def on_error(item, exc):
+        raise stop
+
+    async def main():
+        m = map_aiter(raise_on_2("sync"), [1, 2, 3], workers, on_error=on_error)
+        out = []
+        with pytest.raises(RuntimeError, match=f"on_error .*on_error raised {stop.__name__}"):
+            async for y in m:
+                out.append(y)
+        assert out == [10]
+
+    arun(main)
+
+
 @pytest.mark.parametrize("workers", [1, 3])
 def test_map_awaitable_detection(arun, workers):
     """A lambda returning a coroutine, an async __call__ object and a partial are all awaited."""
@@ -1135,6 +1201,57 @@ def test_map_filter_concurrent_keeps_per_item_order(arun):
         for i in range(0, len(out), 3):  # each item's group is contiguous and in order
             x = out[i][0]
             assert out[i : i + 3] == [(x, 0), (x, 1), (x, 2)]
+
+    arun(main)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_map_filter_f_raising_stop_async_iteration_is_an_error(arun, workers):
+    """map_filter_aiter's map_f raising StopAsyncIteration: an error after [1], not the end."""
+
+    def fn(x):
+        if x == 2:
+            raise StopAsyncIteration
+        return [x]
+
+    async def main():
+        out = []
+        with pytest.raises(RuntimeError, match="raised StopAsyncIteration"):
+            async for y in map_filter_aiter(fn, [1, 2, 3], workers):
+                out.append(y)
+        assert out == [1]
+
+    arun(main)
+
+
+def one_then_stop_async() -> Any:
+    """A sync generator: a StopAsyncIteration inside it leaves it as it is (PEP 479 is for
+    StopIteration only)."""
+    yield 1
+    raise StopAsyncIteration("from inside the generator")
+
+
+@pytest.mark.parametrize("how", ["iter_to_aiter", "to_thread", "flatten", "map_source"])
+def test_sync_iterator_raising_stop_async_iteration_is_an_error(arun, how):
+    """Where sync iteration enters async iteration, a StopAsyncIteration is not the end.
+
+    Before, it left ``__anext__`` as it was, and the reader took it for the end of the stream.
+    """
+
+    async def main():
+        if how == "iter_to_aiter":
+            stream: Any = iter_to_aiter(one_then_stop_async())
+        elif how == "to_thread":
+            stream = iter_to_aiter(one_then_stop_async(), to_thread=True)
+        elif how == "flatten":
+            stream = flatten_aiter([one_then_stop_async(), [2]])
+        else:
+            stream = map_aiter(lambda x: x, one_then_stop_async(), 2)
+        out = []
+        with pytest.raises(RuntimeError, match="one_then_stop_async raised StopAsyncIteration"):
+            async for y in stream:
+                out.append(y)
+        assert out == [1]
 
     arun(main)
 

@@ -8,6 +8,12 @@ the last reference at once), so nothing keeps running for a reader that has gone
 
 **Loops.** Nothing here touches a loop at construction: futures are made from the running
 loop on first use, so streams can be built at import time and used inside ``asyncio.run``.
+
+**Stray stops.** A `StopAsyncIteration` raised from ``__anext__`` ends a stream, so one that
+user code raises must never get there as it is: a callable's `StopIteration` or
+`StopAsyncIteration` (`call`, `call_hook`), and a sync iterator's `StopAsyncIteration`
+(`next_sync`; a generator passes it on unchanged), become a `RuntimeError` caused by it, at
+their place in the stream, as PEP 479 does for generators.
 """
 
 from __future__ import annotations
@@ -19,19 +25,24 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from types import TracebackType
 from typing import Any, TypeVar
 
+from .._core._errors import stray_stop
+
 __all__ = (
     "END",
     "Stream",
     "SyncSource",
     "adopt",
     "call",
+    "call_hook",
     "cancel_soon",
     "close_soon",
     "close_source",
     "consume_outcome",
     "keep_task",
     "killed",
+    "name_of",
     "next_or_end",
+    "next_sync",
     "report",
     "running_loop",
     "settle",
@@ -116,7 +127,7 @@ class SyncSource(AsyncIterator[T]):
         """Return the next item, or `END` (the iterator is closed then)."""
         if self._it is None:
             return END
-        item = next(self._it, END)
+        item = next_sync(self._it)
         if item is END:
             self.close()
         return item
@@ -133,6 +144,20 @@ class SyncSource(AsyncIterator[T]):
 
 #: What `SyncSource.next_now` returns at the end.
 END: Any = object()
+
+
+def next_sync(it: Iterator[T]) -> T:
+    """Return ``next(it)``, or `END` when ``it`` is exhausted.
+
+    Raises:
+        RuntimeError: ``it`` raised `StopAsyncIteration` (the original is its ``__cause__``).
+            A sync generator passes one on as it is (PEP 479 converts only StopIteration),
+            and raised from ``__anext__`` it would end the stream in silence.
+    """
+    try:
+        return next(it, END)
+    except StopAsyncIteration as exc:
+        raise stray_stop(exc, f"the iterator {name_of(it)}") from exc
 
 
 async def next_or_end(source: AsyncIterator[Any]) -> Any:
@@ -166,11 +191,37 @@ async def close_source(source: object) -> None:
 
 
 async def call(fn: Callable[[T], R | Awaitable[R]], item: T) -> R:
-    """Call ``fn(item)`` and await the result if it is awaitable (decided per call)."""
-    result = fn(item)
-    if inspect.isawaitable(result):
-        return await result
-    return result
+    """Call ``fn(item)`` and await the result if it is awaitable (decided per call).
+
+    Raises:
+        RuntimeError: ``fn`` raised `StopIteration` or `StopAsyncIteration` (the original is
+            its ``__cause__``): raised from a reader's ``__anext__``, either would end the
+            stream in silence.
+    """
+    try:
+        result = fn(item)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+    except (StopIteration, StopAsyncIteration) as exc:
+        raise stray_stop(exc, f"map_f {name_of(fn)}") from exc
+
+
+def call_hook(what: str, fn: Callable[..., R], *args: Any) -> R:
+    """Call a user's callback (``on_error``, ``next_preflight``) from a reader's ``__anext__``.
+
+    Raises:
+        RuntimeError: ``fn`` raised `StopIteration` or `StopAsyncIteration`, as in `call`.
+    """
+    try:
+        return fn(*args)
+    except (StopIteration, StopAsyncIteration) as exc:
+        raise stray_stop(exc, f"{what} {name_of(fn)}") from exc
+
+
+def name_of(fn: object) -> str:
+    """Return a callable's qualified name (its repr if it has none), for messages."""
+    return str(getattr(fn, "__qualname__", None) or repr(fn))
 
 
 def running_loop(

@@ -15,11 +15,12 @@ from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
 from .._checks import count
+from .._core._future import to_asyncio
 from .._core._options import TaskOptions
 from .._core._spawn import spawn
 from .._executor import portable, selected
 from .._task import unwrap_task
-from ._base import Stream, adopt
+from ._base import Stream, adopt, name_of
 from ._map import Mapped, OnError, check_on_error, make_window
 
 __all__ = ("parallel_map",)
@@ -62,7 +63,9 @@ def parallel_map(
         window: Items started and not yet yielded (default ``2 * concurrency``, at least
             ``concurrency``): with ``ordered=True`` later items go on starting while an
             early one is slow, and memory stays bounded for infinite inputs.
-        on_error: As for `map_aiter` (an error raised by the child, `WorkerDied`, ...).
+        on_error: As for `map_aiter` (an error raised by the child, `WorkerDied`, ...). A
+            `StopIteration` or `StopAsyncIteration` raised by ``fn`` is a `RuntimeError`
+            caused by it, at its item's place.
         executor: Submit each call to this engine instead of forking it (``fn`` and the
             items must then pickle); default: the engine selected where ``parallel_map`` is
             called (fork, unless `inparallel.use` or ``INPARALLEL_EXECUTOR`` says otherwise).
@@ -87,6 +90,8 @@ def parallel_map(
     source = adopt(aiterable, "parallel_map's aiterable")
     alive: set[Future[Any]] = set()
 
+    what = f"parallel_map's fn {name_of(fn)}"
+
     def start(item: Any) -> asyncio.Future[Any]:
         if engine is None:
             child: Future[Any] = spawn(target, (item,), {}, options)
@@ -94,7 +99,9 @@ def parallel_map(
             child = engine.submit(portable(fn), item)
         alive.add(child)
         child.add_done_callback(alive.discard)  # on the supervisor thread: one atomic call
-        return asyncio.wrap_future(child)
+        # Not asyncio.wrap_future: a child's StopIteration would never arrive (asyncio
+        # refuses to store it), and its StopAsyncIteration would end the stream quietly.
+        return to_asyncio(child, asyncio.get_running_loop(), what)
 
     def kill() -> None:
         for child in list(alive):

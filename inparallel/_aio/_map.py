@@ -14,8 +14,12 @@ The window lets later items start while an early one is slow (an ordered map tha
 started item ``n + workers`` after item ``n`` was *yielded* would stall behind every slow item).
 
 `parallel_map` is the same engine with a forked child per call: its "call" is a `TaskFuture`
-seen through `asyncio.wrap_future`, and cancelling that (on an early exit, `aclose`, or when
-the reader is cancelled and leaves) kills the child.
+seen through `to_asyncio` (`asyncio.wrap_future`, safe for a StopIteration), and cancelling
+that (on an early exit, `aclose`, or when the reader is cancelled and leaves) kills the child.
+
+A `StopIteration` or `StopAsyncIteration` that ``map_f``, ``fn`` or ``on_error`` raises is a
+`RuntimeError` at its item's place (caused by it), never the end of the stream: raised from
+``__anext__`` as it is, the reader would take it for the end and lose the items after it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from ._base import (
     Stream,
     adopt,
     call,
+    call_hook,
     cancel_soon,
     close_source,
     consume_outcome,
@@ -144,7 +149,7 @@ class Mapped(Stream[R]):
         if not isinstance(exc, Exception) or self._on_error == "raise":
             raise exc
         if self._on_error != "skip":
-            self._on_error(item, exc)
+            call_hook("on_error", self._on_error, item, exc)
 
     async def _fill(self, workers: int) -> None:
         """Start calls for the items the source has ready, up to the limits; never blocks."""
@@ -244,7 +249,7 @@ class _Sequential(Stream[R]):
                     if self._on_error == "raise":
                         raise
                     if self._on_error != "skip":
-                        self._on_error(item, exc)
+                        call_hook("on_error", self._on_error, item, exc)
         except asyncio.CancelledError:
             raise
         except BaseException:

@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from ._base import Stream, running_loop
+from ._base import Stream, call_hook, running_loop
 
 __all__ = ("Cursor", "QueueFull", "QueueStopped", "Shared", "push_aiter")
 
@@ -255,7 +255,8 @@ class push_aiter(Cursor[T]):
         next_preflight: Called at the start of every read of an active reader, before it
             waits, with the reader as its argument (or with none, if it takes none, as the
             original documented it). It may push just in time; its exceptions reach the
-            reader.
+            reader (a `StopIteration` or `StopAsyncIteration` as a `RuntimeError` caused by
+            it: it does not end the stream).
         maxsize: How far behind the slowest open reader may fall: `push` raises `QueueFull`
             and `put` waits beyond it. Unbounded (``math.inf``) by default. The queue
             object is itself a reader: a producer that reads only through forks should
@@ -343,9 +344,9 @@ class push_aiter(Cursor[T]):
     def _preflight(self) -> None:
         if self._next_preflight is not None and self._active and not self._detached:
             if self._preflight_args:
-                self._next_preflight(self)  # type: ignore[call-arg]
+                call_hook("next_preflight", self._next_preflight, self)
             else:
-                self._next_preflight()  # type: ignore[call-arg]
+                call_hook("next_preflight", self._next_preflight)
 
 
 def _takes_reader(fn: Callable[..., object] | None) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, TypeVar
 
 from .._checks import count
-from ._base import END, Stream, adopt, close_source, killed, next_or_end
+from ._base import END, Stream, adopt, close_source, killed, next_or_end, next_sync
 
 __all__ = ("aiter_to_iter", "azip", "flatten_aiter", "iter_to_aiter")
 
@@ -61,11 +61,11 @@ class iter_to_aiter(Stream[T]):
             if self._to_thread:
                 if self._pending is None:
                     loop = asyncio.get_running_loop()
-                    self._pending = loop.run_in_executor(None, next, it, END)
+                    self._pending = loop.run_in_executor(None, next_sync, it)
                 item = await asyncio.shield(self._pending)
                 self._pending = None
             else:
-                item = next(it, END)
+                item = next_sync(it)
         except asyncio.CancelledError:
             raise
         except BaseException:
@@ -295,7 +295,7 @@ class flatten_aiter(Stream[T]):
                 if inner is None:
                     self._inner = inner = _open(await self._awaited(self._outer))
                 if isinstance(inner, Iterator):
-                    item = next(inner, END)
+                    item = next_sync(inner)
                 else:
                     try:
                         item = await self._awaited(inner)
