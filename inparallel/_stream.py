@@ -197,9 +197,9 @@ class StreamExecutor(Executor):
         engine = selected(self._executor) if self.forks else None
         call = _Call(fn, args, kwargs, killable=self.forks, engine=engine, mapped=mapped)
         with self._cond:
-            if self._shutdown and self._cancelled and mapped:
+            if mapped and self._cancelled:
                 raise cut_off()  # the map ends as cut() would have it
-            if self._shutdown and not mapped:
+            if not mapped and self._shutdown:
                 raise RuntimeError("cannot submit to a StreamExecutor after shutdown()")
             start_now = self.forks and self._running < self._max and not self._pending
             if start_now:

@@ -19,9 +19,9 @@ A `StopIteration` raised by the mapped function is that item's error, like any o
 from ``__next__`` as it is, it would end the iteration in silence and lose every later result,
 so it arrives as a `RuntimeError` caused by it, as PEP 479 does for generators.
 
-Locks: a map's ``cond`` may be held while the executor's lock is taken, never the other way
-round. Both are re-entrant, because a map's finalizer may run (garbage collection of a cycle)
-in a thread that already holds one of them.
+Locks: a map's ``cond`` is never held while the executor's lock is taken. Both are
+re-entrant, because a map's finalizer may run (garbage collection of a cycle) in a thread that
+already holds one of them.
 """
 
 from __future__ import annotations
@@ -163,21 +163,26 @@ class MapState:
 
     def _room(self) -> int:
         """Wait until there is room ahead; return how many items to pull (0: feed no more)."""
-        with self.cond:
-            limit = self.limit
-            while limit is not None and self.ahead >= limit and not (self.stopped or self.halted):
-                if not self.idle:
-                    self.idle = True
-                    # Set before the executor reads its shutdown flag in there, so a shutdown
-                    # that began meanwhile has either seen `settled` or is woken now.
-                    self._executor._map_settled()
-                self.cond.wait()
-            self.idle = False
-            if self.stopped or self.halted:
-                return 0
-            take = self.chunksize if limit is None else min(self.chunksize, limit - self.ahead)
-            self.ahead += take
-            return take
+        while True:
+            with self.cond:
+                while self._full() and self.idle:
+                    self.cond.wait()
+                if not self._full():
+                    self.idle = False
+                    if self.stopped or self.halted:
+                        return 0
+                    limit, size = self.limit, self.chunksize
+                    take = size if limit is None else min(size, limit - self.ahead)
+                    self.ahead += take
+                    return take
+                self.idle = True
+            # Set before the executor reads its shutdown flag in there, so a shutdown that
+            # began meanwhile has either seen `settled` or is woken now.
+            self._executor._map_settled()
+
+    def _full(self) -> bool:
+        limit = self.limit
+        return limit is not None and self.ahead >= limit and not (self.stopped or self.halted)
 
     def _feed_chunk(
         self, fn: Callable[..., Any], items: Iterator[tuple[Any, ...]], take: int, first: bool
@@ -376,7 +381,7 @@ def stop_at_exit(obj: Host) -> None:
 
 
 def _when_main_thread_ends(callback: Callable[[], None]) -> None:
-    # A CPython private, relied on here only: threading._register_atexit (3.9+) runs
+    # This module's one CPython private: threading._register_atexit (3.9+) runs
     # ``callback`` when the main thread ends, before non-daemon threads are joined and before
     # any atexit handler; concurrent.futures.thread uses it to finish its calls at exit. The
     # public ways fall short: an atexit handler runs after handlers registered later (which
