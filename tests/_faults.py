@@ -18,11 +18,15 @@ it through `python_env`). Everything here is usable from any test, including the
 * **Grandchildren** that keep inherited fds open (`fork_holder`), `subreaper` so that orphans
   come back to the test process, and `reap` to kill and collect them.
 * **Synchronisation without sleeps**: `Gate` (parent releases children) and `Beacon` (children
-  signal the parent), both plain pipes inherited through fork.
-* **Measurements from /proc**: `fd_table`, `process_state`, `bytes_read`, `context_switches`,
-  and `stop_mid_stream`, which freezes a child while its result is half transferred.
+  signal the parent), both plain pipes inherited through fork; `wait_exception`, `join_all` and
+  `deadline` bound the waits that take no timeout of their own.
+* **Measurements from /proc**: `fd_table`, `stat_fields` (the one ``/proc/<pid>/stat`` parser),
+  `process_state`, `child_pids`, `bytes_read`, `context_switches`, `thread_blocked`, and
+  `stop_mid_stream`, which freezes a child while its result is half transferred.
 * **Deterministic payloads** (`blob`, `ascii_blob`, `digest`) and `run_python` for subprocess
   harnesses.
+
+Waits default to the suite's timing constants (``tests/_timing.py``).
 
 Helpers meant to run inside a task say so in their docstring; they must not be called in the
 test process itself.
@@ -44,11 +48,17 @@ import signal
 import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+
+if __package__:  # imported as tests._faults (the ledger harness, ``python -m tests._ledger``)
+    from ._timing import BOUND, PATIENCE, PROMPT
+else:  # imported as _faults, with tests/ on sys.path (pytest, harnesses given `python_env`)
+    from _timing import BOUND, PATIENCE, PROMPT
 
 #: The process that imported this module first: the test process (or a harness's main process).
 #: Forked children inherit the value, so ``os.getpid() != PARENT_PID`` means "in a child".
@@ -286,10 +296,21 @@ def fd_table() -> dict[int, str]:
     return table
 
 
-#: This process's fds when this module was first imported (for the test process: after pytest
-#: set up its capture, before any test ran). Tests use it to tell the fds the process had all
-#: along from the ones a library opened since.
-STARTUP_FDS: dict[int, str] = {}
+#: This process's fds at the start of the current test (the leak fixture in conftest.py calls
+#: `mark_baseline` first thing), or, outside pytest, when this module was imported. A baseline
+#: taken at import would be stale: pytest's plugins open fds of their own after the conftest
+#: imports this module, and a task would see them as new.
+BASELINE_FDS: dict[int, str] = {}
+
+#: The pipe ends of every open `Gate` and `Beacon`: the test's own, never a library fd.
+TEST_FDS: set[int] = set()
+
+
+def mark_baseline() -> dict[int, str]:
+    """Record this process's fds now as `BASELINE_FDS` (done at the start of every test)."""
+    BASELINE_FDS.clear()
+    BASELINE_FDS.update(fd_table())
+    return dict(BASELINE_FDS)
 
 
 def fd_mode(fd: int) -> int:
@@ -300,16 +321,17 @@ def fd_mode(fd: int) -> int:
 def result_pipe_fds(exclude: Sequence[int] = ()) -> list[int]:
     """Return the write-only pipe fds of this process other than 0-2 and ``exclude``.
 
-    Pipes the process already had when this module was imported (`STARTUP_FDS`) are skipped.
-    Called in a task, this finds the result pipe's write end (pass the test's own pipe fds in
-    ``exclude``), whatever the library's wire format.
+    Pipes the test process had when its test started (`BASELINE_FDS`) and the ends of open
+    `Gate` and `Beacon` objects (`TEST_FDS`) are skipped. Called in a task, this finds the
+    result pipe's write end (pass any other pipe the test made itself in ``exclude``), whatever
+    the library's wire format.
     """
     found = []
     for fd, target in sorted(fd_table().items()):
-        if fd <= 2 or fd in exclude or not target.startswith("pipe:"):
+        if fd <= 2 or fd in exclude or fd in TEST_FDS or not target.startswith("pipe:"):
             continue
-        if STARTUP_FDS.get(fd) == target:
-            continue  # the test process had it before any task ran (pytest's capture)
+        if BASELINE_FDS.get(fd) == target:
+            continue  # the test process had it before the test ran (pytest's capture, ...)
         with contextlib.suppress(OSError):
             if fd_mode(fd) == os.O_WRONLY:
                 found.append(fd)
@@ -333,7 +355,7 @@ def write_result_pipe(data: bytes, exclude: Sequence[int] = ()) -> int:
     return fd
 
 
-STARTUP_FDS.update(fd_table())
+mark_baseline()
 
 
 # -- grandchildren ---------------------------------------------------------------------------------
@@ -363,19 +385,26 @@ def subreaper() -> Iterator[None]:
 
 
 def fork_holder(
-    seconds: float = 60.0,
+    seconds: float = PATIENCE,
     *,
     wait_fd: int | None = None,
     then: Callable[[], object] | None = None,
+    exclude: Sequence[int] = (),
 ) -> int:
-    """Fork a grandchild that keeps every inherited fd open; return its pid. Call in a task only.
+    """Fork a grandchild that holds the task's result pipe open; return its pid. In a task only.
 
-    The grandchild holds the task's result-pipe write end (and every other fd) for ``seconds``,
-    or until one byte (or EOF) can be read from ``wait_fd``; it then runs ``then()`` (if given)
-    and exits with ``os._exit``. Nothing in it flushes or writes stdio.
+    The library's at-fork hook closes the task's own result-pipe fd in anything the task forks,
+    so the grandchild gets a duplicate of it (as a program started with the fd passed on would
+    have), besides every other inherited fd. It holds them for ``seconds``, or until one byte
+    (or EOF) can be read from ``wait_fd``; it then runs ``then()`` (if given) and exits with
+    ``os._exit``. Nothing in it flushes or writes stdio. ``exclude`` is as for
+    `result_pipe_fds`, which must find exactly one pipe.
     """
+    (fd,) = result_pipe_fds(exclude)
+    held = os.dup(fd)
     pid = os.fork()
     if pid:
+        os.close(held)  # only the grandchild holds the duplicate
         return pid
     status = 0
     try:
@@ -391,7 +420,7 @@ def fork_holder(
         os._exit(status)
 
 
-def reap(pid: int, timeout: float = 5.0) -> int | None:
+def reap(pid: int, timeout: float = BOUND) -> int | None:
     """SIGKILL ``pid`` and collect its status once it is (or becomes) a child of this process.
 
     Returns the ``waitpid`` status, or None if the process never became our child within
@@ -414,14 +443,39 @@ def reap(pid: int, timeout: float = 5.0) -> int | None:
         time.sleep(0.005)  # waiting for the kernel to re-parent or finish killing: no event
 
 
+def stat_fields(pid: int | str, tid: int | None = None) -> list[bytes] | None:
+    """Return the fields of ``/proc/<pid>/stat`` (or of its thread ``tid``) from field 3 on.
+
+    Index 0 is the state, 1 the parent's pid, 11 and 12 the user and system CPU ticks
+    (proc(5), fields 3, 4, 14 and 15). The command name before them is skipped: it is in
+    parentheses and may contain spaces and parentheses itself. Returns None if the process (or
+    thread) no longer exists, however that shows: no entry, or one that vanished mid-read.
+    """
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    if not data:
+        return None
+    return data[data.rindex(b")") + 2 :].split()
+
+
 def process_state(pid: int) -> str | None:
     """Return the one-letter state of ``pid`` from ``/proc`` ('R', 'S', 'T', 'Z', ...) or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2 :].split()[0].decode()
+    fields = stat_fields(pid)
+    return None if fields is None else fields[0].decode()
+
+
+def child_pids() -> set[int]:
+    """Return the pids (running or zombie) whose parent is this process."""
+    me = os.getpid()
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := stat_fields(entry)) is not None and int(fields[1]) == me:
+            pids.add(int(entry))
+    return pids
 
 
 def survivors(pids: Iterable[int], timeout: float) -> list[int]:
@@ -457,7 +511,7 @@ def alive(pid: int) -> bool:
     return state is not None and state not in "ZX"
 
 
-def wait_state(pid: int, states: str, timeout: float = 5.0) -> bool:
+def wait_state(pid: int, states: str, timeout: float = BOUND) -> bool:
     """Wait until ``pid`` is in one of ``states`` (letters, see `process_state`)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -482,6 +536,7 @@ class Gate:
 
     def __init__(self) -> None:
         self.r, self.w = os.pipe()
+        TEST_FDS.update((self.r, self.w))
         self._owner = os.getpid()
         self._closed = False
         self._child_closed = False
@@ -508,6 +563,7 @@ class Gate:
         with contextlib.suppress(OSError):
             fcntl.fcntl(self.w, fcntl.F_SETFL, os.O_NONBLOCK)
             os.write(self.w, b"g" * 4096)
+        TEST_FDS.difference_update((self.r, self.w))
         os.close(self.w)
         os.close(self.r)
 
@@ -527,6 +583,8 @@ class Beacon:
 
     def __init__(self) -> None:
         self.r, self.w = os.pipe()
+        TEST_FDS.update((self.r, self.w))
+        self._closed = False
 
     @property
     def fds(self) -> tuple[int, int]:
@@ -538,7 +596,7 @@ class Beacon:
     def send_int(self, value: int) -> None:
         os.write(self.w, struct.pack("<q", value))
 
-    def receive(self, n: int = 1, timeout: float = 10.0) -> bytes:
+    def receive(self, n: int = 1, timeout: float = BOUND) -> bytes:
         deadline = time.monotonic() + timeout
         data = b""
         while len(data) < n:
@@ -552,8 +610,28 @@ class Beacon:
             data += chunk
         return data
 
-    def receive_int(self, timeout: float = 10.0) -> int:
+    def receive_int(self, timeout: float = BOUND) -> int:
         return struct.unpack("<q", self.receive(8, timeout))[0]
+
+    def lines(self, n: int, timeout: float = BOUND) -> list[str]:
+        """Return the next ``n`` newline-terminated records sent, or raise `TimeoutError`.
+
+        Senders must write each record in one ``send`` (a pipe keeps writes of up to 4 KiB
+        whole, so records from several processes never interleave).
+        """
+        deadline = time.monotonic() + timeout
+        data = b""
+        while data.count(b"\n") < n:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.r], [], [], max(left, 0))
+            if not ready:
+                got = data.count(b"\n")
+                raise TimeoutError(f"beacon: {got} of {n} records within {timeout}s: {data!r}")
+            chunk = os.read(self.r, 1)  # one byte at a time: never read past the n-th record
+            if not chunk:
+                raise EOFError(f"beacon closed after {data!r}")
+            data += chunk
+        return data.decode().splitlines()
 
     def pending(self) -> bool:
         """Return True if something was sent and not yet received."""
@@ -561,6 +639,10 @@ class Beacon:
         return bool(ready)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        TEST_FDS.difference_update((self.r, self.w))
         for fd in (self.r, self.w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -570,6 +652,87 @@ class Beacon:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def wait_until(check: Callable[[], object], timeout: float = BOUND) -> bool:
+    """Wait up to ``timeout`` seconds for ``check()`` to be true; return whether it became so.
+
+    For conditions only ``/proc`` can show (another process's state, a count): it checks
+    every millisecond or so. Anything with an event, a pipe or a pidfd waits on that instead.
+    """
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return bool(check())
+        time.sleep(0.001)  # polling /proc: there is no event to wait on
+    return True
+
+
+def wait_exception(fut: Any, timeout: float = PATIENCE) -> tuple[BaseException, float]:
+    """Return the future's exception and the seconds it took to arrive from now.
+
+    Fails if the future succeeded. For a task it also checks that the child was reaped before
+    the future was resolved (its ``exitcode`` is known).
+    """
+    from inparallel import TaskFuture
+
+    start = time.monotonic()
+    exc = fut.exception(timeout=timeout)
+    elapsed = time.monotonic() - start
+    assert exc is not None, f"{fut!r} succeeded with {fut.result()!r}"
+    if isinstance(fut, TaskFuture):
+        assert fut.exitcode is not None, f"{fut!r} was resolved before its child was reaped"
+    return exc, elapsed
+
+
+def join_all(threads: Iterable[threading.Thread], timeout: float = BOUND) -> list[str]:
+    """Join every thread within one deadline of ``timeout`` seconds; return those still alive."""
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0))
+    return [thread.name for thread in threads if thread.is_alive()]
+
+
+class Overdue(AssertionError):
+    """Raised by `deadline` in the main thread when its block runs past its time."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, what: str = "the block") -> Iterator[None]:
+    """Fail with `Overdue` if the block still runs after ``seconds``. Main thread only.
+
+    For the waits that take no timeout of their own (iterating a map, a blocking generator,
+    ``asyncio.run``): a SIGALRM interrupts the wait and its handler raises, so a regression
+    fails with a message instead of hanging until pytest-timeout. An outer timer (pytest-timeout
+    uses SIGALRM too) is put back afterwards, less the time spent; if it falls due first, its
+    own handler runs. Forked tasks reset the handler, and no child inherits the timer.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("deadline() uses SIGALRM: call it in the main thread")
+    start = time.monotonic()
+    outer_handler = signal.getsignal(signal.SIGALRM)
+    outer: list[float] = []
+
+    def expire(signum: int, frame: Any) -> None:
+        if outer and time.monotonic() >= outer[0] - 0.001 and callable(outer_handler):
+            outer_handler(signum, frame)
+            return
+        raise Overdue(f"{what} did not finish within {seconds} s")
+
+    signal.signal(signal.SIGALRM, expire)
+    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    if outer_delay:
+        outer.append(start + outer_delay)
+        if outer_delay < seconds:
+            signal.setitimer(signal.ITIMER_REAL, outer_delay)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, outer_handler)
+        if outer:
+            left = max(outer[0] - time.monotonic(), 0.001)
+            signal.setitimer(signal.ITIMER_REAL, left, outer_interval)
 
 
 # -- measurements from /proc -----------------------------------------------------------------------
@@ -593,13 +756,49 @@ def context_switches(native_id: int) -> int:
     raise AssertionError("no voluntary_ctxt_switches in status")
 
 
-def stop_mid_stream(pid: int, baseline: int, min_bytes: int, timeout: float = 20.0) -> int:
+def thread_blocked(native_id: int) -> bool:
+    """Whether a thread of this process sleeps in a poll/select/epoll wait right now."""
+    fields = stat_fields("self", native_id)
+    if fields is None or fields[0] != b"S":
+        return False
+    try:
+        with open(f"/proc/self/task/{native_id}/wchan") as f:
+            channel = f.read()
+    except OSError:
+        return False
+    return "poll" in channel or "select" in channel
+
+
+def pipe_backlog(pid: int) -> int:
+    """Return the bytes waiting in the pipes that process ``pid`` writes and this process reads.
+
+    Our read ends of the pipes the two processes share (the result pipe of a task: the
+    supervisor's end), leaving out the test's own `Gate` and `Beacon` pipes (`TEST_FDS`).
+    """
+    theirs = set()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                theirs.add(os.readlink(f"/proc/{pid}/fd/{name}"))
+    waiting = 0
+    for fd, target in fd_table().items():
+        if target not in theirs or not target.startswith("pipe:") or fd in TEST_FDS:
+            continue
+        with contextlib.suppress(OSError):  # closed meanwhile by the supervisor
+            if fd_mode(fd) == os.O_RDONLY:
+                (count,) = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))
+                waiting += count
+    return waiting
+
+
+def stop_mid_stream(pid: int, baseline: int, min_bytes: int, timeout: float = PATIENCE) -> int:
     """Leave child ``pid`` SIGSTOPped once this process has read ``min_bytes`` since ``baseline``.
 
     ``baseline`` is a `bytes_read` value taken before the child started writing its result.
     The child is stopped at once, then let run in slices of a few milliseconds, so it freezes
-    with its result partly transferred whatever the machine's speed. Returns the bytes read so
-    far. Raises `TimeoutError` if the transfer never got that far (the child is left stopped).
+    with its result partly transferred whatever the machine's speed. Returns the bytes read
+    once the parent has drained what the child had already written (so the count is stable).
+    Raises `TimeoutError` if the transfer never got that far (the child is left stopped).
     """
     os.kill(pid, signal.SIGSTOP)
     wait_state(pid, "TtZ")
@@ -611,8 +810,9 @@ def stop_mid_stream(pid: int, baseline: int, min_bytes: int, timeout: float = 20
         time.sleep(0.002)  # the time slice the child may run before it is stopped again
         os.kill(pid, signal.SIGSTOP)
         wait_state(pid, "TtZ")
-    # Let the parent drain what was already in the pipe, so the count is stable.
-    time.sleep(0.05)  # no event marks "the supervisor has emptied the pipe"
+    # The supervisor drains what was already in the pipe: then the count is stable.
+    if not wait_until(lambda: pipe_backlog(pid) == 0, PROMPT):
+        raise TimeoutError(f"the parent did not drain the pipe of stopped pid {pid}")
     return bytes_read() - baseline
 
 
@@ -685,7 +885,7 @@ def python_env(
 def run_python(
     code: str,
     *,
-    timeout: float = 45.0,
+    timeout: float = PATIENCE,
     env: Mapping[str, str] | None = None,
     input: bytes | None = None,
     args: Sequence[str] = (),
@@ -712,10 +912,11 @@ def run_python(
 
 
 __all__ = (
+    "BASELINE_FDS",
     "PARENT_PID",
     "REPO_ROOT",
-    "STARTUP_FDS",
     "TESTS_DIR",
+    "TEST_FDS",
     "BadInitError",
     "Beacon",
     "CrashAtPickle",
@@ -728,37 +929,50 @@ __all__ = (
     "HardExitAtPickle",
     "InjectedFault",
     "KwOnlyError",
+    "Overdue",
     "ParentOnlyError",
     "Payload",
     "RaiseAtPickle",
     "UnpicklableError",
     "abort",
+    "alive",
     "ascii_blob",
     "blob",
     "bytes_read",
+    "child_pids",
     "child_rlimit",
     "context_switches",
+    "deadline",
     "digest",
     "fd_mode",
     "fd_table",
     "fork_holder",
     "in_parent",
+    "join_all",
     "kill_self",
+    "mark_baseline",
     "on_exit",
+    "pipe_backlog",
     "process_state",
     "python_env",
     "reap",
     "result_pipe_fds",
+    "run_example",
     "run_python",
     "segfault",
+    "stat_fields",
     "stop_mid_stream",
     "subreaper",
+    "survivors",
+    "thread_blocked",
+    "wait_exception",
     "wait_state",
+    "wait_until",
     "write_result_pipe",
 )
 
 
-def run_example(name: str, timeout: float = 30.0, *, as_module: bool = False) -> list[str]:
+def run_example(name: str, timeout: float = PATIENCE, *, as_module: bool = False) -> list[str]:
     """Run ``examples/<name>``; assert it exits 0 with nothing on stderr; return its stdout lines.
 
     ``as_module`` runs ``python -m examples.<name>`` without PYTHONPATH: the package is found in

@@ -1,4 +1,8 @@
-"""Shared fixtures: every test is checked for leaked child processes, threads and fds."""
+"""Shared fixtures: every test is checked for leaked child processes, threads and fds.
+
+Also the pipe fixtures most process tests use (`gate`, `beacon`) and `tracked`, which kills what
+a failing test left running. The helpers themselves live in ``_faults``.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +10,15 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
+import _faults
 import pytest
+from _faults import child_pids  # tests import it from here too
+from _timing import BOUND, PATIENCE, SETTLE
 
-SETTLE = 5.0  # seconds a test's children, threads and fds get to wind down (research P2-P4)
-
-
-def child_pids() -> set[int]:
-    """Return the pids (running or zombie) whose parent is this process."""
-    me = os.getpid()
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # Field 4 (ppid) follows the parenthesised command name, which may contain spaces.
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        if int(fields[1]) == me:
-            pids.add(int(entry))
-    return pids
+if TYPE_CHECKING:
+    from inparallel import TaskFuture
 
 
 def open_fds() -> set[int]:
@@ -63,6 +53,7 @@ def _wait_until(check: object, deadline: float) -> bool:
 @pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test that leaves a child process, a thread or an fd behind."""
+    _faults.mark_baseline()  # the fds this test starts with (see `_faults.result_pipe_fds`)
     if request.node.get_closest_marker("leaks_ok"):
         yield
         return
@@ -133,6 +124,30 @@ def _is_pipe(fd: int) -> bool:
         return False
 
 
+@pytest.fixture
+def gate() -> Iterator[_faults.Gate]:
+    """A `_faults.Gate`: tasks block on it until the test releases them (all of them at the end)."""
+    with _faults.Gate() as g:
+        yield g
+
+
+@pytest.fixture
+def beacon() -> Iterator[_faults.Beacon]:
+    """A `_faults.Beacon`: tasks send bytes, the test receives them with a timeout."""
+    with _faults.Beacon() as b:
+        yield b
+
+
+@pytest.fixture
+def tracked() -> Iterator[list[TaskFuture[Any]]]:
+    """Futures a test registers here are cancelled (their child killed) if left running."""
+    futures: list[TaskFuture[Any]] = []
+    yield futures
+    for fut in futures:
+        if not fut.done():
+            fut.cancel()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "leaks_ok: the test manages its own leak accounting")
     config.addinivalue_line("markers", "dask_cluster: the test runs beside the session's cluster")
@@ -165,12 +180,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = others + dask_items
 
 
+def _attempt(what: str, call: Any) -> list[str]:
+    """Run ``call()``; return a one-line problem report if it raised (teardown goes on)."""
+    try:
+        call()
+    except Exception as exc:
+        return [f"{what}: {type(exc).__name__}: {exc}"]
+    return []
+
+
+def _in_thread(call: Any, timeout: float) -> bool:
+    """Run ``call()`` in a daemon thread; return whether it finished within ``timeout`` s."""
+    thread = threading.Thread(target=call, name="conftest-teardown", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return not thread.is_alive()
+
+
 @pytest.fixture(scope="session")
 def dask_client() -> Iterator[object]:
-    """A real two-process LocalCluster on 127.0.0.1 (no dashboard), for the whole session."""
+    """A real two-process LocalCluster on 127.0.0.1 (no dashboard), for the whole session.
+
+    Its teardown is bounded, so that a wedged cluster fails the run instead of hanging it: the
+    client and the cluster get `BOUND` seconds each to close, and worker processes still alive
+    `SETTLE` seconds later are killed (and reported).
+    """
     import logging
 
     distributed = pytest.importorskip("distributed")
+    before = child_pids()
     cluster = distributed.LocalCluster(
         n_workers=2,
         threads_per_worker=1,
@@ -180,18 +218,33 @@ def dask_client() -> Iterator[object]:
         worker_dashboard_address=None,
         silence_logs=logging.CRITICAL,
     )
-    client = distributed.Client(cluster, set_as_default=False)
+    client = None
     try:
-        client.wait_for_workers(2, timeout=120)
+        client = distributed.Client(cluster, set_as_default=False)
+        client.wait_for_workers(2, timeout=PATIENCE)
         yield client
     finally:
-        client.close()
-        cluster.close()
+        problems = []
+        if client is not None:
+            problems += _attempt("closing the client", lambda: client.close(timeout=BOUND))
+        problems += _attempt("closing the cluster", lambda: cluster.close(timeout=BOUND))
+        _faults.wait_until(lambda: child_pids() <= before, SETTLE)
+        stray = sorted(child_pids() - before)
+        for pid in stray:
+            _faults.reap(pid)  # SIGKILL and collect: nothing of the cluster outlives the run
+        if stray:
+            problems.append(f"cluster processes {stray} were still running after close: killed")
+        if problems:
+            pytest.fail("dask cluster teardown: " + "; ".join(problems), pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def dask_executor(dask_client: object) -> Iterator[object]:
-    """A `DaskExecutor` on the session cluster, warmed up so that a test sees no new thread."""
+    """A `DaskExecutor` on the session cluster, warmed up so that a test sees no new thread.
+
+    At the end it gets `BOUND` seconds to finish the calls it still has (a call whose result
+    never comes would otherwise hang the run); after that they are cancelled and reported.
+    """
     from inparallel.backends.dask import FETCH_THREADS, adapt
 
     executor = adapt(dask_client)  # the one use(client) and executor=client give too
@@ -199,12 +252,19 @@ def dask_executor(dask_client: object) -> Iterator[object]:
     # Start every fetch thread and open the client's connections to both workers now.
     gate = threading.Barrier(FETCH_THREADS + 1)
     for _ in range(FETCH_THREADS):
-        executor._fetch.submit(gate.wait, 30)
-    gate.wait(30)
+        executor._fetch.submit(gate.wait, PATIENCE)
+    gate.wait(PATIENCE)
     for future in [executor.submit(abs, -i) for i in range(20)]:
-        future.result(60)
+        future.result(PATIENCE)
     yield executor
-    executor.shutdown(wait=True)
+    if not _in_thread(lambda: executor.shutdown(wait=True), BOUND):
+        outstanding = repr(executor)
+        executor.shutdown(wait=False, cancel_futures=True)
+        pytest.fail(
+            f"the session's DaskExecutor did not shut down within {BOUND} s ({outstanding}):"
+            " a call's result never arrived",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(params=["fork", "dask"])
