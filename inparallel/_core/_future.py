@@ -85,7 +85,11 @@ class LocalFuture(Future[R]):
             raise InheritedFutureError(repr(self), self._owner, os.getpid())
 
     def _refuse_wait(self) -> None:
-        """Raise instead of starting a wait that cannot end (called before any lock)."""
+        """Raise instead of starting a wait that cannot end.
+
+        Called, before any lock is taken, only when the state read was unfinished: a finished
+        future (the common case of ``result()``) pays for one comparison.
+        """
         self._refuse_inherited()
 
     def result(self, timeout: float | None = None) -> R:
@@ -95,12 +99,14 @@ class LocalFuture(Future[R]):
             InheritedFutureError: In a forked child, for a copy that had not finished at the
                 fork.
         """
-        self._refuse_wait()
+        if self._state in _UNFINISHED:
+            self._refuse_wait()
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Return the exception (None if the call succeeded), waiting like `result`."""
-        self._refuse_wait()
+        if self._state in _UNFINISHED:
+            self._refuse_wait()
         return super().exception(timeout)
 
     def add_done_callback(self, fn: Callable[[Future[R]], object]) -> None:
@@ -295,7 +301,8 @@ class TaskFuture(LocalFuture[R]):
         Raises:
             InheritedFutureError: As `result` does, at once.
         """
-        self._refuse_wait()
+        if self._state in _UNFINISHED:
+            self._refuse_wait()
         import asyncio  # only when awaited: importing inparallel does not import asyncio
 
         loop = asyncio.get_running_loop()
