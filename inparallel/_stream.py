@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from ._checks import count
+from ._core._future import LocalFuture
 from ._core._interrupts import GiveUp, atomic
 from ._core._options import TaskOptions
 from ._core._spawn import spawn
@@ -48,8 +49,11 @@ R = TypeVar("R")
 _MISSING: Any = object()
 
 
-class _Call(Future[Any]):
-    """A submitted call; in process mode `cancel` also works while it runs (killing the child)."""
+class _Call(LocalFuture[Any]):
+    """A submitted call; in process mode `cancel` also works while it runs (killing the child).
+
+    A `LocalFuture`: a fork's copy of one that had not finished refuses to be waited for.
+    """
 
     def __init__(
         self,
@@ -71,6 +75,8 @@ class _Call(Future[Any]):
         self.task: Future[Any] | None = None
 
     def cancel(self) -> bool:
+        if self._inherited():
+            return False  # a fork's copy: the call is another process's to stop
         with self._condition:
             if self._state == FINISHED:
                 return False
@@ -165,6 +171,7 @@ class StreamExecutor(Executor):
         self._cancelled = False  # shutdown(cancel_futures=True): maps may submit no more
         self._maps: weakref.WeakSet[MapState] = weakref.WeakSet()
         self.forks = mode == "process"
+        self._pid = os.getpid()  # its threads and children live in this process only
         stop_at_exit(self)
 
     def __repr__(self) -> str:
@@ -185,7 +192,15 @@ class StreamExecutor(Executor):
         """
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, not {type(fn).__name__} {fn!r}")
+        self._refuse_in_a_fork()
         return self._submit(fn, args, kwargs, mapped=False)
+
+    def _refuse_in_a_fork(self) -> None:
+        if self._pid != os.getpid():
+            raise RuntimeError(
+                "this StreamExecutor was made in another process (a fork inherited it): its"
+                " threads and children are not this process's; make one where it is used"
+            )
 
     def _submit_mapped(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Future[Any]:
         """Submit a call of a map: accepted after `shutdown`, unless that cancelled futures."""
@@ -368,6 +383,7 @@ class StreamExecutor(Executor):
         if buffer_size is not None:
             count("map()", "buffer_size", buffer_size, optional=True, hint=" (None: no limit)")
         count("map()", "chunksize", chunksize)
+        self._refuse_in_a_fork()
         if self._shutdown:
             raise RuntimeError("cannot map on a StreamExecutor after shutdown()")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -412,7 +428,11 @@ class StreamExecutor(Executor):
                 input that blocks in ``next()`` holds this up, unless ``cancel_futures``.
             cancel_futures: Cancel the queued calls, and end every live map where its feeder
                 is: it raises `CancelledError` after the results of what it had submitted.
+
+        In a fork that inherited the executor, this does nothing (nothing of it is ours).
         """
+        if self._pid != os.getpid():
+            return
         self._refuse(cancel_futures)
         if wait:
             with self._cond:

@@ -272,7 +272,8 @@ class MapIterator(Iterator[Any]):
         self._state, self._deadline = state, deadline
         self._values: deque[Any] = deque()
         self._error: BaseException | None = None
-        self._finalizer = weakref.finalize(self, state.stop)
+        self._pid = os.getpid()
+        self._finalizer = weakref.finalize(self, _stop, state, self._pid)
 
     def __iter__(self) -> MapIterator:
         return self
@@ -283,6 +284,11 @@ class MapIterator(Iterator[Any]):
         return max(0.0, self._deadline - time.monotonic())
 
     def __next__(self) -> Any:
+        if self._pid != os.getpid():  # its feeder and its futures are not this process's
+            raise RuntimeError(
+                "this StreamExecutor map was started in another process (a fork inherited"
+                " it); start the map in the process that reads it"
+            )
         try:
             return self._next()
         except BaseException:
@@ -353,6 +359,11 @@ class MapIterator(Iterator[Any]):
         self._values.clear()
         self._error = None
         self._finalizer()
+
+
+def _stop(state: MapState, pid: int) -> None:
+    if pid == os.getpid():  # in a fork that inherited it, nothing of it is ours to stop
+        state.stop()
 
 
 # -- interpreter exit ----------------------------------------------------------------------------

@@ -1312,3 +1312,42 @@ def test_a_thread_that_cannot_start_fails_only_its_call(
         assert ex.submit(add, 2, 3).result(PATIENCE) == 5
         assert list(ex.map(add, [1], [2])) == [3]
         settled(ex)
+
+
+# -- inherited by a fork ---------------------------------------------------------------------------
+
+
+def test_a_fork_refuses_an_inherited_executor_map_and_future(mode: str) -> None:
+    from inparallel import InheritedFutureError, task
+
+    with executor(2, mode=mode) as ex, Hold() as hold:
+
+        def held() -> str:
+            hold.wait()
+            return "held"
+
+        fut = ex.submit(held)  # unfinished when the task forks
+        m = ex.map(square, count(), buffer_size=2)
+        assert next(m) == 0
+
+        @task
+        def use_them() -> list[str]:
+            seen = []
+            for attempt in (lambda: next(m), lambda: ex.submit(abs, 1), fut.result):
+                try:
+                    attempt()
+                except (RuntimeError, InheritedFutureError) as exc:
+                    seen.append(type(exc).__name__)
+            ex.shutdown(wait=True)  # nothing of it is this process's: returns at once
+            m.close()
+            return seen
+
+        assert use_them().result(PATIENCE) == [
+            "RuntimeError",
+            "RuntimeError",
+            "InheritedFutureError",
+        ]
+        assert next(m) == 1  # the parent's map and executor are untouched
+        hold.release()
+        assert fut.result(PATIENCE) == "held"
+        m.close()
