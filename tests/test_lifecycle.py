@@ -19,16 +19,16 @@ import textwrap
 import threading
 import time
 
+import _faults
 import pytest
-from _faults import alive
+from _faults import Beacon, Gate, alive
 from _faults import process_state as proc_state
+from _timing import BOUND, PATIENCE, PROMPT
 
 from inparallel import WorkerDied, task
 from inparallel._core import _supervisor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BOUND = 10.0  # generous bound (seconds) for anything that should take milliseconds
-PROMPT = 2.0  # "promptly", on a noisy 2-core machine
 
 # Shared by every harness: pipes that tasks use to say they have started, and a gate.
 PRELUDE = """
@@ -55,10 +55,16 @@ def sleeper(i):
 """
 
 
-def harness(body: str, **kwargs: object) -> subprocess.Popen[str]:
-    env = dict(os.environ)
+def harness_env() -> dict[str, str]:
+    """The environment of a harness: inparallel and the test helpers importable, no warnings
+    configuration of the test run's own."""
+    env = _faults.python_env()
     env.pop("PYTHONWARNINGS", None)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def harness(body: str, **kwargs: object) -> subprocess.Popen[str]:
+    env = harness_env()
     code = PRELUDE + textwrap.dedent(body)
     return subprocess.Popen(
         [sys.executable, "-c", code],
@@ -73,23 +79,20 @@ def harness(body: str, **kwargs: object) -> subprocess.Popen[str]:
 
 
 def run_harness(body: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.pop("PYTHONWARNINGS", None)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run(
         [sys.executable, "-c", PRELUDE + textwrap.dedent(body)],
         cwd=REPO,
-        env=env,
+        env=harness_env(),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=PATIENCE,
     )
 
 
 def read_line(proc: subprocess.Popen[str], prefix: str) -> list[str]:
     """Read harness stdout up to the line starting with ``prefix``; return its other words."""
     assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    ready, _, _ = select.select([proc.stdout], [], [], PATIENCE)
     assert ready, "harness did not report in time"
     line = proc.stdout.readline()
     assert line.startswith(prefix), (line, proc.stderr.read() if proc.poll() is not None else "")
@@ -136,7 +139,7 @@ def kill_leftovers(pids: list[int]) -> None:
 def finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
     if proc.poll() is None:
         proc.kill()
-    out, err = proc.communicate(timeout=30)
+    out, err = proc.communicate(timeout=BOUND)
     return out, err
 
 
@@ -167,7 +170,7 @@ def test_ctrl_c_while_waiting_interrupts_the_parent_not_the_children():
         assert float(t_ki) - t0 < PROMPT
         assert read_line(proc, "PENDING") == ["4"]  # no child was interrupted
         assert read_line(proc, "RESULTS") == ["0", "10", "20", "30"]
-        assert proc.wait(30) == 0
+        assert proc.wait(BOUND) == 0
     finally:
         _, err = finish(proc)
     assert "Traceback" not in err, err
@@ -191,9 +194,9 @@ def test_unhandled_ctrl_c_exits_promptly_and_leaves_no_task():
         watch = Watch(pids)
         t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
-        rc = proc.wait(30)
+        rc = proc.wait(BOUND)
         assert time.monotonic() - t0 < PROMPT, "the interpreter took too long to exit"
-        assert rc != 0
+        assert rc == -signal.SIGINT  # CPython's exit for an unhandled KeyboardInterrupt
         assert watch.survivors(PROMPT) == []
     finally:
         if watch:
@@ -233,7 +236,7 @@ def test_parent_sigkilled_no_task_survives_including_tasks_from_finished_threads
         assert len(pids) == 8
         watch = Watch(pids)  # asserts all 8 alive: the finished threads did not take theirs
         proc.kill()
-        proc.wait(30)
+        proc.wait(BOUND)
         assert watch.survivors(PROMPT) == []
     finally:
         if watch:
@@ -298,7 +301,7 @@ def test_parent_sigkilled_no_task_survives_an_exec_or_closed_fds():
             _wait_comm(pid, "sleep")  # the exec has happened: it is /bin/sleep now
         watch = Watch(pids)
         proc.kill()
-        proc.wait(30)
+        proc.wait(BOUND)
         assert watch.survivors(PROMPT) == []
     finally:
         if watch:
@@ -307,63 +310,48 @@ def test_parent_sigkilled_no_task_survives_an_exec_or_closed_fds():
         finish(proc)
 
 
-def test_task_outlives_the_thread_that_called_it():
+def test_task_outlives_the_thread_that_called_it(gate, beacon):
     """E5: a task started from a thread that then exits completes normally."""
-    started_r, started_w = os.pipe()
-    gate_r, gate_w = os.pipe()
 
     @task
     def work(x):
-        os.write(started_w, b"x")
-        os.read(gate_r, 1)
+        beacon.send()
+        assert gate.wait(PATIENCE)
         return x * 10
 
     box = []
 
     def call():
         box.append(work(7))
-        os.read(started_r, 1)  # the child is running before this thread ends
+        beacon.receive()  # the child is running before this thread ends
 
-    try:
-        t = threading.Thread(target=call)
-        t.start()
-        t.join(BOUND)
-        deadline = time.monotonic() + BOUND
-        while str(t.native_id) in os.listdir("/proc/self/task"):
-            assert time.monotonic() < deadline
-            time.sleep(0.001)  # join() may return before the OS thread is gone (3.12)
-        [fut] = box
-        os.write(gate_w, b"x")
-        assert fut.result(timeout=BOUND) == 70
-        assert fut.exitcode == 0
-    finally:
-        os.write(gate_w, b"x")
-        for fd in (started_r, started_w, gate_r, gate_w):
-            os.close(fd)
+    t = threading.Thread(target=call)
+    t.start()
+    assert _faults.join_all([t], BOUND) == []
+    # join() may return before the OS thread is gone (3.12).
+    gone = _faults.wait_until(lambda: str(t.native_id) not in os.listdir("/proc/self/task"))
+    assert gone, "the calling thread's OS thread never ended"
+    [fut] = box
+    assert not fut.done()
+    gate.release()
+    assert fut.result(timeout=BOUND) == 70
+    assert fut.exitcode == 0
 
 
-def test_task_from_a_thread_pool_worker_after_shutdown():
+def test_task_from_a_thread_pool_worker_after_shutdown(gate, beacon):
     from concurrent.futures import ThreadPoolExecutor
-
-    started_r, started_w = os.pipe()
-    gate_r, gate_w = os.pipe()
 
     @task
     def work(x):
-        os.write(started_w, b"x")
-        os.read(gate_r, 1)
+        beacon.send()
+        assert gate.wait(PATIENCE)
         return x + 1
 
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            futs = [pool.submit(work, i).result() for i in range(4)]
-            os.read(started_r, 4)
-        os.write(gate_w, b"xxxx")
-        assert [f.result(timeout=BOUND) for f in futs] == [1, 2, 3, 4]
-    finally:
-        os.write(gate_w, b"xxxx")
-        for fd in (started_r, started_w, gate_r, gate_w):
-            os.close(fd)
+    with ThreadPoolExecutor(2) as pool:
+        futs = [pool.submit(work, i).result(timeout=BOUND) for i in range(4)]
+        beacon.receive(4)
+    gate.release(4)
+    assert [f.result(timeout=BOUND) for f in futs] == [1, 2, 3, 4]
 
 
 # -- E4: exit with tasks in flight -----------------------------------------------------------
@@ -389,7 +377,7 @@ def test_exit_with_tasks_in_flight_is_prompt_and_leaves_no_task(how):
         assert proc.stdin is not None
         proc.stdin.write("go\n")
         proc.stdin.flush()
-        rc = proc.wait(30)
+        rc = proc.wait(BOUND)
         assert time.monotonic() - t0 < PROMPT, "exit was held up by tasks in flight"
         assert rc == 0
         assert watch.survivors(PROMPT) == []
@@ -452,67 +440,61 @@ def test_sigchld_ignored_results_still_arrive():
 # -- E7: user code that reaps children -------------------------------------------------------
 
 
-def test_subprocess_exit_codes_are_kept_while_tasks_run():
-    started_r, started_w = os.pipe()
-    gate_r, gate_w = os.pipe()
-
+def test_subprocess_exit_codes_are_kept_while_tasks_run(gate, beacon):
     @task
     def work(x):
-        os.write(started_w, b"x")
-        os.read(gate_r, 1)
+        beacon.send()
+        assert gate.wait(PATIENCE)
         return x
 
     @task
     def quick(x):
         return x
 
-    try:
-        slow = [work(i) for i in range(3)]
-        os.read(started_r, 3)
-        for i in range(15):
-            fut = quick(i)  # finishes, and is reaped, while the subprocess runs
-            rc = subprocess.run(["sh", "-c", "exit 3"], timeout=BOUND).returncode
-            assert rc == 3
-            assert fut.result(timeout=BOUND) == i
-        p = subprocess.Popen(["sh", "-c", "exit 5"])
-        assert quick("x").result(timeout=BOUND) == "x"
-        assert p.wait(BOUND) == 5
-        os.write(gate_w, b"xxx")
-        assert [f.result(timeout=BOUND) for f in slow] == [0, 1, 2]
-    finally:
-        os.write(gate_w, b"xxx")
-        for fd in (started_r, started_w, gate_r, gate_w):
-            os.close(fd)
+    slow = [work(i) for i in range(3)]
+    beacon.receive(3)
+    for i in range(15):
+        fut = quick(i)  # finishes, and is reaped, while the subprocess runs
+        rc = subprocess.run(["sh", "-c", "exit 3"], timeout=BOUND).returncode
+        assert rc == 3
+        assert fut.result(timeout=BOUND) == i
+    p = subprocess.Popen(["sh", "-c", "exit 5"])
+    assert quick("x").result(timeout=BOUND) == "x"
+    assert p.wait(BOUND) == 5
+    gate.release(3)
+    assert [f.result(timeout=BOUND) for f in slow] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("outcome", ["value", "exit"])
-def test_user_reaping_our_child_does_not_hang_and_keeps_a_delivered_result(outcome):
+def test_user_reaping_our_child_does_not_hang_and_keeps_a_delivered_result(outcome, gate):
     """E7: user code steals a task's exit status while the supervisor is busy."""
-    gate_r, gate_w = os.pipe()
-    hold_r, hold_w = os.pipe()
     in_callback = threading.Event()
     release = threading.Event()
 
     @task
     def b_task():
-        os.read(gate_r, 1)
+        assert gate.wait(PATIENCE)
         if outcome == "exit":
             os._exit(3)
         return 7
 
-    @task
-    def a_task():
-        os.read(hold_r, 1)
-        return "a"
+    with Gate() as hold:
 
-    try:
+        @task
+        def a_task():
+            assert hold.wait(PATIENCE)
+            return "a"
+
         b = b_task()
         a = a_task()
         a.add_done_callback(lambda f: (in_callback.set(), release.wait(BOUND)))
-        os.write(hold_w, b"x")
+        hold.release()
+    try:
         assert in_callback.wait(BOUND)  # the supervisor is now busy in a's callback
-        os.write(gate_w, b"x")
+        gate.release()
         # The user reaps b first (os.wait(): b is this process's only child at this point).
+        # Wait for its exit on a pidfd first, so that a hang fails instead of blocking here.
+        assert _faults.survivors([b.pid], BOUND) == [], "the task never exited"
         pid, status = os.wait() if outcome == "exit" else os.waitpid(b.pid, 0)
         assert pid == b.pid
         assert os.waitstatus_to_exitcode(status) == (3 if outcome == "exit" else 0)
@@ -528,8 +510,6 @@ def test_user_reaping_our_child_does_not_hang_and_keeps_a_delivered_result(outco
         assert a.result(timeout=BOUND) == "a"
     finally:
         release.set()
-        for fd in (gate_r, gate_w, hold_r, hold_w):
-            os.close(fd)
 
 
 def test_user_wait_loop_in_another_thread_does_not_hang_tasks():
@@ -564,12 +544,12 @@ def test_user_wait_loop_in_another_thread_does_not_hang_tasks():
             except WorkerDied as e:
                 results.append(["died", e.exitcode])
             except TimeoutError:
-                with open(f"/proc/{f.pid}/stat") as stat:
-                    state = stat.read().rsplit(")", 1)[1].split()[0]
+                from _faults import process_state
+                state = process_state(f.pid)
                 print("UNRESOLVED", i, repr(f), "child state", state, flush=True)
                 raise
         stop.set()
-        t.join()
+        t.join(10)
         print(json.dumps(results), flush=True)
         """
     )
@@ -608,7 +588,7 @@ def test_child_does_not_write_into_the_parents_signal_wakeup_fd():
 
         loop.add_signal_handler(signal.SIGUSR1, on_usr1)
         try:
-            previous, reset = await child_signals_itself()
+            previous, reset = await asyncio.wait_for(child_signals_itself(), BOUND)
             os.kill(os.getpid(), signal.SIGUSR1)  # one real signal: the only one to see
             await asyncio.wait_for(got.wait(), BOUND)
             await asyncio.sleep(0)
@@ -649,55 +629,49 @@ def test_parent_signal_handlers_do_not_run_in_the_child():
 # -- E9: the user forks while tasks are in flight --------------------------------------------
 
 
-def test_user_fork_while_tasks_in_flight_gets_a_clean_library():
-    started_r, started_w = os.pipe()
-    gate_r, gate_w = os.pipe()
-    report_r, report_w = os.pipe()
-
+def test_user_fork_while_tasks_in_flight_gets_a_clean_library(gate, beacon):
     @task
     def work(x):
-        os.write(started_w, b"x")
-        os.read(gate_r, 1)
+        beacon.send()
+        assert gate.wait(PATIENCE)
         return x
 
     @task
     def inner(x):
         return x * 2
 
-    try:
-        before = {int(fd) for fd in os.listdir("/proc/self/fd")}
-        futs = [work(i) for i in range(3)]
-        os.read(started_r, 3)
-        library_fds = {int(fd) for fd in os.listdir("/proc/self/fd")} - before
-        assert library_fds  # result pipes and pidfds at least
+    before = set(_faults.fd_table())
+    futs = [work(i) for i in range(3)]
+    beacon.receive(3)
+    library_fds = set(_faults.fd_table()) - before
+    assert library_fds  # result pipes and pidfds at least
+    with Beacon() as reports:
         pid = os.fork()
         if pid == 0:  # the user's child
             report = {}
             try:
-                signal.alarm(20)
-                mine = {int(fd) for fd in os.listdir("/proc/self/fd")}
+                signal.alarm(int(BOUND))
+                mine = set(_faults.fd_table())
                 report["inherited"] = sorted(mine & library_fds)
                 report["in_flight"] = _supervisor.statistics()["in_flight"]
-                report["values"] = [inner(i).result(timeout=10) for i in range(3)]
+                report["values"] = [inner(i).result(timeout=BOUND) for i in range(3)]
             except BaseException as exc:
                 report["error"] = repr(exc)
             finally:
-                os.write(report_w, json.dumps(report).encode())
+                reports.send((json.dumps(report) + "\n").encode())
                 os._exit(0)
-        ready, _, _ = select.select([report_r], [], [], 30)
-        if not ready:
+        try:
+            (line,) = reports.lines(1, PATIENCE)
+        except TimeoutError:
             os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-        assert ready, "the user's forked child hung"
-        report = json.loads(os.read(report_r, 65536))
-        assert os.waitstatus_to_exitcode(status) == 0  # the library did not reap it
-        assert "error" not in report, report
-        assert report["inherited"] == [], "library fds leaked into a user fork"
-        assert report["in_flight"] == 0
-        assert report["values"] == [0, 2, 4]
-        os.write(gate_w, b"xxx")
-        assert [f.result(timeout=BOUND) for f in futs] == [0, 1, 2]
-    finally:
-        os.write(gate_w, b"xxx")
-        for fd in (started_r, started_w, gate_r, gate_w, report_r, report_w):
-            os.close(fd)
+            raise AssertionError("the user's forked child hung") from None
+        finally:
+            _, status = os.waitpid(pid, 0)  # it has reported (and exits at once) or is killed
+    report = json.loads(line)
+    assert os.waitstatus_to_exitcode(status) == 0  # the library did not reap it
+    assert "error" not in report, report
+    assert report["inherited"] == [], "library fds leaked into a user fork"
+    assert report["in_flight"] == 0
+    assert report["values"] == [0, 2, 4]
+    gate.release(3)
+    assert [f.result(timeout=BOUND) for f in futs] == [0, 1, 2]
