@@ -31,7 +31,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from ._checks import count
@@ -469,11 +468,3 @@ class StreamExecutor(Executor):
 
     def _stop_at_exit(self) -> None:
         self.shutdown(wait=False, cancel_futures=True)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.shutdown(wait=True)
