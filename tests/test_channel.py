@@ -6,6 +6,9 @@ import os
 import select
 import threading
 
+import _faults
+from _timing import BOUND
+
 from inparallel._core._channel import (
     BIG_MESSAGE,
     MessageBuffer,
@@ -54,16 +57,18 @@ def test_a_big_message_is_read_in_place_while_the_writer_writes() -> None:
     got: list[bytes | bytearray] = []
     try:
         while not got:
-            select.select([r], [], [], 10)
+            ready, _, _ = select.select([r], [], [], BOUND)
+            assert ready, f"no bytes for {BOUND} s in the middle of a message"
             messages, eof = buffer.read_from(r)
             assert not eof
             got.extend(messages)
             if not got:
                 assert buffer.partial
     finally:
-        writer.join()
-        os.close(r)
+        os.close(r)  # a writer still blocked (the reads failed) gets EPIPE and ends
+        alive = _faults.join_all([writer], BOUND)
         os.close(w)
+    assert alive == [], "the writer never finished"
     (message,) = got
     head, body, tail = split_parts(message)
     assert bytes(head) == b"head" and bytes(tail) == b"tail"

@@ -13,6 +13,7 @@ import time
 
 import _faults
 import pytest
+from _timing import BOUND
 
 SERVERS = [
     "alpha.local", "bravo.local", "charlie.local", "delta.local", "echo.local", "foxtrot.local",
@@ -49,7 +50,7 @@ def test_throttled_example_reports_every_server_once_with_three_in_flight() -> N
 
 def test_demo_shows_each_feature_in_under_five_seconds() -> None:
     started = time.monotonic()
-    lines = run_example("demo.py", timeout=20)
+    lines = run_example("demo.py", timeout=BOUND)
     elapsed = time.monotonic() - started
     text = "\n".join(lines)
     parent = int(re.search(r"The parent process is (\d+)\.", text)[1])
@@ -92,7 +93,7 @@ def test_iterlib_seed_example_preloads_and_maps_with_threads_and_processes() -> 
 
 def test_stream_executor_seed_example_streams_in_about_one_second() -> None:
     started = time.monotonic()
-    lines = run_example("stream_executor_seed.py", timeout=20)
+    lines = run_example("stream_executor_seed.py", timeout=BOUND)
     elapsed = time.monotonic() - started
     odd = str(list(range(1, 20, 2)))
     assert len(lines) == 2, lines

@@ -9,11 +9,10 @@ import sys
 import threading
 
 import pytest
+from _timing import BOUND, PATIENCE
 
 from inparallel import RemoteError, SpawnError, task
 from inparallel._core import _spawn
-
-BOUND = 20.0
 
 
 def test_large_writable_result_is_private_to_the_parent() -> None:
@@ -63,7 +62,7 @@ def spares_are_live():
     plan = _child.plan()
     return plan.stdout is sys.stdout, plan.stderr is sys.stderr
 
-print(spares_are_live().result(timeout=20))
+print(spares_are_live().result(timeout=10))
 """
 
 
@@ -76,7 +75,7 @@ def test_nested_tasks_get_fresh_streams() -> None:
         [sys.executable, "-c", NESTED_SPARES],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=PATIENCE,
         cwd=root,
     )
     assert out.returncode == 0, out.stderr
@@ -163,7 +162,7 @@ try:
 except SpawnError as exc:
     error = exc
 os.write(w, b"x" * len(futures))
-assert all(f.result(timeout=20) == 1 for f in futures)
+assert all(f.result(timeout=10) == 1 for f in futures)
 print(len(futures), type(error).__name__, error.errno, isinstance(error, OSError))
 """
 
@@ -173,7 +172,7 @@ def test_fd_exhaustion_is_spawn_error_and_the_rest_completes() -> None:
     # tasks already started are still watched and finish.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(
-        [sys.executable, "-c", FD_LIMIT], capture_output=True, text=True, timeout=60, cwd=root
+        [sys.executable, "-c", FD_LIMIT], capture_output=True, text=True, timeout=PATIENCE, cwd=root
     )
     assert out.returncode == 0, out.stderr
     started, name, code, is_oserror = out.stdout.split()

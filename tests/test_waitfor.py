@@ -2,6 +2,7 @@
 
 Futures are resolved directly or from helper threads; a helper that must act only once waitfor
 has seen a future waits for `Probe.watched` (set when waitfor registers its done-callback).
+A waitfor that blocks for ever fails its test after `PATIENCE` seconds (see `bounded`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,18 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import _faults
 import pytest
+from _timing import BOUND, PATIENCE
 
 from inparallel._waitfor import waitfor
+
+
+@pytest.fixture(autouse=True)
+def bounded() -> Iterator[None]:
+    """Fail a test still running after `PATIENCE` s: waitfor itself takes no timeout."""
+    with _faults.deadline(PATIENCE, "the test"):
+        yield
 
 
 class Probe(Future[Any]):
@@ -63,7 +73,7 @@ def background(fn: Callable[[], None]) -> Iterator[threading.Thread]:
     try:
         yield t
     finally:
-        t.join(timeout=10)
+        t.join(timeout=BOUND)
         assert not t.is_alive(), "helper thread did not finish"
     if errors:
         raise errors[0]
@@ -74,7 +84,7 @@ def resolve_when_watched(futures: list[Probe]) -> Callable[[], None]:
 
     def run() -> None:
         for f in futures:
-            assert f.watched.wait(10)
+            assert f.watched.wait(BOUND)
         for i, f in enumerate(futures):
             f.set_result(i)
 
@@ -294,7 +304,7 @@ def test_duplicated_future_is_yielded_once_per_entry(resolve_first: bool) -> Non
 def test_works_with_executor_futures_and_a_deque() -> None:
     gate = threading.Event()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        in_flight = collections.deque([pool.submit(gate.wait, 10) for _ in range(4)])
+        in_flight = collections.deque([pool.submit(gate.wait, BOUND) for _ in range(4)])
         gate.set()
         results = [f.result() for f in waitfor(in_flight)]
     assert results == [True] * 4 and not in_flight
@@ -406,14 +416,15 @@ def test_ctrl_c_while_blocked_cancels_unfinished_futures() -> None:
             raise KeyboardInterrupt
 
     def press_ctrl_c() -> None:
-        assert pending.watched.wait(10) and running.watched.wait(10)
+        assert pending.watched.wait(BOUND) and running.watched.wait(BOUND)
         # A real signal (not _thread.interrupt_main) so the blocked lock wait returns EINTR. One
         # that lands just before the wait blocks is only noticed when it wakes, which a repeated
         # signal does: repeat until the handler has run (later repeats are ignored by it).
-        while True:
+        for _ in range(int(BOUND / 0.05)):
             signal.pthread_kill(main, signal.SIGINT)
             if interrupted.wait(0.05):
                 return
+        raise AssertionError(f"SIGINT did not interrupt waitfor within {BOUND} s")
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
@@ -458,7 +469,7 @@ def test_progress_without_tqdm_warns_once(
 
 def test_importing_does_not_import_tqdm() -> None:
     code = "import sys, inparallel, inparallel._waitfor; assert 'tqdm' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=PATIENCE)
 
 
 # -- K1: a concurrent appender, every future yielded exactly once -------------------------------
