@@ -186,7 +186,8 @@ class StreamExecutor(Executor):
         the call is made, then raised with the future as ``.future`` (see `_core._interrupts`).
 
         Raises:
-            RuntimeError: The executor is shut down, or no worker thread could be started.
+            RuntimeError: The executor is shut down, or was made in another process (a fork
+                inherited it), or no worker thread could be started.
             TypeError: ``fn`` is not callable.
         """
         if not callable(fn):
@@ -371,7 +372,8 @@ class StreamExecutor(Executor):
         Raises:
             TypeError: ``fn`` is not callable, or both spellings of the buffer are given.
             ValueError: ``buffer_size`` or ``chunksize`` is less than 1.
-            RuntimeError: The executor is shut down, or no thread could be started.
+            RuntimeError: The executor is shut down, or was made in another process, or no
+                thread could be started; ``__iter__`` of an input raised `StopIteration`.
         """
         if buffersize is not _MISSING:
             if buffer_size not in {10000, buffersize}:
