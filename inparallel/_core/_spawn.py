@@ -9,9 +9,9 @@ closed (only the task's own write end survives), the supervisor is forgotten, th
 Every library fd is created under this lock, so the set of fds to close is always exact.
 
 **Parking (Python 3.12+).** CPython warns (``DeprecationWarning``) when a process with more
-than one OS thread forks. Our supervisor thread is such a thread, so before each fork we *park*
-it: ask it to stop, wait for its end, and then until the kernel has torn the thread down (the
-thread signals its end just before the OS thread exits). The fork then really is
+than one OS thread forks. Our supervisor thread is such a thread, so before each of our forks
+we *park* it: ask it to stop, wait for its end, and then until the kernel has torn the thread
+down (the thread signals its end just before the OS thread exits). The fork then really is
 single-threaded and the warning is not emitted because there is nothing to warn about; nothing
 is lost meanwhile (results wait in their pipes, exits in their pidfds) and the thread restarts
 right after ``os.fork()`` returns. We park only when the supervisor is the one extra thread:
@@ -20,6 +20,13 @@ right, and we let it through. Filtering the warning instead would hide real haza
 thread-safe (``catch_warnings`` mutates global state). Parking costs a thread stop and start
 per fork (the thread is started bare, without ``Thread.start()``'s handshake, so this stays a
 small fraction of the fork itself); 3.11 does not warn and skips it.
+
+The program's own forks (``os.fork``, multiprocessing) go through an at-fork hook that parks a
+supervisor with no child left (it is ending anyway), so an idle inparallel never makes them
+warn. On 3.12 the hook also parks a busy supervisor and restarts it after the fork. From 3.13
+CPython counts threads after the after-fork hooks, where the restarted thread would be counted,
+so a fork of the program's own made while tasks are in flight warns there: our thread is alive
+then, and needed.
 
 **Private pipes.** The tools above ``task`` (maps, preloaders) talk to long-lived children over
 pipes of their own. `open_pipe` makes them under the fork lock and records both ends; every
@@ -55,6 +62,11 @@ R = TypeVar("R")
 #: Whether forking with another thread alive emits a DeprecationWarning (gh-100228).
 PARK = sys.version_info >= (3, 12)
 
+#: Whether the program's own forks park the supervisor too. Only 3.12 counts threads before
+#: the after-fork hooks run; from 3.13 a supervisor restarted by the hook would be counted,
+#: so there a fork made while tasks are in flight warns (our thread really is alive then).
+PARK_FOREIGN = sys.version_info[:2] == (3, 12)
+
 #: How long a fork waits for the supervisor to park. It only waits this long when a
 #: done-callback is blocking the supervisor; the fork then goes ahead with it alive.
 PARK_TIMEOUT = 0.5
@@ -67,6 +79,7 @@ OS_THREAD_WAIT = 0.25
 
 _fork_lock = threading.RLock()
 _hooks_installed = False
+_parked = False  # whether the before-fork hook parked the supervisor (for the parent's hook)
 _inherited_pipe: list[int] = []  # in a task's child: its result pipe, closed in any descendant
 _private_fds: set[int] = set()  # open_pipe() ends: closed in every forked child but the kept ones
 _keep: frozenset[int] = frozenset()  # the kept ones, for the fork in progress (under the lock)
@@ -209,12 +222,42 @@ def _flush_std_streams() -> None:
                 stream.flush()
 
 
-def _park(supervisor: _supervisor.Supervisor) -> None:
+def _park(supervisor: _supervisor.Supervisor) -> bool:
+    # Return whether it was parked (and its OS thread is gone). Waits out a thread that ended
+    # on its own a moment ago, too: it may still be in its last instructions.
+    if not supervisor.thread_alive():
+        supervisor.thread.wait_gone(OS_THREAD_WAIT)
+        return False
     me = threading.get_ident()
     if any(t.ident not in (me, supervisor.ident) for t in threading.enumerate()):
-        return  # the user's threads are alive: the fork is not single-threaded, warn honestly
-    if supervisor.park(PARK_TIMEOUT):
-        supervisor.thread.wait_gone(OS_THREAD_WAIT)
+        return False  # the program's threads are alive: the fork is not single-threaded
+    if not supervisor.park(PARK_TIMEOUT):
+        return False
+    supervisor.thread.wait_gone(OS_THREAD_WAIT)
+    return True
+
+
+def _park_for_fork() -> None:
+    # Before *any* fork in this process, under the fork lock, with SIGINT blocked. `spawn` has
+    # parked already; this is for the program's own forks (os.fork, multiprocessing).
+    global _parked
+    supervisor = _supervisor._SUPERVISOR
+    if supervisor is None:
+        return
+    if PARK_FOREIGN:
+        _parked = _park(supervisor)
+    elif supervisor.idle():
+        _park(supervisor)  # ending anyway: nothing to restart after the fork
+
+
+def _resume_after_fork() -> None:
+    # After the fork, in the parent (also when fork() failed).
+    global _parked
+    if _parked:
+        _parked = False
+        supervisor = _supervisor._SUPERVISOR
+        if supervisor is not None:
+            supervisor.resume()
 
 
 def _install_hooks() -> None:
@@ -222,13 +265,30 @@ def _install_hooks() -> None:
     if _hooks_installed:
         return
     _hooks_installed = True
-    # The parent's hooks are the lock's own C methods, not Python functions: a Python hook
-    # has check points, a Ctrl-C there is swallowed by os.fork (it reports hook errors as
-    # unraisable) and leaves the lock held for ever. C code runs no check point.
+    # Before-fork hooks run in the reverse order of registration, the others in order:
+    #
+    #   before:  block SIGINT -> take the fork lock -> park the supervisor (3.12+)
+    #   parent:  resume the supervisor -> release the lock -> unblock SIGINT
+    #   child:   reset the library -> unblock SIGINT
+    #
+    # A Ctrl-C inside a Python hook would be swallowed (os.fork reports hook errors as
+    # unraisable) and could leave the lock held or the supervisor parked with children to
+    # watch. So the outer hooks are C functions, which run no check point: the lock's own
+    # methods, and SIGINT blocked in the forking thread (the supervisor thread blocks it for
+    # good), so that a Ctrl-C waits in the kernel until os.fork() has returned.
+    if PARK:
+        os.register_at_fork(before=_park_for_fork, after_in_parent=_resume_after_fork)
     os.register_at_fork(
         before=_fork_lock.acquire,
         after_in_parent=_fork_lock.release,
         after_in_child=_after_fork_child,
+    )
+    sigint = (signal.SIGINT,)
+    unblock = functools.partial(signal.pthread_sigmask, signal.SIG_UNBLOCK, sigint)
+    os.register_at_fork(
+        before=functools.partial(signal.pthread_sigmask, signal.SIG_BLOCK, sigint),
+        after_in_parent=unblock,
+        after_in_child=unblock,
     )
     atexit.register(_at_exit)
 

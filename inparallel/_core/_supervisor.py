@@ -178,6 +178,11 @@ class Supervisor:
             if self._children and not self._running:
                 self._start()
 
+    def idle(self) -> bool:
+        """Whether no child is being watched (a running thread is then about to end)."""
+        with self._lock:
+            return not self._children
+
     def thread_alive(self) -> bool:
         """Whether a supervisor thread is currently running."""
         return self.thread.alive()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import _thread
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -55,6 +56,9 @@ class BareThread:
             raise
 
     def _main(self, target: Callable[[], None]) -> None:
+        # Never the thread that receives a Ctrl-C: the main thread handles it anyway, and a
+        # fork blocks SIGINT in the forking thread to keep it out of its hooks (see _spawn).
+        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT,))
         self.ident, self.native_id = threading.get_ident(), threading.get_native_id()
         self.last_native_id = self.native_id
         threading.current_thread().name = self.name  # creates the dummy entry
