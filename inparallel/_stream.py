@@ -30,7 +30,6 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, InvalidStateError
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
 from typing import Any, Literal, TypeVar
 
 from ._checks import count
@@ -74,39 +73,21 @@ class _Call(LocalFuture[Any]):
         self.task: Future[Any] | None = None
 
     def cancel(self) -> bool:
-        if self._inherited():
-            return False  # a fork's copy: the call is another process's to stop
-        with self._condition:
-            if self._state == FINISHED:
-                return False
-            if self._state in {CANCELLED, CANCELLED_AND_NOTIFIED}:
-                return True
-            if self._state == RUNNING and not self.killable:  # a thread call cannot be stopped
-                return False
-            # Queued; or running, or being started (no task yet: `attach` stops it when the
-            # start returns). Notified at once, also when queued: wait() and as_completed()
-            # count only CANCELLED_AND_NOTIFIED as done, and the slot may stay busy for long.
-            task = self.task
-            self._state = CANCELLED_AND_NOTIFIED
-            for waiter in self._waiters:  # wait() and as_completed() see it at once
-                waiter.add_cancelled(self)
-            self._condition.notify_all()
+        # Queued; or running, or being started (no task yet: `attach` stops it when the
+        # start returns). A running thread call cannot be stopped.
+        return self._cancel(lambda _: self.killable or not self.running(), self._stop_task)
+
+    def _stop_task(self) -> None:
+        # After the state changed: a task attached from now on is cancelled by `attach`.
+        task = self.task
         if task is not None:
             task.cancel()
-        self._invoke_callbacks()  # type: ignore[attr-defined]
-        return True
-
-    def set_running_or_notify_cancel(self) -> bool:
-        with self._condition:  # an RLock: the base class takes it again
-            if self._state == CANCELLED_AND_NOTIFIED:  # cancelled while queued
-                return False
-            return super().set_running_or_notify_cancel()
 
     def attach(self, task: Future[Any]) -> None:
         """Record the child (or engine call) just started; cancel it if the call was."""
         with self._condition:
             self.task = task
-            cancelled = self._state != RUNNING
+            cancelled = self.cancelled()
         if cancelled:
             task.cancel()
 

@@ -9,11 +9,19 @@ in another process refuses to wait with `InheritedFutureError`: ``result()``,
 and `concurrent.futures.wait` / `as_completed` (which wait on a ``_Waiter`` of their own:
 they are stopped where they register it with the future). A future that had finished before
 the fork works as usual in the child: its outcome was copied with it.
+
+**State changes in one place.** Our futures leave the stdlib's set of transitions in two spots:
+a cancel may be notified at once (`concurrent.futures.wait` and `as_completed` count only
+CANCELLED_AND_NOTIFIED as done, and a task is cancelled while RUNNING), and a callback's
+``BaseException`` must not escape into the thread that finished the future. `LocalFuture`
+holds both (`LocalFuture._cancel`, `LocalFuture._invoke_callbacks`), and this is the one module
+that reads the stdlib's state names (``concurrent.futures._base``, stable since 3.2).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import threading
@@ -125,9 +133,52 @@ class LocalFuture(Future[R]):
         Returns False for a fork's copy of an unfinished future (the work is not this
         process's to stop).
         """
+        return self._cancel(lambda state: state == PENDING)
+
+    def _cancel(
+        self, cancellable: Callable[[str], bool], stop: Callable[[], object] | None = None
+    ) -> bool:
+        """Cancel now if unfinished and ``cancellable(state)`` (called under the lock) agrees.
+
+        The future goes straight to CANCELLED_AND_NOTIFIED and its waiters are told at once;
+        then ``stop()`` runs (to stop the work itself), then the done-callbacks, both outside
+        the lock. Returns whether the future is cancelled, now or before (`stop` ran only if
+        now); False for a finished future and for a fork's copy of an unfinished one.
+        """
         if self._inherited():
-            return False
-        return super().cancel()
+            return False  # the work is another process's to stop; nor may its callbacks run
+        with self._condition:
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                return True
+            if self._state == FINISHED or not cancellable(self._state):
+                return False
+            self._state = CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        if stop is not None:
+            stop()
+        self._invoke_callbacks()
+        return True
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """Mark the future RUNNING before its work starts; False if it was cancelled.
+
+        Unlike the stdlib's, also accepts a cancel that was notified already (see `_cancel`).
+        """
+        with self._condition:  # re-entrant: the base class takes it again
+            if self._state == CANCELLED_AND_NOTIFIED:
+                return False
+            return super().set_running_or_notify_cancel()
+
+    def _invoke_callbacks(self) -> None:
+        # The stdlib logs an Exception from a callback and goes on; a BaseException (SystemExit
+        # from a callback) would otherwise escape and kill the thread that finished the future.
+        for callback in self._done_callbacks:  # type: ignore[attr-defined]
+            try:
+                callback(self)
+            except BaseException:
+                LOGGER.exception("exception calling callback for %r", self)
 
 
 class _Waiters(list[Any]):
@@ -251,20 +302,9 @@ class TaskFuture(LocalFuture[R]):
             False if the future had already finished, or if this is a forked child's copy
             of it (see `LocalFuture`); True otherwise.
         """
-        if self._inherited():
-            return False  # the task is the parent's; nor must its callbacks run here
-        with self._condition:
-            if self._state == FINISHED:
-                return False
-            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                return True
-            self._state = CANCELLED_AND_NOTIFIED
-            for waiter in self._waiters:
-                waiter.add_cancelled(self)
-            self._condition.notify_all()
-        self._send_signal(signal.SIGKILL)
-        self._invoke_callbacks()
-        return True
+        return self._cancel(
+            lambda state: True, functools.partial(self._send_signal, signal.SIGKILL)
+        )
 
     def result(self, timeout: float | None = None) -> R:
         """Return the task's value, waiting up to ``timeout`` seconds (None: for ever).
@@ -325,12 +365,3 @@ class TaskFuture(LocalFuture[R]):
                     waiter.add_exception(self)
             self._condition.notify_all()
         self._invoke_callbacks()
-
-    def _invoke_callbacks(self) -> None:
-        # The stdlib logs an Exception from a callback and goes on; a BaseException (SystemExit
-        # from a callback) would otherwise escape and kill the supervisor thread.
-        for callback in self._done_callbacks:  # type: ignore[attr-defined]
-            try:
-                callback(self)
-            except BaseException:
-                LOGGER.exception("exception calling callback for %r", self)

@@ -33,9 +33,9 @@ import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from concurrent.futures._base import CANCELLED_AND_NOTIFIED, PENDING, RUNNING
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._core._future import LocalFuture
 from .._executor import portable
 from ._call import Shared, pack_call, run_call, unwrap_failure
 
@@ -62,7 +62,7 @@ def _distributed() -> Any:
     return distributed
 
 
-class RemoteFuture(Future[R]):
+class RemoteFuture(LocalFuture[R]):
     """A standard future for one call on a cluster.
 
     It stays pending until the result is back (dask does not say when a call starts), so
@@ -82,28 +82,19 @@ class RemoteFuture(Future[R]):
 
     def cancel(self) -> bool:
         """Cancel the call unless its outcome is already here; see the class docstring."""
-        with self._condition:
-            if self._state != PENDING:
-                return self.cancelled()
-            # Notified at once: concurrent.futures.wait() and as_completed() count only a
-            # CANCELLED_AND_NOTIFIED future as done.
-            self._state = CANCELLED_AND_NOTIFIED
-            for waiter in self._waiters:
-                waiter.add_cancelled(self)
-            self._condition.notify_all()
-        self._invoke_callbacks()  # type: ignore[attr-defined]
+        return self._cancel(lambda _: not self.running(), self._stop_handle)
+
+    def _stop_handle(self) -> None:
         handle, self._handle = self._handle, None
         if handle is not None:
             with contextlib.suppress(Exception):  # the client is closing: nothing to cancel
                 handle.cancel()
-        return True
 
     def settle(self, handle: Any) -> None:
         """Take the finished dask future's outcome (runs on a fetch thread)."""
-        with self._condition:
-            if self._state != PENDING:  # cancelled meanwhile
-                return
-            self._state = RUNNING  # from now on cancel() refuses: the outcome is on its way
+        if not self.set_running_or_notify_cancel():  # cancelled meanwhile
+            return
+        # From now on cancel() refuses: the outcome is on its way.
         try:
             status = handle.status
             if status == "cancelled":
