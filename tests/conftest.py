@@ -208,7 +208,7 @@ def dask_client() -> Iterator[object]:
     import logging
 
     distributed = pytest.importorskip("distributed")
-    before = child_pids()
+    workers: list[int] = []
     cluster = distributed.LocalCluster(
         n_workers=2,
         threads_per_worker=1,
@@ -222,18 +222,18 @@ def dask_client() -> Iterator[object]:
     try:
         client = distributed.Client(cluster, set_as_default=False)
         client.wait_for_workers(2, timeout=PATIENCE)
+        workers.extend(client.run(os.getpid).values())  # this process's children
         yield client
     finally:
         problems = []
         if client is not None:
             problems += _attempt("closing the client", lambda: client.close(timeout=BOUND))
         problems += _attempt("closing the cluster", lambda: cluster.close(timeout=BOUND))
-        _faults.wait_until(lambda: child_pids() <= before, SETTLE)
-        stray = sorted(child_pids() - before)
+        stray = _faults.survivors(workers, SETTLE)
         for pid in stray:
-            _faults.reap(pid)  # SIGKILL and collect: nothing of the cluster outlives the run
+            _faults.reap(pid)  # SIGKILL and collect: no worker outlives the run
         if stray:
-            problems.append(f"cluster processes {stray} were still running after close: killed")
+            problems.append(f"worker processes {stray} were still running after close: killed")
         if problems:
             pytest.fail("dask cluster teardown: " + "; ".join(problems), pytrace=False)
 

@@ -3,6 +3,10 @@
 Each test takes the ``engine`` fixture (conftest): first a `ForkExecutor`, then the session's
 `DaskExecutor`. Calls that must wait for the test use a file gate in ``tmp_path``: a cluster
 worker shares no memory, pipe or lock with the test, but it sees the same file system.
+
+Every result is awaited with a timeout, and a whole test (maps and pipelines take none) fails
+after `PATIENCE` + `BOUND` seconds: a call whose result never comes fails its test with a
+message, well before pytest-timeout, and the session's teardown is bounded too (conftest).
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import pathlib
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from concurrent.futures import Executor
 from typing import Any
 
+import _faults
 import pytest
+from _timing import BOUND, PATIENCE, PROMPT
 
 import inparallel
 from inparallel import (
@@ -30,7 +37,13 @@ from inparallel import (
     waitfor,
 )
 
-RESULT_TIMEOUT = 60
+
+@pytest.fixture(autouse=True)
+def bounded(no_leaks: None) -> Iterator[None]:
+    """Fail a test still running after `PATIENCE` + `BOUND` seconds (after the leak check's
+    setup, which may start the session's cluster)."""
+    with _faults.deadline(PATIENCE + BOUND, "the test"):
+        yield
 
 
 def echo(x: Any, key: Any = None, priority: Any = None, **rest: Any) -> tuple[Any, ...]:
@@ -76,7 +89,7 @@ def wait_for_file(path: str, mark: str | None = None) -> str:
     """Block (in the worker) until ``path`` exists; first create ``mark`` if given."""
     if mark is not None:
         pathlib.Path(mark).touch()
-    deadline = time.monotonic() + RESULT_TIMEOUT
+    deadline = time.monotonic() + PATIENCE
     while not os.path.exists(path):
         if time.monotonic() > deadline:
             raise TimeoutError(path)
@@ -84,11 +97,9 @@ def wait_for_file(path: str, mark: str | None = None) -> str:
     return path
 
 
-def wait_until(check: Any, timeout: float = RESULT_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)  # polling the file system for a worker's mark
+def wait_until(check: Any, timeout: float = PATIENCE) -> None:
+    """Wait for a worker's mark in the file system (polled: nothing shared to block on)."""
+    assert _faults.wait_until(check, timeout), "condition not met in time"
 
 
 # -- futures ---------------------------------------------------------------------------------
@@ -97,9 +108,9 @@ def wait_until(check: Any, timeout: float = RESULT_TIMEOUT) -> None:
 def test_submit_returns_standard_futures_that_resolve(engine: Executor) -> None:
     futures = [engine.submit(square, i) for i in range(10)]
     assert all(isinstance(f, cf.Future) for f in futures)
-    _, not_done = cf.wait(futures, timeout=RESULT_TIMEOUT)
+    _, not_done = cf.wait(futures, timeout=PATIENCE)
     assert not not_done
-    assert sorted(f.result() for f in cf.as_completed(futures, timeout=RESULT_TIMEOUT)) == [
+    assert sorted(f.result() for f in cf.as_completed(futures, timeout=PATIENCE)) == [
         i * i for i in range(10)
     ]
     assert [f.result() for f in futures] == [i * i for i in range(10)]
@@ -107,7 +118,7 @@ def test_submit_returns_standard_futures_that_resolve(engine: Executor) -> None:
 
 def test_keyword_arguments_named_like_engine_options_reach_the_function(engine: Executor) -> None:
     future = engine.submit(echo, 1, key="mine", priority=5, workers="w", pure=True, retries=9)
-    assert future.result(RESULT_TIMEOUT) == (
+    assert future.result(PATIENCE) == (
         1,
         "mine",
         5,
@@ -117,18 +128,18 @@ def test_keyword_arguments_named_like_engine_options_reach_the_function(engine: 
 
 def test_identical_calls_all_run(engine: Executor) -> None:
     futures = [engine.submit(time.perf_counter_ns) for _ in range(4)]
-    assert len({f.result(RESULT_TIMEOUT) for f in futures}) == 4
+    assert len({f.result(PATIENCE) for f in futures}) == 4
 
 
 def test_closures_and_lambdas_run(engine: Executor) -> None:
     offset = 100
-    assert engine.submit(lambda x: x + offset, 1).result(RESULT_TIMEOUT) == 101
+    assert engine.submit(lambda x: x + offset, 1).result(PATIENCE) == 101
 
 
 def test_an_exception_keeps_its_type_attributes_and_traceback(engine: Executor) -> None:
     future = engine.submit(fails_deep, 3)
     with pytest.raises(Oops) as info:
-        future.result(RESULT_TIMEOUT)
+        future.result(PATIENCE)
     assert info.value.code == 42
     assert str(info.value.args[0]) == "bad item 3"
     frames = [frame.name for frame in traceback.extract_tb(info.value.__traceback__)]
@@ -137,7 +148,7 @@ def test_an_exception_keeps_its_type_attributes_and_traceback(engine: Executor) 
 
 def test_an_exception_that_cannot_pickle_arrives_as_remote_error(engine: Executor) -> None:
     with pytest.raises(RemoteError) as info:
-        engine.submit(raise_unpicklable).result(RESULT_TIMEOUT)
+        engine.submit(raise_unpicklable).result(PATIENCE)
     assert "Unpicklable" in str(info.value)
     assert "raise_unpicklable" in str(info.value)
 
@@ -168,11 +179,11 @@ def test_a_queued_call_cancels_and_never_runs(engine: Executor, tmp_path: pathli
             wait_until((tmp_path / "started").exists)
             queued = executor.submit(wait_for_file, str(gate), str(ran))
             assert queued.cancel()
-            done, _ = cf.wait([queued], timeout=5)
+            done, _ = cf.wait([queued], timeout=PROMPT)  # a cancel is seen at once
             assert queued in done
         finally:
             gate.touch()
-        assert running.result(RESULT_TIMEOUT) == str(gate)
+        assert running.result(PATIENCE) == str(gate)
     assert queued.cancelled()
     assert not ran.exists()
 
@@ -259,13 +270,13 @@ def test_aio_parallel_map_runs_on_the_engine(engine: Executor) -> None:
     assert asyncio.run(main()) == [i * i for i in range(12)]
 
 
-@task(timeout=30)
+@task(timeout=PATIENCE)
 def tasked(x: int) -> int:
     return x + 1
 
 
 def test_a_task_submitted_to_an_engine_returns_its_value(engine: Executor) -> None:
-    assert engine.submit(tasked, 1).result(RESULT_TIMEOUT) == 2
+    assert engine.submit(tasked, 1).result(PATIENCE) == 2
     assert list(process_map(tasked, range(3), executor=engine)) == [1, 2, 3]
 
 
@@ -289,13 +300,13 @@ def test_dask_cancel_of_work_queued_on_the_cluster(
             for i in range(queued_count)
         ]
         assert all(future.cancel() for future in queued)
-        done, _ = cf.wait(queued, timeout=0.5)
+        done, _ = cf.wait(queued, timeout=PROMPT)  # a cancel is seen at once
         assert done == set(queued)
         with pytest.raises(cf.CancelledError):
             queued[0].result(0)
     finally:
         gate.touch()
-    assert [f.result(RESULT_TIMEOUT) for f in busy] == [str(gate)] * slots
+    assert [f.result(PATIENCE) for f in busy] == [str(gate)] * slots
     # The futures are cancelled and deliver nothing. On the cluster the cancellation is best
     # effort: dask may already have handed a queued call to a worker, where it still runs
     # (seen: 0 to 4 of these 6), so which ones ran is not asserted.
@@ -305,8 +316,8 @@ def test_dask_cancel_of_work_queued_on_the_cluster(
 def test_dask_shared_value_reaches_calls_and_closures(dask_executor: Any) -> None:
     table = dask_executor.share({"a": 1, "b": 2})
     assert "Shared dict" in repr(table)
-    assert dask_executor.submit(lambda k: table[k], "b").result(RESULT_TIMEOUT) == 2
-    assert dask_executor.submit(dict.get, table, "a").result(RESULT_TIMEOUT) == 1
+    assert dask_executor.submit(lambda k: table[k], "b").result(PATIENCE) == 2
+    assert dask_executor.submit(dict.get, table, "a").result(PATIENCE) == 1
     mapped = process_map(lambda k: table[k], ["a", "b", "a"], executor=dask_executor)
     assert list(mapped) == [1, 2, 1]
 
@@ -328,8 +339,8 @@ def make_lock() -> Any:
 def test_a_result_that_cannot_pickle_fails_its_future(engine: Executor) -> None:
     future = engine.submit(make_lock)
     with pytest.raises(TypeError):  # ResultNotPicklable on fork: also a TypeError
-        future.result(RESULT_TIMEOUT)
-    assert engine.submit(square, 3).result(RESULT_TIMEOUT) == 9  # and the engine goes on
+        future.result(PATIENCE)
+    assert engine.submit(square, 3).result(PATIENCE) == 9  # and the engine goes on
 
 
 def test_dask_client_is_wrapped_once(dask_client: Any) -> None:
@@ -352,5 +363,5 @@ def nested_map_in_child() -> list[int]:
 
 def test_a_forked_child_never_uses_its_parents_engine(engine: Executor) -> None:
     with inparallel.use(engine):
-        assert engine_in_child().result(RESULT_TIMEOUT) == "ForkExecutor"
-        assert nested_map_in_child().result(RESULT_TIMEOUT) == [0, 1, 4, 9]
+        assert engine_in_child().result(PATIENCE) == "ForkExecutor"
+        assert nested_map_in_child().result(PATIENCE) == [0, 1, 4, 9]

@@ -25,7 +25,9 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
+import _faults
 import pytest
+from _timing import BOUND, PATIENCE
 
 import inparallel
 from inparallel import (
@@ -40,8 +42,15 @@ from inparallel import (
 )
 from inparallel import _executor as engines
 
-RESULT_TIMEOUT = 60
 PREFIX = "stand-in"  # the names of the stand-in engine's threads
+
+
+@pytest.fixture(autouse=True)
+def bounded(no_leaks: None) -> Iterator[None]:
+    """Fail a test still running after `PATIENCE` + `BOUND` seconds: maps, pipelines and
+    ``asyncio.run`` take no timeout of their own."""
+    with _faults.deadline(PATIENCE + BOUND, "the test"):
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -176,14 +185,14 @@ def test_use_does_not_reach_a_plain_thread(pool: ThreadPoolExecutor) -> None:
     with inparallel.use(pool):
         thread = threading.Thread(target=lambda: seen.append(inparallel.current_executor()))
         thread.start()
-        thread.join(RESULT_TIMEOUT)
+        thread.join(BOUND)
         # A thread run in a copy of the context sees the block's engine.
         copied = threading.Thread(
             target=contextvars.copy_context().run,
             args=(lambda: seen.append(inparallel.current_executor()),),
         )
         copied.start()
-        copied.join(RESULT_TIMEOUT)
+        copied.join(BOUND)
     assert len(seen) == 2
     assert is_fork(seen[0])
     assert seen[1] is pool
@@ -233,8 +242,8 @@ def test_stream_submit_inside_a_block_runs_in_the_pool(pool: ThreadPoolExecutor)
         with inparallel.use(pool):
             inside = executor.submit(where)
         outside = executor.submit(where)
-        assert in_pool([inside.result(RESULT_TIMEOUT)])
-        assert forked([outside.result(RESULT_TIMEOUT)])
+        assert in_pool([inside.result(PATIENCE)])
+        assert forked([outside.result(PATIENCE)])
 
 
 def test_aio_parallel_map_inside_a_block_runs_in_the_pool(pool: ThreadPoolExecutor) -> None:
@@ -270,19 +279,19 @@ def test_executor_argument_beats_the_use_block(pool: ThreadPoolExecutor) -> None
 def test_stream_executor_argument(pool: ThreadPoolExecutor) -> None:
     with StreamExecutor(executor=pool) as executor:
         assert "x2" in repr(executor)  # max_workers defaults to the pool's worker count
-        assert in_pool([executor.submit(where).result(RESULT_TIMEOUT)])
+        assert in_pool([executor.submit(where).result(PATIENCE)])
         assert in_pool(list(executor.map(where, range(6))))
 
 
 def test_stream_executor_argument_is_bound_at_construction(pool: ThreadPoolExecutor) -> None:
     with StreamExecutor(2, executor=pool) as executor, inparallel.use("fork"):
-        assert in_pool([executor.submit(where).result(RESULT_TIMEOUT)])
+        assert in_pool([executor.submit(where).result(PATIENCE)])
 
 
 def test_stream_executor_argument_fork_beats_the_use_block(pool: ThreadPoolExecutor) -> None:
     for explicit in ("fork", ForkExecutor()):
         with StreamExecutor(2, executor=explicit) as executor, inparallel.use(pool):
-            assert forked([executor.submit(where).result(RESULT_TIMEOUT)])
+            assert forked([executor.submit(where).result(PATIENCE)])
             assert forked(list(executor.map(where, range(3))))
 
 
@@ -356,7 +365,7 @@ def test_use_opens_the_engine_a_spec_names_and_closes_it_at_the_end(
 def test_use_does_not_shut_down_an_executor_passed_in(pool: ThreadPoolExecutor) -> None:
     with inparallel.use(pool):
         pass
-    assert pool.submit(where).result(RESULT_TIMEOUT)[1].startswith(PREFIX)
+    assert pool.submit(where).result(PATIENCE)[1].startswith(PREFIX)
 
 
 def test_use_refuses_a_value_that_is_no_engine() -> None:
@@ -439,15 +448,15 @@ def test_environment_engine_is_used_cached_per_value_and_closed(
 
 
 def sleep_long() -> None:
-    time.sleep(RESULT_TIMEOUT)  # killed by the test long before
+    time.sleep(PATIENCE)  # killed by the test long before
 
 
 @task(timeout=0.3)
 def overruns() -> None:
-    time.sleep(RESULT_TIMEOUT)  # the task's timeout kills it long before
+    time.sleep(PATIENCE)  # the task's timeout kills it long before
 
 
-@task(timeout=30)
+@task(timeout=PATIENCE)
 def tasked(x: int) -> int:
     return x + 1
 
@@ -455,7 +464,7 @@ def tasked(x: int) -> int:
 def test_fork_executor_submit_returns_a_running_task_future() -> None:
     future = ForkExecutor().submit(where)
     assert isinstance(future, TaskFuture)
-    pid, _ = future.result(RESULT_TIMEOUT)
+    pid, _ = future.result(PATIENCE)
     assert pid == future.pid != os.getpid()
 
 
@@ -469,10 +478,10 @@ def test_fork_executor_cancel_kills_the_child() -> None:
         assert future.cancel()
         assert future.cancelled()
         with pytest.raises(cf.CancelledError):
-            future.result(RESULT_TIMEOUT)
+            future.result(PATIENCE)
         # The pipe reaches end of file once the only process holding its write end is dead.
-        ready, _, _ = select.select([read_end], [], [], RESULT_TIMEOUT)
-        assert ready
+        ready, _, _ = select.select([read_end], [], [], BOUND)
+        assert ready, "the cancelled task's child is still alive"
         assert os.read(read_end, 1) == b""
     finally:
         os.close(read_end)
@@ -484,8 +493,8 @@ def test_fork_executor_keeps_a_tasks_options() -> None:
     future = ForkExecutor().submit(overruns)
     assert isinstance(future, TaskFuture)
     with pytest.raises(TaskTimeout):
-        future.result(RESULT_TIMEOUT)
-    assert ForkExecutor().submit(tasked, 1).result(RESULT_TIMEOUT) == 2  # a value, no future
+        future.result(PATIENCE)
+    assert ForkExecutor().submit(tasked, 1).result(PATIENCE) == 2  # a value, no future
 
 
 def test_fork_executor_refuses_work_after_shutdown() -> None:
@@ -493,7 +502,7 @@ def test_fork_executor_refuses_work_after_shutdown() -> None:
     executor.shutdown()
     with pytest.raises(RuntimeError, match="after shutdown"):
         executor.submit(where)
-    assert engines.FORK.submit(abs, -1).result(RESULT_TIMEOUT) == 1  # the default is unharmed
+    assert engines.FORK.submit(abs, -1).result(PATIENCE) == 1  # the default is unharmed
 
 
 def test_fork_executor_refuses_a_non_callable() -> None:
@@ -546,7 +555,7 @@ def test_portable_leaves_a_plain_function_alone() -> None:
 def test_a_task_on_a_pool_returns_its_value_not_a_future(pool: ThreadPoolExecutor) -> None:
     assert list(process_map(tasked, range(4), executor=pool)) == [1, 2, 3, 4]
     with StreamExecutor(executor=pool) as executor:
-        assert executor.submit(tasked, 1).result(RESULT_TIMEOUT) == 2
+        assert executor.submit(tasked, 1).result(PATIENCE) == 2
         assert list(executor.map(tasked, range(3))) == [1, 2, 3]
     got = asyncio.run(collect(aio.parallel_map(tasked, range(3), concurrency=2, executor=pool)))
     assert got == [1, 2, 3]
@@ -554,7 +563,7 @@ def test_a_task_on_a_pool_returns_its_value_not_a_future(pool: ThreadPoolExecuto
 
 def test_a_task_on_a_pool_keeps_its_timeout(pool: ThreadPoolExecutor) -> None:
     with StreamExecutor(executor=pool) as executor, pytest.raises(TaskTimeout):
-        executor.submit(overruns).result(RESULT_TIMEOUT)
+        executor.submit(overruns).result(PATIENCE)
 
 
 # -- without dask -----------------------------------------------------------------------------
@@ -583,7 +592,7 @@ print(message(inparallel.current_executor))
 
 def test_without_dask_the_dask_engine_says_which_extra_to_install() -> None:
     out = subprocess.run(
-        [sys.executable, "-c", WITHOUT_DASK], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", WITHOUT_DASK], capture_output=True, text=True, timeout=PATIENCE
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -623,7 +632,7 @@ def test_a_shared_value_belongs_to_its_executor(dask_client: Any, dask_executor:
             list(process_map(lambda _: table.size, [1], executor=other))
     finally:
         other.shutdown(wait=True)
-    assert dask_executor.submit(lambda: table.size).result(RESULT_TIMEOUT) == 7
+    assert dask_executor.submit(lambda: table.size).result(PATIENCE) == 7
 
 
 def test_a_shared_value_does_not_pickle(dask_executor: Any) -> None:
@@ -638,8 +647,8 @@ def test_two_shared_dicts_with_the_same_keys_stay_apart(dask_executor: Any) -> N
     key = f"k-{uuid.uuid4().hex}"  # a key no other test shares
     first = dask_executor.share({key: 1})
     second = dask_executor.share({key: 2})
-    assert dask_executor.submit(lambda: first[key]).result(RESULT_TIMEOUT) == 1
-    assert dask_executor.submit(lambda: second[key]).result(RESULT_TIMEOUT) == 2
+    assert dask_executor.submit(lambda: first[key]).result(PATIENCE) == 1
+    assert dask_executor.submit(lambda: second[key]).result(PATIENCE) == 2
 
 
 def _keys_on_cluster(client: Any) -> int:
@@ -649,7 +658,7 @@ def _keys_on_cluster(client: Any) -> int:
 def test_a_shared_list_is_one_value_on_the_cluster(dask_client: Any, dask_executor: Any) -> None:
     before = _keys_on_cluster(dask_client)
     rows = dask_executor.share(list(range(500)))
-    assert dask_executor.submit(lambda: sum(rows)).result(RESULT_TIMEOUT) == sum(range(500))
+    assert dask_executor.submit(lambda: sum(rows)).result(PATIENCE) == sum(range(500))
     # Broadcast to both workers: two copies of one key, and the call's own result, which the
     # cluster releases asynchronously (a list scattered item by item made 1000 here).
     assert _keys_on_cluster(dask_client) - before <= 3
@@ -674,7 +683,7 @@ def test_use_of_a_cluster_address_opens_and_closes_a_client(dask_client: Any) ->
 
     with inparallel.use(f"dask:{dask_client.scheduler.address}") as engine:
         assert isinstance(engine, DaskExecutor)
-        assert engine.submit(abs, -5).result(RESULT_TIMEOUT) == 5
+        assert engine.submit(abs, -5).result(PATIENCE) == 5
     assert engine.client.status == "closed"
     with pytest.raises(RuntimeError, match="after shutdown"):
         engine.submit(abs, -1)
