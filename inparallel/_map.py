@@ -15,11 +15,18 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 from ._checks import count
 from ._executor import portable, selected
-from ._inputs import iterate, stop_error
+from ._inputs import INLINE_TYPES, Indexed, iterate, stop_error
 from ._pass import Engine, MapOptions, Pass
-from ._pools import Indexed, spread
+from ._pools import spread
 
-__all__ = ("ItemizedMap", "MapIterator", "is_indexable", "process_map", "thread_map")
+__all__ = (
+    "ItemizedMap",
+    "MapIterator",
+    "close_source",
+    "is_indexable",
+    "process_map",
+    "thread_map",
+)
 
 R = TypeVar("R")
 
@@ -42,7 +49,9 @@ class MapIterator(itertools.chain[R]):
     or an error it raises `StopIteration` for ever. Use it from one thread. Dropping it (or
     `close`, or leaving a ``with`` block, or ``break`` in a loop that owns the last reference)
     stops the workers at once: worker processes are killed, worker threads stop after their
-    current chunk. A Ctrl-C while it waits ends the pass too.
+    current chunk, the input's reader thread after the item it is reading (one blocked inside
+    the input ends when that call returns, dropping the item). A Ctrl-C while it waits ends
+    the pass too.
     """
 
     # It is an ``itertools.chain`` over the pass's lists of results, so that taking one item
@@ -90,14 +99,32 @@ def _start(
     several: bool,
     options: MapOptions,
     name: str,
+    *,
+    inline: bool = False,
 ) -> MapIterator[R]:
-    """Begin a pass; with ``several`` inputs the items are argument tuples."""
+    """Begin a pass; with ``several`` inputs the items are argument tuples.
+
+    ``inline``: the input cannot block, so the pass reads it itself (no reader thread).
+    """
     engine = None
     if options.engine == "process":
         engine = selected(options.executor, "process_map()")
         fn = portable(fn)  # a @task runs as one (with its options), not as its wrapper
     call = spread(fn) if several else fn
-    return MapIterator(Pass(call, inputs, options, name, engine))
+    return MapIterator(Pass(call, inputs, options, name, executor=engine, inline=inline))
+
+
+def close_source(mapped: object, close: Callable[[], object]) -> None:
+    """Call ``close``, the input's own, once no reader thread of ``mapped`` is inside the input.
+
+    That is now, unless a reader is blocked in its ``next()``: then the reader calls it as
+    that returns (see ``_inputs.Feed.finalize``).
+    """
+    feed = mapped._pass.feed if isinstance(mapped, MapIterator) else None
+    if feed is None:
+        close()
+    else:
+        feed.finalize(close)
 
 
 class ItemizedMap(Sequence[R], Generic[R]):
@@ -213,9 +240,10 @@ def _make(
         view = range(min(len(s) for s in sequences))
         return ItemizedMap(fn, Indexed(sequences, view), options, name)
     iterators = [iterate(x, f"input {i} of {engine}_map()") for i, x in enumerate(iterables)]
+    inline = all(type(it) in INLINE_TYPES for it in iterators)
     if len(iterators) == 1:
-        return _start(fn, iterators[0], False, options, name)
-    return _start(fn, zip(*iterators, strict=False), True, options, name)
+        return _start(fn, iterators[0], False, options, name, inline=inline)
+    return _start(fn, zip(*iterators, strict=False), True, options, name, inline=inline)
 
 
 def thread_map(
@@ -234,7 +262,12 @@ def thread_map(
         fn: Called as ``fn(*items)`` in worker threads.
         iterables: One or more inputs. If every one is indexable (``__getitem__`` and
             ``__len__``: a list, a range, a numpy array) the result is an `ItemizedMap`;
-            otherwise it is a `MapIterator`, consumed once.
+            otherwise it is a `MapIterator`, consumed once, and the input is read ahead by
+            a background thread (``inparallel-map-reader``), so that results already
+            computed keep coming while it blocks in ``next()``. The iterators of lists,
+            tuples, ranges, dicts, sets and ``itertools.count()`` cannot block and are read
+            without one. A `StopIteration` raised by ``fn`` is an error at its position
+            (`RuntimeError`, the original as its cause), never the end of the map.
         num_workers: Threads per pass; default ``min(32, cpu count + 4)``.
         buffer_size: Most items pulled from the input but not yet yielded (computed ahead,
             or being computed); default: four chunks per worker.
@@ -279,7 +312,9 @@ def process_map(
     that iterates. They are forks of that moment: ``fn`` and everything it reaches are
     inherited, never pickled, and whatever the workers change is lost with them. Only results
     travel back (pickled). Indexable inputs are not pickled either: a worker reads its items
-    from its own inherited copy. Items of other inputs are pickled into the workers' pipes.
+    from its own inherited copy. Items of other inputs are pickled into the workers' pipes;
+    such an input is read by a background thread (see `thread_map`), which the pass stops
+    before each fork, so the workers are forked single-threaded.
 
     A worker that dies (a crash, a kill, the OOM killer) fails its chunk with `WorkerDied`
     at the chunk's first position; the other workers' earlier results are still yielded.

@@ -1,13 +1,15 @@
 """One pass of a parallel map: dispatch, read-ahead bound, ordering and errors.
 
-A pass is one parallel run over the input, driven entirely by the consumer's thread: each time
-the consumer has used up the results it was given, the pass tops the pool up with chunks
-(pulling input only then), waits for finished chunks and hands over their values, a list per
-chunk. No background thread of the map's own is ever started, so there is nothing to leak on
-an early ``break``, and for the process pool every fork happens from the consumer's thread. A
-pass holds at most ``buffer_size`` items that were pulled but not yet consumed: that bounds both
-the results computed ahead and the input read ahead, so an infinite input maps in constant
-memory.
+A pass is one parallel run over the input, driven by the consumer's thread: each time the
+consumer has used up the results it was given, the pass tops the pool up with chunks, waits
+for finished chunks and hands over their values, a list per chunk. For the process pool every
+fork happens from the consumer's thread. An indexable input is read by the workers; any other
+is read ahead by the pass's `Feed` in a reader thread, so that an input blocked in ``next()``
+never holds back a result already computed (see ``_inputs``; an input that cannot block is
+read here, as the chunks need it). A pass holds at most ``buffer_size``
+items that were pulled but not yet consumed: that bounds both the results computed ahead and
+the input read ahead, so an infinite input maps in constant memory. Closing the pass (or an
+early ``break`` that drops it) kills the workers and stops the reader.
 
 Chunk size adapts unless given: a pass starts with one item per chunk (the first result comes
 back at once) and then aims at `TARGET_CHUNK_SECONDS` of work per chunk, measured by the
@@ -28,13 +30,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any, Literal
 
 from ._enginepool import EnginePool
 from ._executor import worker_slots
-from ._inputs import stop_error
-from ._pools import Chunk, Done, Indexed, ItemNotPicklable, ProcessPool, ThreadPool
+from ._inputs import Feed, Indexed, stop_error
+from ._pools import Chunk, Done, ItemNotPicklable, ProcessPool, ThreadPool
 from ._progress import Progress, open_progress
 
 __all__ = ("MAX_CHUNK", "TARGET_CHUNK_SECONDS", "MapOptions", "Pass")
@@ -75,11 +76,12 @@ class Pass:
         inputs: Indexed | Iterator[Any],
         options: MapOptions,
         name: str,
+        *,
         executor: Executor | None = None,
+        inline: bool = False,
     ) -> None:
         self.options = options
         source = inputs if isinstance(inputs, Indexed) else None
-        self._items = None if isinstance(inputs, Indexed) else inputs
         self._length = None if source is None else len(source)
         workers = options.workers
         if workers is None:
@@ -95,6 +97,13 @@ class Pass:
             self.pool = ProcessPool(call, source, workers, name)
         else:
             self.pool = ThreadPool(call, source, workers)
+        # A non-indexable input is read by a background thread, which wakes the pool's wait()
+        # (see _inputs), unless it cannot block (``inline``) or the pool cannot be woken.
+        self.feed: Feed | None = None
+        if not isinstance(inputs, Indexed):
+            pool = self.pool
+            wake = None if inline or isinstance(pool, EnginePool) else pool.wake
+            self.feed = Feed(inputs, wake)
         self._progress: Progress = open_progress(
             options.progress, total=self._length, desc=name, stacklevel=5
         )
@@ -123,6 +132,8 @@ class Pass:
             while not self.done:  # closed while the consumer held a list: nothing more
                 self.consumed += len(self._current)
                 self._progress.update(len(self._current))
+                if self.feed is not None:  # room to read ahead
+                    self.feed.allow(self.consumed + self._buffer(), self._chunk)
                 self._dispatch()
                 while not self._ready:
                     if self._error is not None:
@@ -130,10 +141,10 @@ class Pass:
                         raise error
                     if self.is_done():  # _finish() ended it
                         return
-                    if self._in_flight == 0:
+                    if self._in_flight == 0 and self._input_done():
                         self._finish()
                         continue
-                    self._collect(self.pool.wait())
+                    self._collect(self._wait())
                     # Keep the workers fed, but fork new ones only after the consumer has
                     # had these results: a fork holds up the parent for 1-3 ms.
                     self._dispatch(grow=not self._ready)
@@ -157,6 +168,8 @@ class Pass:
         self._finished.clear()
         self._error = None
         self.pool.close(kill=True)
+        if self.feed is not None:
+            self.feed.close()
         self._progress.close()
 
     # -- dispatch ----------------------------------------------------------------------------
@@ -184,30 +197,62 @@ class Pass:
             if self._limit is not None and self.pulled >= self._limit:
                 return
             room = self._buffer() - (self.pulled - self.consumed)
-            if room <= 0:
+            if room <= 0 and self.feed is None:  # a feed's read-ahead was bounded as it read
                 return
-            size = self._chunk_size(room)
             start = self.pulled
-            if self._items is None:
-                chunk = Chunk(start, start + size)
+            if self.feed is None:
+                chunk = Chunk(start, start + self._chunk_size(room))
             else:
-                items = self._pull(size)
-                if not items:
+                items = self._take(self.feed)
+                if items is None:
                     return
                 chunk = Chunk(start, start + len(items), items)
             self._submit(chunk, grow)
 
-    def _pull(self, size: int) -> list[Any]:
-        assert self._items is not None
-        items: list[Any] = []
-        try:
-            items.extend(islice(self._items, size))
-        except Exception as exc:  # the input's own error, raised at its position (not Ctrl-C)
-            self._fail_at(self.pulled + len(items), exc)
+    def _take(self, feed: Feed) -> list[Any] | None:
+        """The next chunk of a non-indexable input, or None (none now, or the input is over).
+
+        What the reader has read is within the bound already. The pass reads the input itself
+        only when it has nothing to deliver meanwhile (nothing in flight or ready), or when
+        the input cannot block.
+        """
+        idle = self._in_flight == 0 and not self._ready  # so a partial chunk will do
+        room = self._buffer() - (feed.pulled - self.consumed)
+        here = min(self._chunk, room) if feed.inline or idle else 0
+        items = feed.take(self._chunk, idle, here)
+        if items is None or items:
             return items
-        if len(items) < size:
-            self._limit = self.pulled + len(items)  # the input is exhausted
-        return items
+        self._limit = self.pulled  # the input is over
+        if feed.error is not None:
+            error, feed.error = feed.error, None
+            self._fail_at(self.pulled, error)
+        return None
+
+    def _input_done(self) -> bool:
+        """Whether nothing more will be dispatched (an error, or the input is all out)."""
+        return self._failed or (self._limit is not None and self.pulled >= self._limit)
+
+    def _wait(self) -> list[Done]:
+        """Block until chunks are done or, for a read input, the reader brings what we need.
+
+        The reader runs while we wait, but stops for a fork the pool put off (see
+        ``ProcessPool.submit``): then its end is what we wait for.
+        """
+        feed = self.feed
+        if feed is None or feed.inline or self._input_done():
+            return self.pool.wait()
+        deferred = isinstance(self.pool, ProcessPool) and self.pool.deferred and feed.alive()
+        if not deferred:
+            feed.run()
+        # A new chunk only helps if the pool can take it; the end always does.
+        if not (deferred or self._in_flight == 0 or self.pool.slots() > 0):
+            return self.pool.wait()
+        if not feed.expect(exit=deferred, starving=self._in_flight == 0):
+            return []  # it is here already
+        try:
+            return self.pool.wait()
+        finally:
+            feed.settle()
 
     def _submit(self, chunk: Chunk, grow: bool) -> None:
         try:
@@ -285,4 +330,6 @@ class Pass:
             return
         self.done = True
         self.pool.close(kill=False)
+        if self.feed is not None:
+            self.feed.close()  # its reader has ended with the input: join it
         self._progress.close()

@@ -3,12 +3,14 @@
 It is a `process_map` pass with the consumer called in the caller's thread::
 
     work_generator ──(pulled as room allows)──▶ forked workers: work_processor ──▶ result_consumer
-         caller's thread                           process_map pass                caller's thread
+      a reader thread                              process_map pass                caller's thread
 
 At most ``maxsize_jobs + maxsize_results`` items are between the generator and the consumer
 at any time (pulled but not yet consumed), so a slow consumer makes the generator wait instead
-of letting memory grow. An error in any stage stops the workers and closes a generator the
-pipeline made, then is raised in the caller; every result before it has been consumed.
+of letting memory grow. The generator is read in the pass's reader thread (a list is not: the
+workers read it from their inherited copy), so results keep reaching the consumer while the
+generator blocks. An error in any stage stops the workers and closes a generator the pipeline
+made, then is raised in the caller; every result before it has been consumed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, TypeVar
 
 from ._checks import count
 from ._inputs import stop_error
-from ._map import process_map
+from ._map import close_source, process_map
 
 __all__ = ("process_parallel",)
 
@@ -48,14 +50,19 @@ def process_parallel(
 ) -> None:
     """Feed every item of ``work_generator`` through ``work_processor`` into ``result_consumer``.
 
-    Blocks until the generator is exhausted and every result consumed.
+    Blocks until the generator is exhausted and every result consumed. A generator the
+    pipeline made (``work_generator`` is a callable) is closed before this returns, unless
+    it is blocked inside ``next()`` at that moment: then it is closed, in the thread that
+    reads it, as soon as that call returns.
 
     Args:
-        work_generator: An iterable, or a callable returning one (called once, here).
+        work_generator: An iterable, or a callable returning one (called once, here). A
+            `StopIteration` from the call is an error (`RuntimeError`), not "no work".
         work_processor: Runs in forked workers, which inherit it (it need not be picklable);
             results are pickled back, and so are the items unless ``work_generator`` is
             indexable (a list: the workers read it from their inherited copy).
-        result_consumer: Called with each result, in the caller's thread.
+        result_consumer: Called with each result, in the caller's thread. A `StopIteration`
+            it raises is an error (`RuntimeError`), like any other.
         workers: Worker processes (or engine slots); default ``os.cpu_count()``.
         maxsize_jobs: Items that may wait for or be in a processor.
         maxsize_results: Results that may wait for the consumer. Together they bound the
@@ -87,6 +94,7 @@ def process_parallel(
         source: Any = work_generator() if callable(work_generator) else work_generator
     except StopIteration as exc:  # a call, not an iteration: this is an error, not "no work"
         raise stop_error(exc, "work_generator()") from exc
+    mapped = None
     try:
         mapped = process_map(
             work_processor,
@@ -106,5 +114,5 @@ def process_parallel(
     finally:
         if made:
             close = getattr(source, "close", None)
-            if callable(close):
-                close()  # our generator: runs its finally blocks (GeneratorExit)
+            if callable(close):  # our generator: runs its finally blocks (GeneratorExit)
+                close_source(mapped, close)

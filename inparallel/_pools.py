@@ -2,19 +2,22 @@
 
 A pass (``_pass``) cuts its input into chunks (`Chunk`) and hands them to a pool; the pool computes
 them and hands back `Done` records, in whatever order they finish. Both pools have the same
-four calls, all made from the consumer's thread:
+calls, all made from the consumer's thread but `wake`:
 
 - ``slots()``: how many more chunks it takes now (two per worker: one running, one queued, so
   a worker never waits for the parent between chunks);
-- ``submit(chunk)``: never blocks;
-- ``wait()``: blocks until at least one chunk is done, and returns every finished one;
+- ``submit(chunk)``: never blocks (but for a fork);
+- ``wait()``: blocks until at least one chunk is done, and returns every finished one; after
+  ``wake()`` (from any thread: the map's input reader has news) it may return none;
 - ``close(kill)``: ends the pass (``kill=True`` stops the workers at once).
 
-`ProcessPool` forks its workers lazily, as chunks need them, from the consumer's thread. For an
-indexable input a chunk is just ``(start, stop)``: the worker reads the items from its own
-inherited copy of the input, so only results travel. Items of other inputs are pickled into the
-request. A worker that dies fails the chunks it held with `WorkerDied` (naming the item range);
-the other workers go on, so every earlier result is still delivered.
+`ProcessPool` forks its workers lazily, as chunks need them, from the consumer's thread, and
+first stops the map reader threads (``_inputs.park_readers``) so that the fork is
+single-threaded. For an indexable input a chunk is just ``(start, stop)``: the worker reads
+the items from its own inherited copy of the input, so only results travel. Items of other
+inputs are pickled into the request. A worker that dies fails the chunks it held with
+`WorkerDied` (naming the item range); the other workers go on, so every earlier result is
+still delivered.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import pickle
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -33,7 +36,7 @@ from ._core._channel import dumps, load_error, pack_error, recv_message, send_pa
 from ._core._errors import ResultNotPicklable, WorkerDied
 from ._core._reader import decode
 from ._core._wire import Kind, encode_value
-from ._inputs import stop_error
+from ._inputs import READER_WAIT, Indexed, park_readers, stop_error
 from ._workers import Waker, Worker, wait_any
 
 __all__ = ("Chunk", "Done", "Indexed", "ItemNotPicklable", "ProcessPool", "ThreadPool")
@@ -46,44 +49,6 @@ PIPELINE = 2
 #: parent's time, and the consumer's first result should not wait for all of them. Slow items
 #: lose at most this much.
 PROBE_SECONDS = 0.02
-
-
-class Indexed:
-    """Zipped indexable inputs, seen through a range of positions (a slice of a map)."""
-
-    __slots__ = ("sequences", "view")
-
-    def __init__(self, sequences: Sequence[Sequence[Any]], view: range) -> None:
-        self.sequences = tuple(sequences)
-        self.view = view
-
-    def __len__(self) -> int:
-        return len(self.view)
-
-    def item(self, i: int) -> tuple[Any, ...]:
-        """The argument tuple at position ``i`` of the view (``0 <= i < len``)."""
-        j = self.view[i]
-        return tuple(s[j] for s in self.sequences)
-
-    def items(self, start: int, stop: int) -> Iterable[Any]:
-        """The items at positions ``start..stop-1`` (tuples of them for several inputs).
-
-        Slices the inputs when they allow it; indexes them one by one otherwise.
-        """
-        positions = self.view[start:stop]
-        if positions.step > 0:
-            try:
-                columns = [
-                    s[positions.start : positions.stop : positions.step] for s in self.sequences
-                ]
-            except Exception:  # not sliceable (a plain __getitem__/__len__ class): go by index
-                columns = []
-            if columns and all(len(c) == len(positions) for c in columns):
-                return columns[0] if len(columns) == 1 else zip(*columns, strict=False)
-        if len(self.sequences) == 1:
-            (sequence,) = self.sequences
-            return (sequence[j] for j in positions)
-        return (tuple(s[j] for s in self.sequences) for j in positions)
 
 
 @dataclass(slots=True)
@@ -175,7 +140,7 @@ class ThreadPool:
     def __init__(self, fn: Callable[..., Any], source: Indexed | None, size: int) -> None:
         self._fn, self._source, self._size = fn, source, size
         self._jobs: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[Done] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[Done | None] = queue.SimpleQueue()  # None: see wake()
         self._threads: list[threading.Thread] = []
         self._outstanding = 0
         self._stopped = threading.Event()
@@ -201,8 +166,13 @@ class ThreadPool:
         with contextlib.suppress(queue.Empty):
             while True:
                 out.append(self._done.get_nowait())
-        self._outstanding -= len(out)
-        return out
+        done = [d for d in out if d is not None]
+        self._outstanding -= len(done)
+        return done
+
+    def wake(self) -> None:
+        """Make the pending (or next) `wait` return, maybe with nothing; from any thread."""
+        self._done.put(None)
 
     def close(self, kill: bool) -> None:
         # Threads cannot be killed: they skip the chunks still queued and end after the one
@@ -222,7 +192,7 @@ def _thread_worker(
     fn: Callable[..., Any],
     source: Indexed | None,
     jobs: queue.SimpleQueue[Chunk | None],
-    done: queue.SimpleQueue[Done],
+    done: queue.SimpleQueue[Done | None],
     stopped: threading.Event,
 ) -> None:
     while (chunk := jobs.get()) is not None and not stopped.is_set():
@@ -248,6 +218,8 @@ class ProcessPool:
         self._pid = 0  # that process
         self._closed = False
         self._probe_end: float | None = None  # while set: one worker only, until then
+        self._poked = False  # wake() was called: the next wait() returns, maybe with nothing
+        self.deferred = False  # a fork waits for a map reader to stop (see submit)
 
     def _probing(self) -> bool:
         if self._probe_end is not None and time.monotonic() >= self._probe_end:
@@ -277,12 +249,22 @@ class ProcessPool:
         self._check_process()
         payload = _pack_request(chunk)
         worker = min(self._workers, key=lambda w: len(self._workers[w]), default=None)
-        if worker is None or (
+        fork = worker is None or (
             grow
-            and self._workers[worker]
+            and bool(self._workers[worker])
             and len(self._workers) < self._size
             and not self._probing()
-        ):
+        )
+        if fork:
+            # Fork single-threaded: stop the map reader threads first. A reader inside its
+            # input is waited for only when no worker could take the chunk; otherwise a
+            # worker we have takes it and the fork waits until the reader has stopped.
+            if worker is None:
+                park_readers(READER_WAIT)
+            elif not park_readers(0.0):
+                fork = False
+            self.deferred = not fork
+        if fork:
             if not self._workers and self._probe_end is None and self._size > 1:
                 self._probe_end = time.monotonic() + PROBE_SECONDS
             worker = Worker(
@@ -291,6 +273,7 @@ class ProcessPool:
                 self._wake,
             )
             self._workers[worker] = {}
+        assert worker is not None
         self._workers[worker][chunk.start] = chunk
         worker.send(payload)
 
@@ -307,6 +290,11 @@ class ProcessPool:
         if self._waker is not None:
             self._waker.wake()
 
+    def wake(self) -> None:
+        """Make the pending (or next) `wait` return, maybe with nothing; from any thread."""
+        self._poked = True
+        self._wake()  # before the first wait() there is no waker yet: the flag is enough
+
     def wait(self) -> list[Done]:
         self._check_process()
         while True:
@@ -318,6 +306,9 @@ class ProcessPool:
                     out.extend(self._retire(worker))
             if out:
                 self._probe_end = None  # a result is back: start the other workers now
+                return out
+            if self._poked:
+                self._poked = False
                 return out
             if self._probing():
                 assert self._probe_end is not None

@@ -21,6 +21,7 @@ import random
 import signal
 import struct
 import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -51,6 +52,7 @@ ENGINES = [
 ]
 
 GONE = 2.0  # seconds a stopped pass's workers get to disappear
+BOUND = 10.0  # generous bound (seconds) for what should take milliseconds
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -856,6 +858,227 @@ def test_a_process_map_that_is_never_iterated_forks_nothing() -> None:
     assert child_pids() == before
     del it, m
     gc.collect()
+
+
+# -- an input that blocks --------------------------------------------------------------------------
+
+STALL = 10.0  # seconds a stalled input waits for the test to release it (then it fails)
+READER = "inparallel-map-reader"
+
+
+class Stalling:
+    """Iterates as a generator: ``before`` items, then blocks until the test releases it.
+
+    The events say where it is: ``reached`` (blocked), ``resumed`` (released), ``finished``
+    (its ``finally`` ran: it ended, or was closed or dropped).
+    """
+
+    def __init__(self, before: int, after: int = 3, *, fail: bool = False) -> None:
+        self.before, self.after, self.fail = before, after, fail
+        self.reached = threading.Event()
+        self.release = threading.Event()
+        self.resumed = threading.Event()
+        self.finished = threading.Event()
+        self.timed_out = False
+
+    def __iter__(self) -> Iterator[int]:
+        try:
+            yield from range(self.before)
+            self.reached.set()
+            if not self.release.wait(timeout=STALL):
+                self.timed_out = True
+                raise TimeoutError("the test never released the input")
+            self.resumed.set()
+            if self.fail:
+                raise InjectedFault("the input broke after a stall")
+            yield from range(self.before, self.before + self.after)
+        finally:
+            self.finished.set()
+
+
+def readers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == READER and t.is_alive()]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("chunksize", [None, 1], ids=["auto", "chunk1"])
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+def test_results_reach_the_consumer_while_the_input_blocks(
+    engine: Engine, chunksize: int | None, ordered: bool
+) -> None:
+    source = Stalling(2)
+    with engine(square, source, chunksize=chunksize, num_workers=2, ordered=ordered) as it:
+        first = [next(it), next(it)]
+        # Both computed and delivered while the input is still inside next(): with a fast
+        # function the automatic chunk is already thousands of items, and item 1 is the
+        # start of one that cannot fill.
+        assert not source.timed_out and not source.resumed.is_set()
+        assert source.reached.wait(BOUND)
+        source.release.set()
+        rest = list(it)
+    assert not source.timed_out
+    if ordered:
+        assert (first, rest) == ([0, 1], [4, 9, 16])
+    else:
+        assert sorted(first) == [0, 1] and sorted(rest) == [4, 9, 16]
+    assert not readers()  # the pass is over: its reader thread was joined
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("how", ["close", "with", "drop"])
+def test_stopping_a_map_whose_input_blocks_neither_hangs_nor_leaks(
+    engine: Engine, how: str
+) -> None:
+    source = Stalling(3)
+    before = child_pids()
+    it = engine(square, source, chunksize=1, num_workers=2)
+    assert [next(it) for _ in range(3)] == [0, 1, 4]
+    assert source.reached.wait(BOUND)
+    workers = child_pids() - before
+    started = time.monotonic()
+    if how == "close":
+        it.close()
+        assert_exhausted(it)
+    elif how == "with":
+        with it:
+            pass
+    else:
+        del it
+        gc.collect()
+    # The reader inside the input cannot be stopped: the map does not wait for it (for more
+    # than a moment), its workers are gone at once, and the input is not closed under it.
+    assert time.monotonic() - started < GONE
+    assert wait_gone(workers)
+    assert not source.finished.is_set()
+    source.release.set()
+    # Once next() returns, the reader drops that item and ends, letting the generator go.
+    assert source.finished.wait(BOUND)
+    assert not source.timed_out
+    for thread in readers():
+        thread.join(BOUND)
+    assert not readers()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_input_error_after_a_stall_comes_after_every_earlier_result(engine: Engine) -> None:
+    source = Stalling(4, fail=True)
+    with engine(square, source, num_workers=2) as it:
+        assert [next(it) for _ in range(4)] == [0, 1, 4, 9]
+        assert source.reached.wait(BOUND)
+        source.release.set()
+        with pytest.raises(InjectedFault, match="the input broke after a stall"):
+            next(it)
+        assert_exhausted(it)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: iter(list(range(50))), id="list-iterator"),
+        pytest.param(lambda: itertools.count(), id="count"),
+        pytest.param(lambda: dict.fromkeys(range(50)), id="dict"),
+        pytest.param(lambda: set(range(50)), id="set"),
+    ],
+)
+def test_an_input_that_cannot_block_is_read_without_a_thread(
+    engine: Engine, make: Callable[[], Iterable[int]]
+) -> None:
+    threads = []
+    for value in itertools.islice(engine(identity, make(), chunksize=1), 50):
+        threads.extend(readers())
+        assert isinstance(value, int)
+    assert threads == []
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_generator_is_read_by_a_thread_that_ends_with_the_pass(engine: Engine) -> None:
+    seen: set[threading.Thread] = set()
+    out = []
+    for value in engine(square, (i for i in range(200)), chunksize=1, num_workers=2):
+        seen.update(readers())
+        out.append(value)
+    assert out == [i * i for i in range(200)]
+    assert seen  # it read ahead while we consumed
+    assert not readers()
+
+
+def test_no_fork_runs_beside_a_map_reader_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CPython 3.12+ warns at a fork with another thread alive (and warnings are errors here);
+    # this also checks 3.11, where nothing warns: every fork sees no reader thread.
+    from inparallel import process_preload
+
+    real_fork = os.fork
+    beside: list[list[str]] = []
+
+    def fork() -> int:
+        alive_readers = [t.name for t in readers()]
+        pid = real_fork()
+        if pid and alive_readers:
+            beside.append(alive_readers)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+
+    def outer(i: int) -> int:
+        return i
+
+    # Four workers forked while the reader reads ahead (the pool grows after its probe).
+    out = list(process_map(outer, (i for i in range(40)), num_workers=4, chunksize=1))
+    assert out == list(range(40))
+    total = 0
+    # The same, and in the loop body a forked preloader and a nested map over a generator.
+    for i in process_map(outer, (i for i in range(40)), num_workers=4, chunksize=1):
+        if i % 10 == 0:
+            with process_preload(iter(range(3))) as pre:
+                total += sum(pre)
+            total += sum(process_map(square, (j for j in range(i, i + 30)), num_workers=2))
+        total += i
+    expected = sum(sum(j * j for j in range(i, i + 30)) + 3 for i in range(0, 40, 10))
+    assert total == expected + sum(range(40))
+    assert beside == []
+
+
+FORK_WARNING = "may lead to deadlocks in the child"
+
+FORK_HARNESS = """
+from inparallel import process_map, process_parallel, process_preload
+
+def gen(n):
+    yield from range(n)
+
+total = 0
+for i in process_map(abs, gen(60), num_workers=4, chunksize=1):
+    if i % 20 == 0:
+        with process_preload(gen(3)) as pre:
+            total += sum(pre)
+        total += sum(process_map(abs, gen(30), num_workers=2))
+out = []
+process_parallel(lambda: gen(100), abs, out.append, workers=3, maxsize_jobs=2)
+total += sum(process_map(abs, range(100), num_workers=3))
+print("DONE", total, len(out), flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="the fork warning exists from 3.12")
+def test_maps_over_generators_fork_without_the_multi_threaded_warning() -> None:
+    # In a fresh interpreter with the warning shown (under the suite's "error" filter CPython
+    # drops it: it cannot raise from a fork that already happened).
+    env = dict(os.environ)
+    env.pop("PYTHONWARNINGS", None)
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-W", "always::DeprecationWarning", "-c", FORK_HARNESS],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = 3 * (sum(range(3)) + sum(range(30))) + sum(range(100))
+    assert proc.stdout.split() == ["DONE", str(expected), "100"]
+    assert FORK_WARNING not in proc.stderr, proc.stderr[:2000]
 
 
 # -- read-ahead bound ------------------------------------------------------------------------------

@@ -392,6 +392,74 @@ def test_worker_dying_ends_the_pipeline_with_worker_died():
     assert_workers_gone(before)
 
 
+# -- a generator that blocks -----------------------------------------------------------------
+
+BOUND = 10.0  # seconds for what should take milliseconds; a stalled generator's own limit
+
+
+class Stalling:
+    """A generator function: ``before`` items, then blocked until the test releases it."""
+
+    def __init__(self, before):
+        self.before = before
+        self.reached = threading.Event()
+        self.release = threading.Event()
+        self.finished = threading.Event()
+        self.events = []
+
+    def __call__(self):
+        try:
+            yield from range(self.before)
+            self.reached.set()
+            if not self.release.wait(timeout=BOUND):
+                raise TimeoutError("the test never released the generator")
+            yield from range(self.before, self.before + 3)
+        except GeneratorExit:
+            self.events.append("GeneratorExit")
+            raise
+        finally:
+            self.events.append("finally")
+            self.finished.set()
+
+
+def test_results_reach_the_consumer_while_the_generator_blocks():
+    source = Stalling(2)
+    consumed = []
+
+    def result_consumer(result):
+        consumed.append(result)
+        if len(consumed) == 2:  # both arrived while the generator is blocked: let it go on
+            assert not source.release.is_set()
+            assert source.reached.wait(BOUND)
+            source.release.set()
+
+    process_parallel(source, square, result_consumer, workers=2)
+    assert consumed == [square(i) for i in range(5)]
+    assert source.events == ["finally"]
+
+
+def test_a_failing_consumer_does_not_wait_for_a_blocked_generator():
+    source = Stalling(3)
+
+    def result_consumer(result):
+        if result == 1:
+            assert source.reached.wait(BOUND)  # the generator is blocked now
+            raise ValueError("the consumer failed")
+
+    before = child_pids()
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="the consumer failed"):
+        process_parallel(source, square, result_consumer, workers=2, maxsize_jobs=2)
+    assert time.monotonic() - started < BOUND / 2
+    assert_workers_gone(before)
+    # It cannot be closed while it is blocked inside next() (another thread runs it): the
+    # pipeline leaves the closing to that thread, which does it as soon as next() returns.
+    assert source.events == []
+    source.release.set()
+    assert source.finished.wait(BOUND)
+    assert source.events == ["GeneratorExit", "finally"]
+
+
 # -- StopIteration from a stage is an error, not the end of the work -------------------------
 
 
