@@ -353,7 +353,9 @@ def test_b6_call_cancelled_from_outside_is_an_error(arun, on_error):
 
         k = asyncio.create_task(killer())
         got = []
-        async with aio.map_aiter(fetch, range(5), worker_count=2, on_error=on_error) as m:
+        async with aio.map_aiter(
+            fetch, range(5), worker_count=2, ordered=True, on_error=on_error
+        ) as m:
             if on_error == "skip":
                 got = [x async for x in m]
             else:

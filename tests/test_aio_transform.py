@@ -764,7 +764,9 @@ def test_map_ordered_no_head_of_line_blocking(arun):
             return x
 
         src = Src(20)
-        consumer = asyncio.create_task(get_n(map_aiter(fn, src, worker_count=2, window=8)))
+        consumer = asyncio.create_task(
+            get_n(map_aiter(fn, src, worker_count=2, window=8, ordered=True))
+        )
         await until(lambda: len(started) == 8)
         await turns(10)  # give a library that over-pulls the chance to show it
         assert started == list(range(8))
@@ -1040,7 +1042,7 @@ def test_map_cancelled_read_loses_no_result(arun):
             return x
 
         src = Src(4, checkpoint=False)  # pulls never suspend: the cancel lands in the wait
-        async with map_aiter(fn, src, worker_count=2) as m:
+        async with map_aiter(fn, src, worker_count=2, ordered=True) as m:
             assert await anext(m) == 0
             reader = asyncio.create_task(m.__anext__())
             await turns(5)
@@ -1194,7 +1196,7 @@ def test_map_filter_concurrent_keeps_per_item_order(arun):
         return [(x, 0), (x, 1), (x, 2)]
 
     async def main():
-        out = [y async for y in map_filter_aiter(fn, range(8), worker_count=4)]
+        out = [y async for y in map_filter_aiter(fn, range(8), worker_count=4, ordered=True)]
         assert out == [(x, k) for x in range(8) for k in range(3)]
         out = [y async for y in map_filter_aiter(fn, range(8), worker_count=4, ordered=False)]
         assert sorted(out) == [(x, k) for x in range(8) for k in range(3)]
@@ -1687,3 +1689,54 @@ def test_aiter_to_iter_bad_arguments():
         loop.close()
     with pytest.raises(TypeError, match="takes an async iterable, not list"):
         aiter_to_iter([1, 2])
+
+
+def test_map_seed_form_yields_in_completion_order(arun):
+    """map_aiter(f, it, worker_count=N) yields as calls finish, as the original aiter did."""
+    release = None
+
+    async def fn(x):
+        if x == 0:
+            await release.wait()  # the first item is the slowest
+        return x
+
+    async def main():
+        nonlocal release
+        release = asyncio.Event()
+        out = []
+        async for y in map_aiter(fn, range(6), worker_count=3):
+            out.append(y)
+            if len(out) == 5:
+                release.set()
+        assert out[:5] == [1, 2, 3, 4, 5] and out[5] == 0
+
+    arun(main)
+
+
+@pytest.mark.parametrize("workers", [2, 3, 5])
+def test_map_default_window_is_twice_the_worker_count(arun, workers):
+    """With the first call stuck, exactly 2 * worker_count calls are started, not one more.
+
+    (worker_count=1 runs the calls one by one, in the reader's task: no window.)
+    """
+    release = None
+    started: list[int] = []
+
+    async def fn(x):
+        started.append(x)
+        if x == 0:
+            await release.wait()
+        return x
+
+    async def main():
+        nonlocal release
+        release = asyncio.Event()
+        m = map_aiter(fn, Src(None), worker_count=workers, ordered=True)
+        reader = asyncio.create_task(m.__anext__())
+        await turns(50)
+        assert len(started) == 2 * workers, started
+        release.set()
+        assert await reader == 0
+        await m.aclose()
+
+    arun(main)

@@ -299,7 +299,7 @@ def map_aiter(  # an async map_f: its result is awaited
     aiter: AsyncIterable[T] | Iterable[T],
     worker_count: int = 1,
     *,
-    ordered: bool = True,
+    ordered: bool = False,
     window: int | None = None,
     on_error: OnError = "raise",
 ) -> Stream[R]: ...
@@ -311,7 +311,7 @@ def map_aiter(
     aiter: AsyncIterable[T] | Iterable[T],
     worker_count: int = 1,
     *,
-    ordered: bool = True,
+    ordered: bool = False,
     window: int | None = None,
     on_error: OnError = "raise",
 ) -> Stream[R]: ...
@@ -322,7 +322,7 @@ def map_aiter(
     aiter: AsyncIterable[T] | Iterable[T],
     worker_count: int = 1,
     *,
-    ordered: bool = True,
+    ordered: bool = False,
     window: int | None = None,
     on_error: OnError = "raise",
 ) -> Stream[Any]:
@@ -337,7 +337,8 @@ def map_aiter(
         map_f: The function.
         aiter: The input (async or sync iterable); owned and closed.
         worker_count: Calls running at once.
-        ordered: Yield in input order (True) or as calls finish (False).
+        ordered: Yield as calls finish (False, the default, as the original ``aiter`` did: its
+            pipelines rely on it) or in input order (True).
         window: With ``worker_count > 1``: calls started and not yet yielded, at least
             ``worker_count`` (default twice it), so one slow item does not hold up the start
             of the next ones.
@@ -371,7 +372,7 @@ def map_filter_aiter(
     aiter: AsyncIterable[T] | Iterable[T],
     worker_count: int = 1,
     *,
-    ordered: bool = True,
+    ordered: bool = False,
     window: int | None = None,
     on_error: OnError = "raise",
 ) -> Stream[R]:
