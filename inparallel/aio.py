@@ -31,7 +31,8 @@ The rules every tool keeps:
   and when an ``async with`` block is left; when the stream is dropped (a ``break`` out of
   a plain ``async for``) they are cancelled at once, and finish their cleanup in the loop.
 
-Only this module (and ``inparallel._aio``) imports `asyncio`.
+Importing inparallel never imports `asyncio`: only this module and ``inparallel._aio`` do, and
+a `TaskFuture` when it is awaited (by then asyncio is loaded anyway).
 """
 
 from __future__ import annotations

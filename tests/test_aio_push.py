@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from inparallel import InParallelError
 from inparallel.aio import (
     Fork,
     QueueFull,
@@ -75,6 +76,7 @@ def test_push_seed_lengths_stop_available_iter_and_iteration(arun):
     with pytest.raises(QueueStopped, match="after stop"):
         q.push(2)
     assert issubclass(QueueStopped, ValueError)
+    assert issubclass(QueueStopped, InParallelError) and issubclass(QueueFull, InParallelError)
     with pytest.raises(ValueError):
         q.push(2)
     assert list(q.available_iter()) == [5, 4, 3]

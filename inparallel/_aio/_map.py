@@ -1,4 +1,4 @@
-"""Maps: `map_aiter`, `map_filter_aiter` and `parallel_map` (one forked task per item).
+"""Maps: `map_aiter` and `map_filter_aiter`, and the engine that `parallel_map` (``_fork``) runs on.
 
 With one worker `map_aiter` is a plain sequential map in the reader's task. With more, calls
 run concurrently and are started by the reader itself, inside ``__anext__``: it starts calls
@@ -13,9 +13,10 @@ so a cancelled read loses nothing. Two limits hold at every moment::
 The window lets later items start while an early one is slow (an ordered map that only
 started item ``n + workers`` after item ``n`` was *yielded* would stall behind every slow item).
 
-`parallel_map` is the same engine with a forked child per call: its "call" is a `TaskFuture`
-seen through `to_asyncio` (`asyncio.wrap_future`, safe for a StopIteration), and cancelling
-that (on an early exit, `aclose`, or when the reader is cancelled and leaves) kills the child.
+`parallel_map` (in ``_fork``) is this engine with a forked child per call: its "call" is a
+`TaskFuture` seen through `to_asyncio` (`asyncio.wrap_future`, safe for a StopIteration), and
+cancelling that (on an early exit, `aclose`, or when the reader is cancelled and leaves) kills
+the child.
 
 A `StopIteration` or `StopAsyncIteration` that ``map_f``, ``fn`` or ``on_error`` raises is a
 `RuntimeError` at its item's place (caused by it), never the end of the stream: raised from

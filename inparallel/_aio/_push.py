@@ -27,6 +27,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from .._core._errors import InParallelError
 from ._base import Stream, call_hook, running_loop
 
 __all__ = ("Cursor", "QueueFull", "QueueStopped", "Shared", "push_aiter")
@@ -34,11 +35,11 @@ __all__ = ("Cursor", "QueueFull", "QueueStopped", "Shared", "push_aiter")
 T = TypeVar("T")
 
 
-class QueueStopped(ValueError):
+class QueueStopped(InParallelError, ValueError):
     """`push_aiter.push` was called after `push_aiter.stop` (a `ValueError`, as it was)."""
 
 
-class QueueFull(Exception):
+class QueueFull(InParallelError):
     """`push_aiter.push` would put the slowest open cursor more than ``maxsize`` behind."""
 
 
