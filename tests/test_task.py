@@ -946,3 +946,11 @@ def test_inparallel_error_is_the_root():
 
 def test_lambda_can_be_wrapped():
     assert task(lambda: "lam")().result(timeout=BOUND) == "lam"
+
+
+def test_task_timeout_says_what_happened_and_which_knobs_there_are():
+    message = str(TaskTimeout(1234, 2.5))
+    assert message.startswith("task process 1234 was still running after timeout=2.5s")
+    assert "SIGKILL" in message and "raise timeout= on @task" in message
+    assert "deadlines of their own" in message
+    assert "progress" not in message

@@ -116,8 +116,10 @@ class TaskTimeout(InParallelError, TimeoutError):
         self.pid = pid
         self.timeout = timeout
         super().__init__(
-            f"task process {pid} did not finish within timeout={timeout:g}s and was killed;"
-            " raise the timeout, or make the task report progress in smaller pieces"
+            f"task process {pid} was still running after timeout={timeout:g}s and was killed"
+            " (SIGKILL: its finally blocks did not run). If it needs longer, raise timeout= on"
+            " @task; if it hung (a lock held at the fork, a peer that never answers), give the"
+            " calls inside it deadlines of their own"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
