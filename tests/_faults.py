@@ -15,8 +15,9 @@ it through `python_env`). Everything here is usable from any test, including the
   ``os._exit`` (after its result was sent).
 * **Raw access to the child's result pipe** (`result_pipe_fds`, `write_result_pipe`), found by
   inspecting ``/proc/self/fd``, so tests can forge frames without knowing the wire format.
-* **Grandchildren** that keep inherited fds open (`fork_holder`), `subreaper` so that orphans
-  come back to the test process, and `reap` to kill and collect them.
+* **Grandchildren** that hold the task's result pipe and every inherited fd open
+  (`fork_holder`), `subreaper` so that orphans come back to the test process, and `reap` to
+  kill and collect them.
 * **Synchronisation without sleeps**: `Gate` (parent releases children) and `Beacon` (children
   signal the parent), both plain pipes inherited through fork; `wait_exception`, `join_all` and
   `deadline` bound the waits that take no timeout of their own.

@@ -246,13 +246,12 @@ def test_parent_sigkilled_no_task_survives_including_tasks_from_finished_threads
 
 
 def _wait_comm(pid: int, name: str) -> None:
-    deadline = time.monotonic() + BOUND
-    while True:
+    def became() -> bool:
         with open(f"/proc/{pid}/comm") as comm:
-            if comm.read().strip() == name:
-                return
-        assert time.monotonic() < deadline, f"process {pid} did not become {name}"
-        time.sleep(0.005)  # polling /proc: nothing to wait on for another process's exec
+            return comm.read().strip() == name
+
+    # Polling /proc: nothing to wait on for another process's exec.
+    assert _faults.wait_until(became, BOUND), f"process {pid} did not become {name}"
 
 
 def test_parent_sigkilled_no_task_survives_an_exec_or_closed_fds():
