@@ -33,6 +33,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Shared by every harness: pipes that tasks use to say they have started, and a gate.
 PRELUDE = """
 import os, sys, signal, threading, time, json
+# Ctrl-C as in a program started from a terminal, even if this test run ignores SIGINT (a
+# background job does, and its children inherit that).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from inparallel import task, WorkerDied
 started_r, started_w = os.pipe()
 gate_r, gate_w = os.pipe()
