@@ -284,11 +284,13 @@ class Feed:
                 raise
             self._threads.append(thread)
 
-    def expect(self, exit: bool, starving: bool) -> bool:
-        """Ask to be woken by the next full chunk or the end (or, with ``exit``, the reader's).
+    def expect(self, size: int | None, exit: bool, starving: bool) -> bool:
+        """Ask to be woken by ``size`` items read or the end, or (``exit``) the reader's end.
 
-        ``starving`` (nothing in flight): any item will do, so reads end after one item.
-        Returns False, asking nothing, if the news is here already.
+        ``size`` None: no items are wanted now. ``starving`` (nothing in flight): any item
+        will do, so reads end after one item. Returns False, asking nothing, if the news is
+        here already: then `take` with that ``size`` and ``partial=starving`` returns
+        something, or the reader has ended.
         """
         with self._cond:
             if starving:
@@ -296,12 +298,10 @@ class Feed:
                 # by a look at the gate, which ends that read, and its end wakes us.
                 self._gate.clear()
             available = self._available()
-            if (
-                self.ended
-                or available >= self._size
-                or (starving and available)
-                or (exit and not self._running)
-            ):
+            wanted = size is not None and (
+                self.ended or available >= size or (starving and available > 0)
+            )
+            if wanted or (exit and not self._running):
                 return False
             self._waiting, self._starving = True, starving
             return True

@@ -244,10 +244,13 @@ class Pass:
         deferred = isinstance(self.pool, ProcessPool) and self.pool.deferred and feed.alive()
         if not deferred:
             feed.run()
-        # A new chunk only helps if the pool can take it; the end always does.
-        if not (deferred or self._in_flight == 0 or self.pool.slots() > 0):
+        # Items (or the end) are news only if the pool can take a chunk now, and only in the
+        # terms of _take(): news that the next _dispatch() cannot use would spin this loop.
+        starving = self._in_flight == 0
+        size = self._chunk if starving or self.pool.slots() > 0 else None
+        if size is None and not deferred:
             return self.pool.wait()
-        if not feed.expect(exit=deferred, starving=self._in_flight == 0):
+        if not feed.expect(size, exit=deferred, starving=starving):
             return []  # it is here already
         try:
             return self.pool.wait()

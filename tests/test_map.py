@@ -1039,6 +1039,30 @@ def test_no_fork_runs_beside_a_map_reader_thread(monkeypatch: pytest.MonkeyPatch
     assert beside == []
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_chunk_size_that_grows_mid_pass_never_spins_the_consumer(engine: Engine) -> None:
+    # The automatic chunk grows in steps as the first, slow items come back; items read ahead
+    # for a smaller chunk must not look like a full chunk to the pass (it then spun for ever
+    # between "there is news" and "not a full chunk", never collecting its results).
+    def f(x: int) -> int:
+        if x < 6:
+            time.sleep(0.002)  # simulated work: the measured cost per item falls in steps
+        return x
+
+    def gen() -> Iterator[int]:
+        yield from range(20_000)
+
+    for _ in range(8):
+        done: list[int] = []
+        runner = threading.Thread(
+            target=lambda: done.append(len(list(engine(f, gen(), num_workers=2)))), daemon=True
+        )
+        runner.start()
+        runner.join(BOUND)
+        assert not runner.is_alive(), "the pass stopped making progress"
+        assert done == [20_000]
+
+
 FORK_WARNING = "may lead to deadlocks in the child"
 
 FORK_HARNESS = """
