@@ -499,21 +499,22 @@ def drive(
     return []
 
 
-def residue(ledger: Ledger, stats0: dict[str, Any], fds0: dict[int, str]) -> list[str]:
+def residue(ledger: Ledger, stats0: _supervisor.Statistics, fds0: dict[int, str]) -> list[str]:
     """Return what the run left behind: children, fds, threads, counters that do not add up."""
     n = len(ledger.plans)
     problems = []
     settle(10.0)
     stats = _supervisor.statistics()
-    delta = {key: stats[key] - stats0[key] for key in stats0 if key != "supervisor_alive"}
+    now, then = dataclasses.asdict(stats), dataclasses.asdict(stats0)
+    delta = {key: now[key] - then[key] for key in now if key != "supervisor_alive"}
     finished = delta["completed"] + delta["failed"] + delta["cancelled"] + delta["timed_out"]
-    if delta["spawned"] != n or finished != n or stats["in_flight"] != 0:
+    if delta["spawned"] != n or finished != n or stats.in_flight != 0:
         problems.append(f"supervisor counters do not add up to {n}: {stats} (delta {delta})")
     cancelled = ledger.outcomes.count("cancelled")
     timed_out = ledger.outcomes.count("TaskTimeout")
     if delta["cancelled"] != cancelled or delta["timed_out"] != timed_out:
         problems.append(f"counters say {delta}, the ledger {cancelled=} {timed_out=}")
-    if stats["supervisor_alive"]:
+    if stats.supervisor_alive:
         problems.append("the supervisor thread is still alive")
     if left := child_pids():
         problems.append(f"child processes left: {left}")

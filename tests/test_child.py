@@ -767,14 +767,14 @@ def test_n6_secrets_are_inherited(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_bad_options_fail_at_decoration_time(options: dict, error: type, word: str) -> None:
-    spawned = _supervisor.statistics()["spawned"]
+    spawned = _supervisor.statistics().spawned
 
     def fn() -> None:
         pass
 
     with pytest.raises(error, match=re.escape(word)):
         task(**options)(fn)
-    assert _supervisor.statistics()["spawned"] == spawned  # nothing was forked
+    assert _supervisor.statistics().spawned == spawned  # nothing was forked
 
 
 @pytest.mark.parametrize("target", [42, "not a function"], ids=["int", "str"])

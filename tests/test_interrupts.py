@@ -166,9 +166,9 @@ def test_ctrl_c_at_every_instruction_of_a_call_starts_the_task_or_nothing(
             signal.default_int_handler
         )
     stats = _supervisor.statistics()
-    assert stats["in_flight"] == 0
-    assert stats["spawned"] - stats0["spawned"] == started
-    assert stats["completed"] - stats0["completed"] == started
+    assert stats.in_flight == 0
+    assert stats.spawned - stats0.spawned == started
+    assert stats.completed - stats0.completed == started
     assert started > 0 and nothing > 0
     for fd in user_fds:
         os.fstat(fd)  # still ours: the library closed none of them
@@ -250,7 +250,7 @@ results = {i: fut.result(timeout=30) for i, fut in futures.items()}
 assert results == {i: i for i in range(int(sys.argv[2]))}, "an input was lost or repeated"
 assert _supervisor.wait_idle(10)
 stats = _supervisor.statistics()
-assert stats["in_flight"] == 0 and stats["spawned"] == len(futures), stats
+assert stats.in_flight == 0 and stats.spawned == len(futures), stats
 assert set(os.listdir("/proc/self/fd")) <= fds0, "fds leaked"
 print("interrupts", landed)
 """
@@ -311,7 +311,7 @@ def test_a_call_that_gives_up_starts_nothing_and_delivers_the_interrupt(
     with pytest.raises(KeyboardInterrupt) as info:
         interrupted_before_the_fork()
     assert not hasattr(info.value, "future")
-    assert _supervisor.statistics()["spawned"] == stats0["spawned"]
+    assert _supervisor.statistics().spawned == stats0.spawned
 
 
 def test_ctrl_c_at_every_check_point_of_waitfor_loses_no_finished_future(

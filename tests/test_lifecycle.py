@@ -655,7 +655,7 @@ def test_user_fork_while_tasks_in_flight_gets_a_clean_library(gate, beacon):
                 signal.alarm(int(BOUND))
                 mine = set(_faults.fd_table())
                 report["inherited"] = sorted(mine & library_fds)
-                report["in_flight"] = _supervisor.statistics()["in_flight"]
+                report["in_flight"] = _supervisor.statistics().in_flight
                 report["values"] = [inner(i).result(timeout=BOUND) for i in range(3)]
             except BaseException as exc:
                 report["error"] = repr(exc)

@@ -202,5 +202,5 @@ def test_a_supervisor_thread_that_cannot_start_leaves_nothing_registered(
     monkeypatch.undo()
     supervisor = _supervisor.get()
     assert not supervisor.thread_alive()
-    assert supervisor.statistics()["in_flight"] == 0  # the abandoned child is forgotten
+    assert supervisor.statistics().in_flight == 0  # the abandoned child is forgotten
     assert one().result(timeout=BOUND) == 1  # and the next call starts a thread again

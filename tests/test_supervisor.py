@@ -55,7 +55,7 @@ def wait_reaped(pid: int) -> None:
     assert proc_state(pid) is None, f"child {pid} not reaped: state {proc_state(pid)}"
 
 
-def stats() -> dict[str, object]:
+def stats() -> _supervisor.Statistics:
     return _supervisor.statistics()
 
 
@@ -101,7 +101,7 @@ def busy_loop():
 
 @pytest.mark.parametrize("fn", [sleeps_long, ignores_sigterm, busy_loop])
 def test_deadline_kills_the_child(fn):
-    before = stats()["timed_out"]
+    before = stats().timed_out
     t0 = time.monotonic()
     fut = fn()
     err = fut.exception(timeout=BOUND)
@@ -117,7 +117,7 @@ def test_deadline_kills_the_child(fn):
         fut.result()
     assert fut.exitcode == -signal.SIGKILL
     wait_reaped(fut.pid)
-    assert stats()["timed_out"] == before + 1
+    assert stats().timed_out == before + 1
 
 
 def test_deadline_does_not_fire_for_a_task_that_finishes_in_time():
@@ -197,7 +197,7 @@ def test_cancel_running_task_kills_it(gate, started):
         calls.append(f.cancelled())
         called.set()
 
-    before = stats()["cancelled"]
+    before = stats().cancelled
     fut = blocked()
     fut.add_done_callback(callback)
     started.receive()
@@ -210,7 +210,7 @@ def test_cancel_running_task_kills_it(gate, started):
     wait_reaped(fut.pid)
     assert fut.cancel() is True  # cancelling a cancelled future keeps saying so (stdlib)
     assert calls == [True]  # exactly once
-    assert stats()["cancelled"] == before + 1
+    assert stats().cancelled == before + 1
 
 
 def test_cancel_after_done_returns_false():
@@ -258,8 +258,8 @@ def _race(n: int, hooks: list[object]) -> None:
     assert all_called.wait(BOUND)
     assert all(calls[id(f)] == 1 for f in futs)
     # Cancelled children are reaped asynchronously.
-    _faults.wait_until(lambda: stats()["in_flight"] == 0, BOUND)
-    assert stats()["in_flight"] == 0
+    _faults.wait_until(lambda: stats().in_flight == 0, BOUND)
+    assert stats().in_flight == 0
     assert hooks == []
     assert sum(outcomes.values()) == n
 
@@ -573,6 +573,6 @@ def test_one_supervisor_for_many_children(gate, started):
     expected = threads0 | {str(sup.native_id)}
     _faults.wait_until(lambda: set(os.listdir("/proc/self/task")) == expected, PROMPT)
     assert set(os.listdir("/proc/self/task")) == expected
-    assert stats()["in_flight"] == 20  # the leak check guarantees no task from before
+    assert stats().in_flight == 20  # the leak check guarantees no task from before
     gate.release(20)
     assert [f.result(timeout=BOUND) for f in futs] == list(range(20))

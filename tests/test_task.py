@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import inspect
 import os
 import signal
@@ -93,14 +94,14 @@ def started():
     s.close()
 
 
-def stats() -> dict[str, object]:
+def stats() -> _supervisor.Statistics:
     return _supervisor.statistics()
 
 
 def wait_supervisor_idle() -> None:
     """Join the supervisor thread, which exits by itself once nothing is in flight."""
     assert _supervisor.wait_idle(BOUND)
-    assert stats()["supervisor_alive"] is False
+    assert stats().supervisor_alive is False
 
 
 # -- decorator forms -------------------------------------------------------------------------
@@ -308,10 +309,10 @@ def _plain():
     ],
 )
 def test_bad_options_fail_at_decoration_without_forking(options, error):
-    spawned = stats()["spawned"]
+    spawned = stats().spawned
     with pytest.raises(error):
         task(**options)(_plain)
-    assert stats()["spawned"] == spawned
+    assert stats().spawned == spawned
 
 
 @pytest.mark.parametrize("limit", [1 << 30, "512M", "1G", "1.5GiB"])
@@ -848,12 +849,22 @@ def test_readme_form_with_concurrency_factor():
 # -- statistics ------------------------------------------------------------------------------
 
 
-def test_statistics_shape():
+def test_statistics_is_a_typed_frozen_record():
     s = stats()
-    for key in ("spawned", "completed", "failed", "cancelled", "timed_out", "in_flight"):
-        assert isinstance(s[key], int) and not isinstance(s[key], bool), key
-        assert s[key] >= 0
-    assert isinstance(s["supervisor_alive"], bool)
+    fields = {f.name: f.type for f in dataclasses.fields(s)}
+    assert fields == {
+        **dict.fromkeys(
+            ("spawned", "completed", "failed", "cancelled", "timed_out", "killed_lingering"), "int"
+        ),
+        "in_flight": "int",
+        "supervisor_alive": "bool",
+    }
+    for name in fields:
+        value = getattr(s, name)
+        assert type(value) is (bool if name == "supervisor_alive" else int), name
+        assert value >= 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.spawned = 0  # type: ignore[misc]
 
 
 def test_statistics_count_every_outcome(gate, started):
@@ -875,9 +886,9 @@ def test_statistics_count_every_outcome(gate, started):
     running = blocked()
     started.wait()
     during = stats()
-    assert during["spawned"] == before["spawned"] + 1
-    assert during["in_flight"] >= 1
-    assert during["supervisor_alive"] is True
+    assert during.spawned == before.spawned + 1
+    assert during.in_flight >= 1
+    assert during.supervisor_alive is True
 
     assert double(1).result(timeout=BOUND) == 2
     with pytest.raises(RuntimeError):
@@ -887,15 +898,15 @@ def test_statistics_count_every_outcome(gate, started):
     assert running.cancel() is True
 
     deadline = time.monotonic() + BOUND
-    while stats()["in_flight"] and time.monotonic() < deadline:
+    while stats().in_flight and time.monotonic() < deadline:
         time.sleep(0.01)  # the cancelled child is reaped asynchronously
     after = stats()
-    assert after["spawned"] == before["spawned"] + 4
-    assert after["completed"] >= before["completed"] + 1
-    assert after["failed"] >= before["failed"] + 1
-    assert after["timed_out"] == before["timed_out"] + 1
-    assert after["cancelled"] == before["cancelled"] + 1
-    assert after["in_flight"] == 0
+    assert after.spawned == before.spawned + 4
+    assert after.completed >= before.completed + 1
+    assert after.failed >= before.failed + 1
+    assert after.timed_out == before.timed_out + 1
+    assert after.cancelled == before.cancelled + 1
+    assert after.in_flight == 0
     wait_supervisor_idle()
 
 
@@ -913,7 +924,7 @@ def test_supervisor_thread_starts_on_demand_and_exits_when_idle(gate):
     (supervisor,) = [t for t in threading.enumerate() if t.name == "inparallel-supervisor"]
     assert supervisor.native_id == native_id
     assert supervisor.daemon  # never holds up interpreter exit
-    assert stats()["supervisor_alive"] is True
+    assert stats().supervisor_alive is True
     gate.open()
     assert fut.result(timeout=BOUND) == 1
     wait_supervisor_idle()

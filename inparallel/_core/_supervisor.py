@@ -37,6 +37,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from . import _future
@@ -48,6 +49,7 @@ from ._record import Child, Phase
 from ._thread import BareThread
 
 __all__ = (
+    "Statistics",
     "Supervisor",
     "get",
     "statistics",
@@ -430,17 +432,29 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 self._selector.close()
 
-    def statistics(self) -> dict[str, Any]:
-        """Return counters (spawned, completed, failed, cancelled, timed_out, ...) and state."""
+    def statistics(self) -> Statistics:
+        """Return the counters since this process started, and the current state."""
         with self._lock:
-            stats: dict[str, Any] = {
-                key: self.counts[key]
-                for key in ("spawned", "completed", "failed", "cancelled", "timed_out")
-            }
-            stats["killed_lingering"] = self.counts["killed_lingering"]
-            stats["in_flight"] = len(self._children)
-        stats["supervisor_alive"] = self.thread_alive()
-        return stats
+            counts = {name: self.counts[name] for name in _COUNTERS}
+            in_flight = len(self._children)
+        return Statistics(**counts, in_flight=in_flight, supervisor_alive=self.thread_alive())
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """A snapshot of the supervisor's counters (since the process started) and state."""
+
+    spawned: int  #: children registered
+    completed: int  #: tasks that delivered a value
+    failed: int  #: tasks that ended with an exception (their own, or a death)
+    cancelled: int  #: tasks whose future was cancelled
+    timed_out: int  #: tasks killed by their ``timeout=``
+    killed_lingering: int  #: children killed for not exiting after delivering
+    in_flight: int  #: children being watched now
+    supervisor_alive: bool  #: whether the supervisor thread is running now
+
+
+_COUNTERS = ("spawned", "completed", "failed", "cancelled", "timed_out", "killed_lingering")
 
 
 def _emergency(text: str) -> None:
@@ -479,6 +493,6 @@ def wait_idle(timeout: float) -> bool:
     return _SUPERVISOR is None or _SUPERVISOR.thread.wait_ended(timeout)
 
 
-def statistics() -> dict[str, Any]:
+def statistics() -> Statistics:
     """Return the supervisor's counters; all zero before the first task."""
     return (_SUPERVISOR or Supervisor()).statistics()
