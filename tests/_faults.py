@@ -21,6 +21,8 @@ it through `python_env`). Everything here is usable from any test, including the
 * **Synchronisation without sleeps**: `Gate` (parent releases children) and `Beacon` (children
   signal the parent), both plain pipes inherited through fork; `wait_exception`, `join_all` and
   `deadline` bound the waits that take no timeout of their own.
+* **Ctrl-C at a chosen point**: `InterruptAt` raises SIGINT at the k-th check point the
+  library passes in the calling thread (or only counts them).
 * **Measurements from /proc**: `fd_table`, `stat_fields` (the one ``/proc/<pid>/stat`` parser),
   `process_state`, `child_pids`, `bytes_read`, `context_switches`, `thread_blocked`, and
   `stop_mid_stream`, which freezes a child while its result is half transferred.
@@ -38,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import dis
 import faulthandler
 import fcntl
 import hashlib
@@ -54,6 +57,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 if __package__:  # imported as tests._faults (the ledger harness, ``python -m tests._ledger``)
@@ -736,6 +740,75 @@ def deadline(seconds: float, what: str = "the block") -> Iterator[None]:
             signal.setitimer(signal.ITIMER_REAL, left, outer_interval)
 
 
+# -- Ctrl-C at a chosen point ----------------------------------------------------------------------
+
+
+class InterruptAt:
+    """Deliver SIGINT at the ``at``-th check point the library passes in this thread.
+
+    CPython runs signal handlers only at check points: a function's start (``RESUME``), a
+    backward jump, and right after a call into C code (``os.fork()`` included). A return from
+    a Python function is none, so a Python caller stores what we return before any handler
+    runs. The tracer raises the signal at exactly those points, so the handler runs where a
+    real Ctrl-C's would. ``at=-1`` only counts them.
+    """
+
+    CHECKED = frozenset({"RESUME", "JUMP_BACKWARD"})
+    CALLS = frozenset({"CALL", "CALL_FUNCTION_EX", "CALL_KW"})
+
+    def __init__(self, at: int) -> None:
+        import inparallel  # the library's own code is what is traced, wherever it was loaded
+
+        self.package_dir = os.path.dirname(inparallel.__file__)
+        self.at = at
+        self.seen = 0
+        self.fired = False
+        self.pid = os.getpid()
+        self.python_calls = 0  # frames entered: a call that entered none went into C
+        self.after_call: dict[int, int] = {}  # frame id -> python_calls when its CALL ran
+
+    def _global(self, frame: FrameType, event: str, arg: Any) -> Callable[..., Any] | None:
+        if os.getpid() != self.pid:  # a forked child inherits the tracer: stay out of it
+            sys.settrace(None)
+            return None
+        self.python_calls += 1
+        if not frame.f_code.co_filename.startswith(self.package_dir):
+            return None
+        self._check_point()  # the frame's RESUME, which comes as this event, not an opcode
+        frame.f_trace = self._local  # first: 3.12+ turns opcode events on for a traced frame
+        frame.f_trace_opcodes = True
+        return self._local
+
+    def _check_point(self) -> None:
+        if self.seen == self.at and not self.fired:
+            self.fired = True
+            signal.raise_signal(signal.SIGINT)  # its handler runs here, as a real one's
+        self.seen += 1
+
+    def _local(self, frame: FrameType, event: str, arg: Any) -> Callable[..., Any] | None:
+        if os.getpid() != self.pid:
+            sys.settrace(None)
+            return None
+        if event != "opcode":
+            return self._local
+        name = dis.opname[frame.f_code.co_code[frame.f_lasti]]
+        calls = self.after_call.pop(id(frame), None)
+        if name in self.CHECKED or calls == self.python_calls:
+            self._check_point()
+        if name in self.CALLS:
+            self.after_call[id(frame)] = self.python_calls
+        return self._local
+
+    def __enter__(self) -> InterruptAt:
+        # CPython 3.12.1 emits opcode events only if a frame asked for them before settrace.
+        sys._getframe().f_trace_opcodes = True
+        sys.settrace(self._global)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.settrace(None)
+
+
 # -- measurements from /proc -----------------------------------------------------------------------
 
 
@@ -929,6 +1002,7 @@ __all__ = (
     "Gate",
     "HardExitAtPickle",
     "InjectedFault",
+    "InterruptAt",
     "KwOnlyError",
     "Overdue",
     "ParentOnlyError",

@@ -1,12 +1,14 @@
 """Shared fixtures: every test is checked for leaked child processes, threads and fds.
 
-Also the pipe fixtures most process tests use (`gate`, `beacon`) and `tracked`, which kills what
-a failing test left running. The helpers themselves live in ``_faults``.
+Also the pipe fixtures most process tests use (`gate`, `beacon`), `tracked`, which kills what
+a failing test left running, and `sigint_default` for the tests of Ctrl-C. The helpers
+themselves live in ``_faults``.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -136,6 +138,19 @@ def beacon() -> Iterator[_faults.Beacon]:
     """A `_faults.Beacon`: tasks send bytes, the test receives them with a timeout."""
     with _faults.Beacon() as b:
         yield b
+
+
+@pytest.fixture
+def sigint_default() -> Iterator[None]:
+    """Python's own Ctrl-C handler (`signal.default_int_handler`) for the test, then the old one.
+
+    A run started with SIGINT ignored (nohup, a background job) has none to begin with.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

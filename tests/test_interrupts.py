@@ -11,26 +11,20 @@ program opened afterwards.
 from __future__ import annotations
 
 import contextlib
-import dis
 import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from types import FrameType
-from typing import Any
 
 import _faults
 import conftest
 import pytest
+from _faults import InterruptAt, child_pids
 from _timing import BOUND, PATIENCE
 
-import inparallel
 from inparallel import task
 from inparallel._core import _interrupts, _spawn, _supervisor
-
-PACKAGE_DIR = os.path.dirname(inparallel.__file__)
 
 pytestmark = pytest.mark.skipif(
     threading.current_thread() is not threading.main_thread(), reason="needs the main thread"
@@ -42,83 +36,11 @@ def double(x: int) -> int:
     return 2 * x
 
 
-class InterruptAt:
-    """Deliver SIGINT at the ``at``-th check point the library passes in this thread.
-
-    CPython runs signal handlers only at check points: a function's start (``RESUME``), a
-    backward jump, and right after a call into C code (``os.fork()`` included). A return from
-    a Python function is none, so a Python caller stores what we return before any handler
-    runs. The tracer raises the signal at exactly those points, so the handler runs where a
-    real Ctrl-C's would. ``at=-1`` only counts them.
-    """
-
-    CHECKED = frozenset({"RESUME", "JUMP_BACKWARD"})
-    CALLS = frozenset({"CALL", "CALL_FUNCTION_EX", "CALL_KW"})
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-        self.seen = 0
-        self.fired = False
-        self.pid = os.getpid()
-        self.python_calls = 0  # frames entered: a call that entered none went into C
-        self.after_call: dict[int, int] = {}  # frame id -> python_calls when its CALL ran
-
-    def _global(self, frame: FrameType, event: str, arg: Any) -> Callable[..., Any] | None:
-        if os.getpid() != self.pid:  # a forked child inherits the tracer: stay out of it
-            sys.settrace(None)
-            return None
-        self.python_calls += 1
-        if not frame.f_code.co_filename.startswith(PACKAGE_DIR):
-            return None
-        self._check_point()  # the frame's RESUME, which comes as this event, not an opcode
-        frame.f_trace = self._local  # first: 3.12+ turns opcode events on for a traced frame
-        frame.f_trace_opcodes = True
-        return self._local
-
-    def _check_point(self) -> None:
-        if self.seen == self.at and not self.fired:
-            self.fired = True
-            signal.raise_signal(signal.SIGINT)  # its handler runs here, as a real one's
-        self.seen += 1
-
-    def _local(self, frame: FrameType, event: str, arg: Any) -> Callable[..., Any] | None:
-        if os.getpid() != self.pid:
-            sys.settrace(None)
-            return None
-        if event != "opcode":
-            return self._local
-        name = dis.opname[frame.f_code.co_code[frame.f_lasti]]
-        calls = self.after_call.pop(id(frame), None)
-        if name in self.CHECKED or calls == self.python_calls:
-            self._check_point()
-        if name in self.CALLS:
-            self.after_call[id(frame)] = self.python_calls
-        return self._local
-
-    def __enter__(self) -> InterruptAt:
-        # CPython 3.12.1 emits opcode events only if a frame asked for them before settrace.
-        sys._getframe().f_trace_opcodes = True
-        sys.settrace(self._global)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        sys.settrace(None)
-
-
 def _call_counted() -> int:
     with InterruptAt(-1) as tracer:
         fut = double(1)
     assert fut.result(timeout=BOUND) == 2
     return tracer.seen
-
-
-@pytest.fixture
-def sigint_default() -> Iterator[None]:
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _idle() -> bool:
@@ -138,7 +60,7 @@ def test_ctrl_c_at_every_instruction_of_a_call_starts_the_task_or_nothing(
     for k in range(total + 5):
         assert _idle()
         fds0 = conftest.open_fds()
-        pids0 = conftest.child_pids()
+        pids0 = child_pids()
         future = None
         interrupted = False
         try:
@@ -157,7 +79,7 @@ def test_ctrl_c_at_every_instruction_of_a_call_starts_the_task_or_nothing(
             started += 1
         else:
             nothing += 1
-            assert conftest.child_pids() <= pids0, f"a child was left at instruction {k}"
+            assert child_pids() <= pids0, f"a child was left at instruction {k}"
         assert _idle(), f"the supervisor did not wind down at instruction {k}"
         assert conftest.open_fds() - set(user_fds) <= fds0, f"an fd leaked at instruction {k}"
         assert _spawn._fork_lock.acquire(timeout=0)  # never left held
