@@ -4,6 +4,11 @@ Most tests run in both modes (``mode`` fixture): forked children per call, or wo
 Calls are held with `Hold` (a pipe for children, a semaphore for threads) and report through a
 `_faults.Beacon`; inputs run in the map's feeder thread, so they are held with events and
 counted with `Counted`. A process that should be gone is watched through a pidfd.
+
+"Nothing more happens" is checked once the threads that could make it happen wait: the map's
+feeder for its consumer (`wait_feeder_full`) or its end (joined), the dispatcher for a free
+slot, ``shutdown`` for the calls to end (`waits_in`). Each of them waits for a condition the
+test itself holds, so the counts are exact from then on.
 """
 
 from __future__ import annotations
@@ -19,22 +24,27 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future
 from itertools import count, islice
 from pathlib import Path
 from typing import Any
 
 import _faults
-import conftest
 import pytest
-from test_interrupts import InterruptAt
+from _faults import InterruptAt, child_pids
+from _timing import BOUND, PATIENCE, PROMPT
 
 from inparallel import StreamExecutor, _stream
 from inparallel._core import _supervisor
+from inparallel._streammap import MapState
 
-PATIENCE = 10.0  # generous bound (seconds) for anything that should take milliseconds
-PROMPT = 2.0  # "promptly", on a noisy 2-core machine
+
+@pytest.fixture(autouse=True)
+def bounded() -> Iterator[None]:
+    """Fail a test still running after `PATIENCE` + `BOUND` s: iterating a map takes no timeout."""
+    with _faults.deadline(PATIENCE + BOUND, "the test"):
+        yield
 
 
 @pytest.fixture(params=["process", "thread"])
@@ -51,7 +61,7 @@ def executor(max_workers: int | None = None, *, mode: str = "process") -> Iterat
     finally:
         waiter = threading.Thread(target=ex.shutdown, name="stream-test-shutdown", daemon=True)
         waiter.start()
-        waiter.join(PATIENCE)
+        waiter.join(BOUND)
         if waiter.is_alive():
             raise AssertionError(f"shutdown(wait=True) hung: {ex!r}")
 
@@ -70,7 +80,7 @@ class Hold:
         self._sem = threading.Semaphore(0)
         self._owner = os.getpid()
 
-    def wait(self, timeout: float = 30.0) -> None:
+    def wait(self, timeout: float = PATIENCE) -> None:
         if os.getpid() == self._owner:
             ok = self._sem.acquire(timeout=timeout)
         else:
@@ -108,13 +118,68 @@ class Counted(Iterator[Any]):
             self._cond.notify_all()
         return item
 
-    def wait_pulled(self, n: int, timeout: float = PATIENCE) -> bool:
+    def wait_pulled(self, n: int, timeout: float = BOUND) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self.pulled >= n, timeout)
 
 
 def frame_names(exc: BaseException) -> list[str]:
     return [frame.name for frame in traceback.extract_tb(exc.__traceback__)]
+
+
+def waits_in(thread: threading.Thread, *callers: Callable[..., Any]) -> bool:
+    """Whether ``thread`` is blocked in a `threading` wait that one of ``callers`` started.
+
+    Every threading wait (Condition, Event, Semaphore) blocks in ``Condition.wait``, and the
+    thread cannot leave it while we look (we hold the GIL). Whether it stays there once we
+    look away depends on what it waits for: each test checks that too.
+    """
+    frame = sys._current_frames().get(thread.ident or -1)
+    if frame is None or frame.f_code is not threading.Condition.wait.__code__:
+        return False
+    codes = {caller.__code__ for caller in callers}
+    while frame is not None and frame.f_code not in codes:
+        frame = frame.f_back
+    return frame is not None
+
+
+def threads_named(name: str) -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == name]
+
+
+def feeder() -> threading.Thread:
+    """The feeder thread of the one map the test has open."""
+    (thread,) = threads_named("inparallel-stream-feeder")
+    return thread
+
+
+def wait_feeder_full(m: Iterator[Any]) -> None:
+    """Wait until the map's feeder waits for its consumer to make room in its buffer.
+
+    It pulls nothing more until the consumer takes a result (or the map is closed).
+    """
+    state: MapState = m._state  # type: ignore[attr-defined]
+    thread = feeder()
+
+    def full() -> bool:
+        with state.cond:  # the feeder cannot leave its wait while we hold its lock
+            return state.idle and state._full() and waits_in(thread, MapState._room)
+
+    assert _faults.wait_until(full), "the map's feeder never filled its buffer"
+
+
+def shutdown_waits(thread: threading.Thread, returned: threading.Event) -> bool:
+    """Wait until ``shutdown(wait=True)`` in ``thread`` blocks or returns; True if it blocks.
+
+    Blocked while calls it waits for are held, it cannot return before they end.
+    """
+    _faults.wait_until(lambda: returned.is_set() or waits_in(thread, StreamExecutor.shutdown))
+    return not returned.is_set()
+
+
+def wait_feeders_ended() -> None:
+    """Wait until every map's feeder has ended: from then on, nothing more is pulled."""
+    assert _faults.join_all(threads_named("inparallel-stream-feeder")) == [], "a feeder runs on"
 
 
 def add(a: int, b: int = 0, *, c: int = 0) -> int:
@@ -174,17 +239,17 @@ def test_submit_returns_a_future_with_the_result(mode: str) -> None:
     with executor(mode=mode) as ex:
         fut = ex.submit(add, 1, 2, c=3)
         assert isinstance(fut, Future)
-        assert fut.result(PATIENCE) == 6
+        assert fut.result(BOUND) == 6
         assert fut.done() and not fut.cancelled() and fut.exception() is None
-        assert ex.submit(add, a=5, b=6).result(PATIENCE) == 11
+        assert ex.submit(add, a=5, b=6).result(BOUND) == 11
 
 
 def test_submit_exception_keeps_type_message_and_traceback(mode: str) -> None:
     with executor(max_workers=1, mode=mode) as ex:
         fut = ex.submit(fail_with, "no such key")
-        exc = fut.exception(PATIENCE)
+        exc = fut.exception(BOUND)
         # The failure cost nothing but its own call: the next one runs in the freed slot.
-        assert ex.submit(add, 1, 2).result(PATIENCE) == 3
+        assert ex.submit(add, 1, 2).result(BOUND) == 3
     assert type(exc) is LookupError and str(exc) == "no such key"
     assert "fail_with" in frame_names(exc)
     with pytest.raises(LookupError, match="no such key") as info:
@@ -194,7 +259,7 @@ def test_submit_exception_keeps_type_message_and_traceback(mode: str) -> None:
 
 def test_process_mode_runs_each_call_in_its_own_child() -> None:
     with executor(max_workers=2) as ex:
-        pids = [f.result(PATIENCE) for f in [ex.submit(os.getpid) for _ in range(4)]]
+        pids = [f.result(BOUND) for f in [ex.submit(os.getpid) for _ in range(4)]]
     assert os.getpid() not in pids and len(set(pids)) == 4
 
 
@@ -208,16 +273,16 @@ def test_works_with_wait_and_as_completed(mode: str) -> None:
         slow = ex.submit(held)
         quick = ex.submit(add, 1, 1)
         done, not_done = concurrent.futures.wait(
-            [slow, quick], timeout=PATIENCE, return_when=concurrent.futures.FIRST_COMPLETED
+            [slow, quick], timeout=BOUND, return_when=concurrent.futures.FIRST_COMPLETED
         )
         assert done == {quick} and not_done == {slow}
         hold.release()
-        order = list(concurrent.futures.as_completed([slow, quick], timeout=PATIENCE))
+        order = list(concurrent.futures.as_completed([slow, quick], timeout=BOUND))
         assert set(order) == {slow, quick} and slow.result() == "held"
         futures = [ex.submit(square, i) for i in range(6)]
-        got = sorted(f.result() for f in concurrent.futures.as_completed(futures, PATIENCE))
+        got = sorted(f.result() for f in concurrent.futures.as_completed(futures, BOUND))
         assert got == [i * i for i in range(6)]
-        done, not_done = concurrent.futures.wait(futures, timeout=PATIENCE)
+        done, not_done = concurrent.futures.wait(futures, timeout=BOUND)
         assert done == set(futures) and not not_done
 
 
@@ -232,11 +297,19 @@ def test_max_workers_bounds_concurrency(mode: str) -> None:
 
         futures = [ex.submit(work, i) for i in range(6)]
         assert log.receive(2) == b"ss"
-        time.sleep(0.2)  # time for a third call to start if the bound leaked; absence has no event
+        # Every thread of the executor waits now: the dispatcher (process mode) for a free
+        # slot, the workers (thread mode) in their held calls. None starts a call before one
+        # of those two ends.
+        threads = threads_named("inparallel-stream")
+        assert len(threads) == (1 if mode == "process" else 2)
+        assert _faults.wait_until(
+            lambda: all(waits_in(t, StreamExecutor._take, work) for t in threads)
+        ), "the executor's threads never settled"
         assert not log.pending()
+        assert repr(ex).endswith(": 2 running, 4 queued>"), repr(ex)
         assert [f.running() for f in futures] == [True, True, False, False, False, False]
         hold.release(6)
-        assert [f.result(PATIENCE) for f in futures] == list(range(6))
+        assert [f.result(BOUND) for f in futures] == list(range(6))
         events = b"ss" + log.receive(10)
     # A call writes "e" before it returns, so the next "s" can only follow it: the running
     # count along the log is the real number of calls running at once.
@@ -270,8 +343,8 @@ def test_cancel_a_queued_call_and_it_never_runs(mode: str) -> None:
             second.result(0)
         third = ex.submit(work, 3)
         hold.release(2)
-        assert first.result(PATIENCE) == 1
-        assert third.result(PATIENCE) == 3
+        assert first.result(BOUND) == 1
+        assert third.result(BOUND) == 3
         assert log.receive_int() == 3
         ex.shutdown(wait=True)
         assert not log.pending(), "the cancelled call ran"
@@ -300,7 +373,7 @@ def test_cancel_a_running_call_kills_its_child() -> None:
         assert fut.cancel()  # cancelling again is harmless
         assert seen == [fut]
         # The slot was given back: the next call runs.
-        assert ex.submit(add, 2, 3).result(PATIENCE) == 5
+        assert ex.submit(add, 2, 3).result(BOUND) == 5
 
 
 def test_cancelling_a_running_call_wakes_wait() -> None:
@@ -313,21 +386,23 @@ def test_cancelling_a_running_call_wakes_wait() -> None:
 
         fut = ex.submit(work)
         log.receive()
+        main = threading.current_thread()
 
-        def cancel_later() -> None:
-            time.sleep(0.2)  # let wait() block first; if it has not yet, the test still holds
+        def cancel_once_waited_for() -> None:
+            # wait() below blocks first (if it never does, the timing check below fails).
+            _faults.wait_until(lambda: waits_in(main, concurrent.futures.wait))
             fut.cancel()
 
-        canceller = threading.Thread(target=cancel_later, name="stream-test-cancel")
+        canceller = threading.Thread(target=cancel_once_waited_for, name="stream-test-cancel")
         canceller.start()
         try:
             start = time.monotonic()
-            done, _ = concurrent.futures.wait([fut], timeout=PATIENCE)
+            done, _ = concurrent.futures.wait([fut], timeout=BOUND)
             assert done == {fut} and time.monotonic() - start < PROMPT
-            assert list(concurrent.futures.as_completed([fut], timeout=PATIENCE)) == [fut]
+            assert list(concurrent.futures.as_completed([fut], timeout=BOUND)) == [fut]
             assert fut.cancelled()
         finally:
-            canceller.join(PATIENCE)
+            canceller.join(BOUND)
 
 
 def test_cancel_a_running_thread_call_is_refused() -> None:
@@ -340,11 +415,11 @@ def test_cancel_a_running_thread_call_is_refused() -> None:
             return "finished"
 
         fut = ex.submit(work)
-        assert started.wait(PATIENCE)
+        assert started.wait(BOUND)
         assert fut.cancel() is False
         assert fut.running() and not fut.cancelled()
         hold.release()
-        assert fut.result(PATIENCE) == "finished"
+        assert fut.result(BOUND) == "finished"
 
 
 # -- shutdown and the context manager -------------------------------------------------------------
@@ -367,15 +442,15 @@ def test_shutdown_wait_waits_for_every_call(mode: str) -> None:
         waiter = threading.Thread(target=shut, name="stream-test-shutdown")
         waiter.start()
         try:
-            assert not returned.wait(0.2), "shutdown(wait=True) returned with calls held"
+            assert shutdown_waits(waiter, returned), "shutdown(wait=True) returned with calls held"
             hold.release(4)
-            assert returned.wait(PATIENCE)
+            assert returned.wait(BOUND)
             # Everything was finished by the time shutdown() returned.
             assert all(f.done() for f in futures)
             assert [f.result(0) for f in futures] == [0, 1, 2, 3]
         finally:
             hold.close()
-            waiter.join(PATIENCE)
+            waiter.join(BOUND)
         assert not waiter.is_alive()
 
 
@@ -392,7 +467,7 @@ def test_shutdown_cancel_futures_cancels_queued_calls(mode: str) -> None:
         ex.shutdown(wait=False, cancel_futures=True)
         assert [f.cancelled() for f in futures] == [False, True, True, True]
         hold.release()
-        assert futures[0].result(PATIENCE) == 0
+        assert futures[0].result(BOUND) == 0
         ex.shutdown(wait=True)
         assert not log.pending(), "a cancelled call ran"
 
@@ -427,13 +502,13 @@ def test_map_returns_before_reading_its_input(mode: str) -> None:
     def source() -> Iterator[int]:
         readers.append(threading.current_thread())
         reading.set()
-        assert opened.wait(PATIENCE)
+        assert opened.wait(BOUND)
         yield from range(5)
 
     with executor(max_workers=2, mode=mode) as ex:
         try:
             m = ex.map(square, source())  # returns while the input is still held
-            assert reading.wait(PATIENCE), "the input was not read in the background"
+            assert reading.wait(BOUND), "the input was not read in the background"
             assert readers != [threading.current_thread()]
         finally:
             opened.set()
@@ -511,7 +586,7 @@ def test_map_pulls_at_most_buffer_size_ahead(mode: str, keyword: str, size: int)
                 assert next(m) == consumed
                 consumed += 1
             assert source.wait_pulled(consumed + size), "the feeder did not fill its buffer"
-            time.sleep(0.05)  # an unbounded feeder would pull more now; absence has no event
+            wait_feeder_full(m)
             assert source.pulled == consumed + size
         m.close()
 
@@ -647,7 +722,7 @@ def test_abandoned_map_stops_reading_and_cancels_its_work(mode: str, how: str) -
             gc.collect()
         if mode == "process":
             assert _faults.survivors(pids, PROMPT) == [], "the held children were not killed"
-        time.sleep(0.2)  # a feeder still running would pull more now; absence has no event
+        wait_feeders_ended()
         assert source.pulled == 3 + 5
         hold.release(5)  # thread mode: the two held calls cannot be killed; let them finish
         ex.shutdown(wait=True)
@@ -661,7 +736,7 @@ def test_abandoned_map_that_was_never_iterated(mode: str) -> None:
         assert source.wait_pulled(4)
         del m
         gc.collect()
-        time.sleep(0.1)  # a feeder still running would pull more now; absence has no event
+        wait_feeders_ended()
         assert source.pulled == 4
 
 
@@ -676,7 +751,7 @@ def test_shutdown_is_not_held_up_by_a_blocked_input(mode: str) -> None:
     def source() -> Iterator[int]:
         yield from range(3)
         stuck.set()
-        opened.wait()
+        assert opened.wait(BOUND)
         passed.set()
         yield 3
 
@@ -697,15 +772,15 @@ def test_shutdown_is_not_held_up_by_a_blocked_input(mode: str) -> None:
         try:
             m = ex.map(work, source(), buffer_size=4)
             assert [next(m) for _ in range(3)] == [0, 1, 2]
-            assert stuck.wait(PATIENCE)
+            assert stuck.wait(BOUND)
             waiter.start()  # the feeder is stuck in next() of the input
             assert returned.wait(PROMPT), "shutdown(cancel_futures=True) waited for the input"
         finally:
             opened.set()
             if waiter.is_alive():
-                waiter.join(PATIENCE)
+                waiter.join(BOUND)
             ex.shutdown(wait=True)
-        assert passed.wait(PATIENCE)
+        assert passed.wait(BOUND)
         # The feeder came back after the shutdown: the map ends cancelled, item 3 never runs.
         with pytest.raises(CancelledError):
             next(m)
@@ -760,7 +835,7 @@ def test_a_live_map_never_blocks_interpreter_exit(mode: str, shut: str, tmp_path
             stderr=err,
         )
     try:
-        rc = proc.wait(30)
+        rc = proc.wait(PATIENCE)
         exited = time.monotonic()
     finally:
         if proc.poll() is None:
@@ -782,7 +857,7 @@ def test_a_live_map_never_blocks_interpreter_exit(mode: str, shut: str, tmp_path
     words = stdout.split()
     assert words[:2] == ["END", "4"], stdout
     assert exited - float(words[2]) < 3.0, "interpreter exit was held up by the live map"
-    assert {0, 1, 2, 3} <= set(workers)
+    assert set(workers) == {0, 1, 2, 3}  # 2 and 3 never end: no slot is free for item 4
     if mode == "process":
         assert len(set(others)) == len(workers)
     else:
@@ -836,8 +911,10 @@ def test_many_thread_workers() -> None:
     with executor(max_workers=128, mode="thread") as ex:
         assert list(ex.map(work, range(1000))) == [i * 3 for i in range(1000)]
         futures = [ex.submit(work, i) for i in range(1000)]
-        assert [f.result(PATIENCE) for f in futures] == [i * 3 for i in range(1000)]
-    assert most <= base + 128 + 1  # the workers and the map's feeder
+        assert [f.result(BOUND) for f in futures] == [i * 3 for i in range(1000)]
+    # A bound: how many workers are alive at once depends on timing; never more than 128,
+    # plus the map's feeder.
+    assert most <= base + 128 + 1
 
 
 # -- found in review ---------------------------------------------------------------------------
@@ -892,12 +969,8 @@ def test_chunked_map_reads_at_most_buffer_size_ahead(mode: str) -> None:
     with StreamExecutor(2, mode=mode) as ex:  # type: ignore[arg-type]
         m = ex.map(abs, source(), buffer_size=4, chunksize=4)
         assert next(m) == 0
-        state = m._state  # type: ignore[attr-defined]
-        deadline = time.monotonic() + 10
-        with state.cond:  # wait until the feeder has filled the buffer and waits for room
-            while state.ahead < 4 and time.monotonic() < deadline:
-                state.cond.wait(0.05)  # re-checked: the feeder notifies as it goes
-        assert state.ahead == 4
+        wait_feeder_full(m)
+        assert m._state.ahead == 4  # type: ignore[attr-defined]
         assert pulled == 1 + 4  # one consumed, four ahead: not a whole chunk more
         m.close()  # type: ignore[attr-defined]
 
@@ -924,7 +997,7 @@ def test_a_map_started_before_shutdown_submits_its_input_after_it(mode: str) -> 
 
     def source() -> Iterator[int]:
         yield 0
-        assert opened.wait(PATIENCE)
+        assert opened.wait(BOUND)
         yield from range(1, 6)
 
     with executor(2, mode=mode) as ex:
@@ -959,12 +1032,13 @@ def test_shutdown_waits_for_a_maps_buffer_but_not_its_consumer(mode: str) -> Non
         waiter.start()
         try:
             assert source.wait_pulled(3)
-            assert not returned.wait(0.2), "shutdown(wait=True) returned with the map's calls held"
+            wait_feeder_full(m)
+            assert shutdown_waits(waiter, returned), "shutdown(wait=True) did not wait for calls"
             hold.release(3)
-            assert returned.wait(PATIENCE), "shutdown(wait=True) waited for the map's consumer"
+            assert returned.wait(BOUND), "shutdown(wait=True) waited for the map's consumer"
         finally:
             hold.close()
-            waiter.join(PATIENCE)
+            waiter.join(BOUND)
         # Everything the map had submitted ended before shutdown() returned; nothing more.
         assert sorted(log.receive_int(timeout=0) for _ in range(3)) == [0, 1, 2]
         assert source.pulled == 3
@@ -992,7 +1066,7 @@ def test_shutdown_cancel_futures_cuts_a_map_off(mode: str) -> None:
         with pytest.raises(StopIteration):
             next(m)
         ex.shutdown(wait=True)
-        time.sleep(0.1)  # a feeder still running would pull more now; absence has no event
+        wait_feeders_ended()
         assert source.pulled == 4
         assert not log.pending(), "a cancelled call ran"
 
@@ -1005,7 +1079,7 @@ def test_closing_a_map_after_shutdown_still_stops_it(mode: str) -> None:
         assert [next(m), next(m)] == [0, 1]
         assert source.wait_pulled(2 + 3)
         m.close()
-        time.sleep(0.1)  # a feeder still running would pull more now; absence has no event
+        wait_feeders_ended()
         assert source.pulled == 2 + 3
 
 
@@ -1034,7 +1108,7 @@ def test_thread_mode_runs_submitted_calls_to_the_end_at_exit(tmp_path: Path) -> 
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=PATIENCE,
     )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.split() == ["END"]
@@ -1063,20 +1137,20 @@ def test_map_keeps_no_consumed_result_alive(mode: str, chunksize: int) -> None:
     def source() -> Iterator[int]:
         yield from range(chunksize)
         asked.set()
-        assert opened.wait(PATIENCE)
+        assert opened.wait(BOUND)
         yield from range(chunksize, 2 * chunksize)
 
     with executor(2, mode=mode) as ex:
         try:
             m = ex.map(boxed, source(), chunksize=chunksize)
             values = [next(m) for _ in range(chunksize)]
-            assert asked.wait(PATIENCE)
+            assert asked.wait(BOUND)
             # The threads that ran the calls end when the queue is empty; the supervisor when
             # no child is left. Their last frames must be gone before anything is counted.
             for thread in threading.enumerate():
                 if thread.name == "inparallel-stream":
-                    thread.join(PATIENCE)
-            assert _supervisor.wait_idle(PATIENCE)
+                    thread.join(BOUND)
+            assert _supervisor.wait_idle(BOUND)
             refs = [weakref.ref(value) for value in values]
             del values
             gc.collect()
@@ -1130,35 +1204,30 @@ def test_submit_fn_raising_stop_iteration_keeps_it(mode: str) -> None:
     with executor(2, mode=mode) as ex:
         fut = ex.submit(stop_at_three, 3)
         with pytest.raises(StopIteration, match="no more"):
-            fut.result(PATIENCE)
+            fut.result(BOUND)
         assert isinstance(fut.exception(), StopIteration)
-        done, _ = concurrent.futures.wait([fut], timeout=PATIENCE)
+        done, _ = concurrent.futures.wait([fut], timeout=BOUND)
         assert done == {fut}
-        assert ex.submit(stop_at_three, 2).result(PATIENCE) == 2
+        assert ex.submit(stop_at_three, 2).result(BOUND) == 2
 
 
 # -- Ctrl-C and failures inside submit, map and shutdown -------------------------------------------
 
 
-@pytest.fixture
-def sigint_default() -> Iterator[None]:
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def settled(ex: StreamExecutor) -> None:
-    """Wait until the executor's books show nothing running, queued or owned, and no thread."""
+    """Wait until the executor's books show nothing running, queued or owned, and no thread.
+
+    Also checks that Ctrl-C's handler is Python's own again (tests using it take
+    `sigint_default`).
+    """
     with ex._cond:
         assert ex._cond.wait_for(
-            lambda: not (ex._running or ex._pending or ex._owned or ex._threads), PATIENCE
+            lambda: not (ex._running or ex._pending or ex._owned or ex._threads), BOUND
         ), f"the books do not balance: {ex!r}, {ex._owned} owned, {ex._threads} threads"
     for thread in threading.enumerate():
         if thread.name.startswith("inparallel-stream"):
-            thread.join(PATIENCE)
-    assert _supervisor.wait_idle(PATIENCE)
+            thread.join(BOUND)
+    assert _supervisor.wait_idle(BOUND)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
@@ -1179,23 +1248,23 @@ needs_main_thread = pytest.mark.skipif(
 @needs_main_thread
 def test_ctrl_c_at_every_check_point_of_submit(mode: str, sigint_default: None) -> None:
     with executor(2, mode=mode) as ex:
-        assert ex.submit(add, 0, 1).result(PATIENCE) == 1  # warm up: hooks, imports
+        assert ex.submit(add, 0, 1).result(BOUND) == 1  # warm up: hooks, imports
         settled(ex)
         with InterruptAt(-1) as tracer:
             fut = ex.submit(add, 0, 1)
-        assert fut.result(PATIENCE) == 1
+        assert fut.result(BOUND) == 1
         settled(ex)
         total = tracer.seen
         assert total > 5
         outcomes = set()
         for k in range(total + 3):
-            pids0 = conftest.child_pids()
+            pids0 = child_pids()
             interrupted, fut = interrupted_at(k, ex.submit, add, k, 1)
             assert interrupted or k >= total, f"the interrupt at {k} did not reach the caller"
             if fut is not None:  # the call had been made: it runs to its end
-                assert fut.result(PATIENCE) == k + 1
+                assert fut.result(BOUND) == k + 1
             settled(ex)
-            assert conftest.child_pids() <= pids0, f"a child was left at check point {k}"
+            assert child_pids() <= pids0, f"a child was left at check point {k}"
             outcomes.add(fut is not None)
         assert outcomes == {True, False}
 
@@ -1224,6 +1293,7 @@ def test_ctrl_c_at_every_check_point_of_map(mode: str, sigint_default: None) -> 
 def test_ctrl_c_at_every_check_point_of_shutdown(mode: str, sigint_default: None) -> None:
     k = 0
     total = None
+    outcomes: list[bool] = []  # per interrupted shutdown, in order: were the queued cancelled?
     while total is None or k < total + 3:
         ex = StreamExecutor(1, mode=mode)  # type: ignore[arg-type]
         with _faults.Beacon() as log, Hold() as hold:
@@ -1244,17 +1314,26 @@ def test_ctrl_c_at_every_check_point_of_shutdown(mode: str, sigint_default: None
                 interrupted, _ = interrupted_at(k, ex.shutdown, wait=False, cancel_futures=True)
                 assert interrupted or k >= total
                 k += 1
+            cancelled = [f.cancelled() for f in queued]
             # All or nothing: the queued calls are cancelled together, or not at all.
-            assert [f.cancelled() for f in queued] in ([True, True], [False, False])
+            assert cancelled in ([True, True], [False, False])
+            if interrupted:
+                outcomes.append(cancelled[0])
+            else:
+                assert cancelled == [True, True]
             hold.release()
             ex.shutdown(wait=True)
-        assert running.result(PATIENCE) == "ran"
-        assert [f.result(PATIENCE) for f in queued if not f.cancelled()] in ([], [1, 2])
+        assert running.result(BOUND) == "ran"
+        assert [f.result(BOUND) for f in queued if not f.cancelled()] == (
+            [] if cancelled[0] else [1, 2]
+        )
         settled(ex)
+    # Interrupted before it cancels, shutdown cancels nothing; once it has begun, everything.
+    assert outcomes == sorted(outcomes) and outcomes[0] is False and outcomes[-1] is True
 
 
 def test_an_interrupt_right_after_the_fork_kills_the_child(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, sigint_default: None
 ) -> None:
     # A Ctrl-C that spawn() delivers after its fork, carrying the task (as it does when it is
     # the outermost frame that holds the interrupt), or one that nothing held.
@@ -1279,12 +1358,12 @@ def test_an_interrupt_right_after_the_fork_kills_the_child(
             ex.submit(work)
         monkeypatch.undo()
         assert len(pids) == 1 and _faults.survivors(pids, PROMPT) == [], "the child runs on"
-        assert ex.submit(add, 1, 2).result(PATIENCE) == 3  # its slot was given back
+        assert ex.submit(add, 1, 2).result(BOUND) == 3  # its slot was given back
         settled(ex)
 
 
 def test_a_thread_that_cannot_start_fails_only_its_call(
-    mode: str, monkeypatch: pytest.MonkeyPatch
+    mode: str, monkeypatch: pytest.MonkeyPatch, sigint_default: None
 ) -> None:
     real_start = threading.Thread.start
 
@@ -1308,8 +1387,8 @@ def test_a_thread_that_cannot_start_fails_only_its_call(
         monkeypatch.undo()
         hold.release()
         if first is not None:
-            assert first.result(PATIENCE) == "ran"
-        assert ex.submit(add, 2, 3).result(PATIENCE) == 5
+            assert first.result(BOUND) == "ran"
+        assert ex.submit(add, 2, 3).result(BOUND) == 5
         assert list(ex.map(add, [1], [2])) == [3]
         settled(ex)
 
@@ -1342,12 +1421,12 @@ def test_a_fork_refuses_an_inherited_executor_map_and_future(mode: str) -> None:
             m.close()
             return seen
 
-        assert use_them().result(PATIENCE) == [
+        assert use_them().result(BOUND) == [
             "RuntimeError",
             "RuntimeError",
             "InheritedFutureError",
         ]
         assert next(m) == 1  # the parent's map and executor are untouched
         hold.release()
-        assert fut.result(PATIENCE) == "held"
+        assert fut.result(BOUND) == "held"
         m.close()
