@@ -91,6 +91,7 @@ _SAMPLES: tuple[Iterator[Any], ...] = (
     itertools.repeat(None),
 )
 #: Iterators that cannot block and run no user code as they are read: no reader thread.
+#: (``count`` calls its start's ``__add__``: user code only for a start that is no number.)
 INLINE_TYPES: frozenset[type] = frozenset(type(it) for it in _SAMPLES)
 
 
@@ -410,10 +411,12 @@ class Feed:
             try:
                 if wake and self._wake is not None:
                     self._wake()
-                if finalize is not None:
-                    finalize()
+                if finalize is not None:  # the feed is closed: no other reader starts now
+                    try:
+                        finalize()
+                    finally:
+                        self._busy = False
             finally:
-                self._busy = False
                 # Only now: until here park_readers() finds this thread, to join it.
                 _running.pop(threading.current_thread(), None)
 
