@@ -2,8 +2,9 @@
 
 `run` fails a test that leaves a task behind, lets a task be "destroyed but pending", leaves
 a coroutine never awaited, an exception never retrieved, an async generator that failed to
-close, or blocks the loop longer than ``SLOW`` seconds. `Src` is a source that records what
-happened to it.
+close, or blocks the loop longer than ``SLOW`` seconds; and one whose loop runs longer than
+`PATIENCE`. `Src` is a source that records what happened to it; `turns` lets the loop run,
+`until` waits for a condition only ``/proc`` can show.
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import _faults
 import pytest
+from _timing import BOUND, PATIENCE, SETTLE
 
 T = TypeVar("T")
 
 #: A callback that runs longer than this counts as blocking the loop (debug mode reports it).
 #: Generous: forks of a big test process and a loaded CI machine must not trip it.
 SLOW = 0.5
-
-#: How long background work may take to wind down after the test's coroutine returned.
-SETTLE = 5.0
 
 #: Task factories each async test runs with. The eager one (new in 3.12) runs on 3.13+: the
 #: newest interpreter covers it, and the suite stays short on the others.
@@ -56,7 +56,8 @@ def run(test: Callable[[], Awaitable[T]], *, factory: str = "default") -> T:
             await _settle(problems)
 
     try:
-        result = asyncio.run(main(), debug=True)
+        with _faults.deadline(PATIENCE, "the event loop"):
+            result = asyncio.run(main(), debug=True)
         gc.collect()  # destroyed-but-pending tasks and never-awaited coroutines show up now
     finally:
         sys.unraisablehook = old_hook
@@ -160,3 +161,18 @@ async def turns(n: int = 10) -> None:
     """Let the loop run ``n`` times (background pumps refill; no wall-clock sleep)."""
     for _ in range(n):
         await asyncio.sleep(0)
+
+
+async def until(check: Callable[[], object], timeout: float = BOUND) -> bool:
+    """Wait up to ``timeout`` s for ``check()`` to be true, the loop running meanwhile.
+
+    The async `_faults.wait_until`: for conditions only ``/proc`` can show (a child that a
+    pump task forks). Anything with an event or a future waits on that instead.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            return bool(check())
+        await asyncio.sleep(0.001)  # polling /proc: there is no event to wait on
+    return True

@@ -27,10 +27,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from _faults import child_pids
+from _timing import BOUND
 
 from inparallel import aio
 from tests._aio import Src, arun, turns
-from tests.conftest import child_pids
 
 STREAMS = ["preload", "active", "join", "map", "parallel_map", "forker", "sharable"]
 POSITIONS = ["first", "mid", "body"]
@@ -39,10 +40,6 @@ TRIGGERS = ["cancel", "timeout", "taskgroup"]
 #: Items a source lets through before it blocks, per position. "mid" needs more than a
 #: map's window (6 for map_aiter(worker_count=3)), because a map pulls ahead before it yields.
 TICKETS = {"first": 0, "mid": 8, "body": 8}
-
-#: How long the children of a parallel_map may take to be gone once killed (they die at once;
-#: generous for a loaded machine).
-GONE = 5.0
 
 
 class SiblingFailed(Exception):
@@ -184,7 +181,8 @@ async def no_children_left() -> None:
             loop.add_reader(fd, lambda f=fut: f.done() or f.set_result(None))
             waits.append(fut)
         if waits:
-            _, pending = await asyncio.wait(waits, timeout=GONE)
+            # Killed children die at once; the bound is for a loaded machine.
+            _, pending = await asyncio.wait(waits, timeout=BOUND)
             assert not pending, "children of parallel_map were left running"
     finally:
         for fd in fds:
@@ -229,6 +227,8 @@ def test_cancel_matrix(arun: Any, kind: str, position: str, trigger: str) -> Non
             if position == "first":
                 assert got == []
             elif position == "mid":
+                # How many of the items let through reached the reader by now depends on the
+                # stream's buffering (and parallel_map's on its children): at least one.
                 assert len(got) >= 1
             else:
                 assert len(got) == 2
