@@ -63,6 +63,7 @@ from inparallel import RemoteError, ResultNotPicklable, TaskTimeout, WorkerDied,
 from inparallel._core import _supervisor
 
 from . import _faults
+from ._timing import BOUND, PATIENCE
 
 #: Relative weights of the in-task behaviours.
 WEIGHTS = {
@@ -225,7 +226,7 @@ class Storm:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(BOUND)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
@@ -377,23 +378,6 @@ class Ledger:
 # -- residue ---------------------------------------------------------------------------------------
 
 
-def child_pids() -> list[int]:
-    """Return the pids (running or zombie) whose parent is this process."""
-    found = []
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(b")") + 2 :].split()[1]) == me:
-            found.append(int(entry))
-    return sorted(found)
-
-
 class Hooks:
     """Record whatever reaches threading.excepthook, sys.unraisablehook or the futures logger."""
 
@@ -503,7 +487,7 @@ def residue(ledger: Ledger, stats0: _supervisor.Statistics, fds0: dict[int, str]
     """Return what the run left behind: children, fds, threads, counters that do not add up."""
     n = len(ledger.plans)
     problems = []
-    settle(10.0)
+    settle(BOUND)
     stats = _supervisor.statistics()
     now, then = dataclasses.asdict(stats), dataclasses.asdict(stats0)
     delta = {key: now[key] - then[key] for key in now if key != "supervisor_alive"}
@@ -516,7 +500,7 @@ def residue(ledger: Ledger, stats0: _supervisor.Statistics, fds0: dict[int, str]
         problems.append(f"counters say {delta}, the ledger {cancelled=} {timed_out=}")
     if stats.supervisor_alive:
         problems.append("the supervisor thread is still alive")
-    if left := child_pids():
+    if left := sorted(_faults.child_pids()):
         problems.append(f"child processes left: {left}")
     if set(fds := _faults.fd_table()) != set(fds0):
         problems.append(f"fds: before {fds0}, after {fds}")
@@ -531,8 +515,8 @@ def run(n: int, concurrency: int, seed: int, stall: float, storm: bool = False) 
     ledger = Ledger(plans)
     hooks = Hooks()
     # Warm up first, so that whatever the library keeps between bursts is in the baseline.
-    general = [] if work(-1, "ok", 0).result(timeout=30) == -1 else ["warm-up task failed"]
-    settle(10.0)
+    general = [] if work(-1, "ok", 0).result(timeout=PATIENCE) == -1 else ["warm-up task failed"]
+    settle(BOUND)
     fds0 = _faults.fd_table()
     stats0 = _supervisor.statistics()
     started = time.monotonic()
