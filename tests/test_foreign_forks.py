@@ -85,4 +85,5 @@ def test_forks_while_tasks_are_in_flight() -> None:
 def test_a_parked_supervisor_restarts_after_the_programs_fork() -> None:
     # Covered by the harness's last call; said again here so that a failure names it.
     proc = _run("in-flight")
-    assert "DONE" in proc.stdout.split(), proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["IDLE-DONE", "DONE"], proc.stderr

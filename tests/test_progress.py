@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from concurrent.futures import Future
 
+import _faults
 import pytest
+from _timing import BOUND
 
 from inparallel import process_map, thread_map, waitfor
+
+
+@pytest.fixture(autouse=True)
+def bounded() -> Iterator[None]:
+    """Fail a test still running after `BOUND` s: maps and waitfor take no timeout."""
+    with _faults.deadline(BOUND, "the test"):
+        yield
 
 
 @pytest.fixture
