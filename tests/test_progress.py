@@ -39,6 +39,10 @@ def _the_warning(record: pytest.WarningsRecorder) -> tuple[str, int]:
     return warning.filename, warning.lineno
 
 
+# pytest's faulthandler watchdog is a thread of the test run's own, so on 3.12+ every fork in
+# this process is multi-threaded and CPython warns; pytest.warns records that warning and
+# emits it again. Fresh interpreters check the fork warning (test_forksafety, test_map).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 @pytest.mark.parametrize("tool", [thread_map, process_map])
 def test_a_map_warns_at_the_line_that_iterates_it(no_tqdm: None, tool: object) -> None:
     with pytest.warns(RuntimeWarning) as record:
