@@ -23,10 +23,17 @@ from typing import Any
 import _faults
 import pytest
 from _faults import child_pids
-from _timing import BOUND
+from _timing import BOUND, PATIENCE
 
 from inparallel import ResultNotPicklable, aio, task
 from tests._aio import Src, arun, turns, until
+
+
+@pytest.fixture(autouse=True)
+def bounded() -> Iterator[None]:
+    """Fail a test still running after `PATIENCE` + `BOUND` s: some run a loop of their own."""
+    with _faults.deadline(PATIENCE + BOUND, "the test"):
+        yield
 
 
 class Conn:

@@ -14,11 +14,12 @@ import functools
 import gc
 import threading
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import _faults
 import pytest
-from _timing import BOUND
+from _timing import BOUND, PATIENCE
 
 from inparallel.aio import (
     aiter_to_iter,
@@ -32,6 +33,14 @@ from inparallel.aio import (
 from tests._aio import Src, arun, turns
 
 FIXTURES = (arun,)  # pytest finds the `arun` fixture by its name in this module
+
+
+@pytest.fixture(autouse=True)
+def bounded() -> Iterator[None]:
+    """Fail a test still running after `PATIENCE` + `BOUND` s: some run a loop of their own."""
+    with _faults.deadline(PATIENCE + BOUND, "the test"):
+        yield
+
 
 # -- helpers ----------------------------------------------------------------------------------
 
