@@ -18,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 
 import _faults
 import pytest
@@ -146,6 +147,29 @@ def finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
     return out, err
 
 
+def assert_no_task_survives_a_killed_parent(
+    proc: subprocess.Popen[str], ready: Callable[[list[int]], bool]
+) -> None:
+    """Read the harness's ``READY <pid>...`` line, SIGKILL it, and see every task die promptly.
+
+    ``ready(pids)`` checks the pids (and may wait for the tasks to reach their state).
+    """
+    pids: list[int] = []
+    watch = None
+    try:
+        pids = [int(p) for p in read_line(proc, "READY")]
+        assert ready(pids), pids
+        watch = Watch(pids)
+        proc.kill()
+        proc.wait(BOUND)
+        assert watch.survivors(PROMPT) == []
+    finally:
+        if watch:
+            watch.close()
+        kill_leftovers(pids)
+        finish(proc)
+
+
 # -- E1/E2: Ctrl-C ---------------------------------------------------------------------------
 
 
@@ -232,20 +256,8 @@ def test_parent_sigkilled_no_task_survives_including_tasks_from_finished_threads
         sys.stdin.read()
         """
     )
-    pids: list[int] = []
-    watch = None
-    try:
-        pids = [int(p) for p in read_line(proc, "READY")]
-        assert len(pids) == 8
-        watch = Watch(pids)  # asserts all 8 alive: the finished threads did not take theirs
-        proc.kill()
-        proc.wait(BOUND)
-        assert watch.survivors(PROMPT) == []
-    finally:
-        if watch:
-            watch.close()
-        kill_leftovers(pids)
-        finish(proc)
+    # Watch asserts all 8 alive: the finished threads did not take theirs.
+    assert_no_task_survives_a_killed_parent(proc, lambda pids: len(pids) == 8)
 
 
 def _wait_comm(pid: int, name: str) -> None:
@@ -295,21 +307,13 @@ def test_parent_sigkilled_no_task_survives_an_exec_or_closed_fds():
         sys.stdin.read()
         """
     )
-    pids: list[int] = []
-    watch = None
-    try:
-        pids = [int(p) for p in read_line(proc, "READY")]
+
+    def execs_done(pids: list[int]) -> bool:
         for pid in (pids[0], pids[2], pids[3]):
             _wait_comm(pid, "sleep")  # the exec has happened: it is /bin/sleep now
-        watch = Watch(pids)
-        proc.kill()
-        proc.wait(BOUND)
-        assert watch.survivors(PROMPT) == []
-    finally:
-        if watch:
-            watch.close()
-        kill_leftovers(pids)
-        finish(proc)
+        return len(pids) == 4
+
+    assert_no_task_survives_a_killed_parent(proc, execs_done)
 
 
 def test_task_outlives_the_thread_that_called_it(gate, beacon):
