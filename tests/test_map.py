@@ -12,12 +12,12 @@ polling ``/proc`` for another process's exit.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import itertools
 import os
 import pickle
 import random
+import re
 import signal
 import struct
 import subprocess
@@ -31,8 +31,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _faults import Beacon, ErrorAtUnpickle, Gate, InjectedFault, alive, kill_self
-from conftest import child_pids
+from _faults import (
+    Beacon,
+    ErrorAtUnpickle,
+    Gate,
+    InjectedFault,
+    alive,
+    child_pids,
+    kill_self,
+    wait_until,
+)
+from _timing import BOUND, PROMPT
 
 from inparallel import (
     ItemizedMap,
@@ -50,9 +59,6 @@ ENGINES = [
     pytest.param(thread_map, id="thread"),
     pytest.param(process_map, id="process"),
 ]
-
-GONE = 2.0  # seconds a stopped pass's workers get to disappear
-BOUND = 10.0  # generous bound (seconds) for what should take milliseconds
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -120,15 +126,13 @@ def calls(tmp_path: Path) -> Iterator[CallLog]:
     log.close()
 
 
-def wait_gone(pids: Iterable[int], timeout: float = GONE) -> bool:
-    """Wait until none of ``pids`` is running (a zombie counts as gone)."""
+def wait_gone(pids: Iterable[int], timeout: float = PROMPT) -> bool:
+    """Wait until none of ``pids`` is running (a zombie counts as gone).
+
+    Another process's exit: there is nothing in this process to wait on, so ``/proc`` is polled.
+    """
     pids = set(pids)
-    deadline = time.monotonic() + timeout
-    while any(alive(p) for p in pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)  # another process's exit: nothing in this process to wait on
-    return True
+    return wait_until(lambda: not any(alive(p) for p in pids), timeout)
 
 
 def drain(it: Iterator[Any]) -> tuple[list[Any], BaseException | None]:
@@ -738,8 +742,12 @@ def test_a_worker_that_kills_itself_fails_its_position(chunksize: int | None) ->
     if chunksize == 1:
         assert len(out) == 500
         assert "items 500..500" in str(error)
-    else:
-        assert len(out) <= 500
+    else:  # the automatic chunk size decides where the dead worker's chunk starts
+        span = re.search(r"items (\d+)\.\.(\d+)", str(error))
+        assert span is not None, str(error)
+        first, last = int(span[1]), int(span[2])
+        assert first <= 500 <= last
+        assert len(out) == first  # every result before the dead chunk, none after
     assert_exhausted(it)
 
 
@@ -786,9 +794,11 @@ def test_early_break_stops_the_workers_and_bounds_the_read_ahead(engine: Engine)
             workers = child_pids() - before
             break
     assert taken == [0, 1, 4]
-    assert 3 <= source.count <= 3 + 8
-    if is_process(engine):
-        assert workers
+    assert 3 <= source.count <= 3 + 8  # racy: how far the pass had read ahead at the break
+    if is_process(engine):  # racy: the second worker is forked once there is work for it
+        assert 1 <= len(workers) <= 2
+    else:
+        assert not workers
     assert wait_gone(workers)
 
 
@@ -808,7 +818,7 @@ def test_close_and_with_block_end_a_pass(engine: Engine) -> None:
         assert [next(it2) for _ in range(3)] == [0, 1, 4]
         workers = child_pids() - before
     pulled = source.count
-    assert pulled <= 3 + 4
+    assert pulled <= 3 + 4  # racy: how far the pass had read ahead when the block ended
     assert_exhausted(it2)
     assert source.count == pulled  # nothing is read after the end
     assert wait_gone(workers)
@@ -844,7 +854,7 @@ def test_dropping_an_unfinished_thread_map_stops_pulling_and_its_threads_end() -
     assert [next(it) for _ in range(3)] == [0, 1, 4]
     assert set(threading.enumerate()) - threads0
     pulled = source.count
-    assert pulled <= 3 + 6
+    assert pulled <= 3 + 6  # racy: how far the pass had read ahead when it was dropped
     del it
     gc.collect()
     assert source.count == pulled
@@ -862,7 +872,6 @@ def test_a_process_map_that_is_never_iterated_forks_nothing() -> None:
 
 # -- an input that blocks --------------------------------------------------------------------------
 
-STALL = 10.0  # seconds a stalled input waits for the test to release it (then it fails)
 READER = "inparallel-map-reader"
 
 
@@ -885,7 +894,7 @@ class Stalling:
         try:
             yield from range(self.before)
             self.reached.set()
-            if not self.release.wait(timeout=STALL):
+            if not self.release.wait(timeout=BOUND):
                 self.timed_out = True
                 raise TimeoutError("the test never released the input")
             self.resumed.set()
@@ -947,7 +956,7 @@ def test_stopping_a_map_whose_input_blocks_neither_hangs_nor_leaks(
         gc.collect()
     # The reader inside the input cannot be stopped: the map does not wait for it (for more
     # than a moment), its workers are gone at once, and the input is not closed under it.
-    assert time.monotonic() - started < GONE
+    assert time.monotonic() - started < PROMPT
     assert wait_gone(workers)
     assert not source.finished.is_set()
     source.release.set()
@@ -1168,7 +1177,7 @@ def test_thread_map_with_128_workers_runs_them_at_once() -> None:
     out = list(thread_map(fn, range(1000), num_workers=128))
     assert [x for x, _ in out] == list(range(1000))
     assert len({t for _, t in out[:128]}) == 128
-    assert len({t for _, t in out}) <= 128
+    assert len({t for _, t in out}) == 128  # the same 128 threads for the whole pass
 
 
 def test_process_map_with_8_workers_runs_them_at_once() -> None:
@@ -1178,17 +1187,19 @@ def test_process_map_with_8_workers_runs_them_at_once() -> None:
             if x < 8:
                 arrived.send()
                 if x == 0:  # item 0 lets the others go once all eight are in fn at once
-                    with contextlib.suppress(TimeoutError):
-                        arrived.receive(8, timeout=5)
-                    released.send(b"g" * 7)
+                    try:
+                        # Raises TimeoutError (failing the map) unless all eight arrive.
+                        arrived.receive(8, timeout=BOUND)
+                    finally:
+                        released.send(b"g" * 7)  # never leave the others waiting
                 else:
-                    released.receive(1, timeout=15)
+                    released.receive(1, timeout=2 * BOUND)
             return os.getpid()
 
         pids = list(process_map(fn, range(1000), num_workers=8))
     assert len(pids) == 1000
     assert len(set(pids[:8])) == 8
-    assert len(set(pids)) <= 8
+    assert len(set(pids)) == 8  # the same eight workers for the whole pass
     assert os.getpid() not in pids
 
 

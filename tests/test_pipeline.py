@@ -17,13 +17,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _faults import kill_self
-from conftest import child_pids
+from _faults import child_pids, kill_self, wait_until
+from _timing import BOUND, PROMPT
 
 from inparallel import WorkerDied, process_parallel
-
-STOPPED = 1.0  # seconds the workers of a failed pipeline get to be gone (research H4/H7)
-
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -63,9 +60,10 @@ class Lines:
 
 
 def assert_workers_gone(before: set[int]) -> None:
-    deadline = time.monotonic() + STOPPED
-    while (left := child_pids() - before) and time.monotonic() < deadline:
-        time.sleep(0.005)  # reaping happens on the library's supervisor thread: nothing to wait on
+    """Assert that the workers of a failed pipeline are gone promptly (research H4/H7)."""
+    # Reaping happens on the library's supervisor thread: there is no event to wait on here.
+    wait_until(lambda: not child_pids() - before, PROMPT)
+    left = child_pids() - before
     assert not left, f"worker processes left: {sorted(left)}"
 
 
@@ -200,7 +198,7 @@ def test_processors_run_in_workers_and_the_consumer_in_the_caller():
     process_parallel(range(40), lambda _: os.getpid(), consume, workers=2)
     assert consumer_threads == {caller}
     assert len(pids) == 40 and me not in pids
-    assert 1 <= len(set(pids)) <= 2
+    assert len(set(pids)) in (1, 2)  # racy: one worker may take every job before the other starts
 
 
 def test_processor_closing_over_unpicklable_state():
@@ -373,7 +371,7 @@ def test_consumer_error_stops_everything(workers):
     assert consumed == [square(i) for i in range(5)]
     assert source.events == ["GeneratorExit", "finally"]
     assert info.value.__traceback__ is not None
-    assert source.pulled <= 6 + 8
+    assert source.pulled <= 6 + 8  # racy: how far the generator ran ahead before the error
     assert_workers_gone(before)
 
 
@@ -388,13 +386,12 @@ def test_worker_dying_ends_the_pipeline_with_worker_died():
     before = child_pids()
     with pytest.raises(WorkerDied):
         process_parallel(range(1000), work_processor, consumed.append, workers=2, maxsize_jobs=4)
+    # Racy: how many results before the dead worker's came back first depends on scheduling.
     assert consumed == list(range(len(consumed))) and len(consumed) <= 5
     assert_workers_gone(before)
 
 
 # -- a generator that blocks -----------------------------------------------------------------
-
-BOUND = 10.0  # seconds for what should take milliseconds; a stalled generator's own limit
 
 
 class Stalling:
@@ -490,8 +487,10 @@ def test_processor_raising_stop_iteration_fails_at_its_position(workers, ordered
     if ordered:
         assert consumed == [0, 10, 20, 30, 40]
     else:
+        # Racy: results after the failing one may already have been consumed.
         assert {0, 10, 20, 30, 40} <= set(consumed) and 50 not in consumed
     if kind == "generator":
+        # Racy: the generator may have run to its end before the error came back.
         assert source.events in (["GeneratorExit", "finally"], ["finally"])
     assert_workers_gone(before)
 
@@ -634,7 +633,7 @@ def test_progress_bar(capsys):
     process_parallel(range(5), square, got.append, workers=2, progress=True)
     assert got == [0, 1, 4, 9, 16]
     err = capsys.readouterr().err
-    assert "5/5" in err or "5it" in err, err
+    assert "5/5" in err, err  # range() has a length: the bar shows the total
     assert not [t for t in threading.enumerate() if t.name == "tqdm_monitor"]
 
 

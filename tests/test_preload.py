@@ -16,14 +16,13 @@ import os
 import signal
 import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from _faults import Beacon, Gate, kill_self
-from conftest import child_pids
+from _faults import Beacon, child_pids, kill_self, process_state, wait_until
+from _timing import BOUND, PROMPT
 
 from inparallel import (
     Preloader,
@@ -32,9 +31,6 @@ from inparallel import (
     process_preload,
     thread_preload,
 )
-
-BOUND = 10.0  # generous bound (seconds) for anything that should take milliseconds
-STOPPED = 1.0  # seconds a closed preloader's thread or child gets to go away (research H4/H5)
 
 PRELOADERS = [
     pytest.param(thread_preload, id="thread"),
@@ -98,12 +94,6 @@ def pulls() -> Iterator[Pulls]:
         counter.close()
 
 
-@pytest.fixture
-def gate() -> Iterator[Gate]:
-    with Gate() as g:
-        yield g
-
-
 class Background:
     """The thread or child process that runs one preloader's source (as `Where` reported it)."""
 
@@ -131,19 +121,17 @@ class Background:
         return process_state(self.pid) == "S"
 
     def wait_parked(self) -> None:
-        deadline = time.monotonic() + BOUND
-        while not self.parked():
-            assert time.monotonic() < deadline, "the preloader's worker never blocked"
-            time.sleep(0.001)  # a blocked thread or process has no event of its own: poll it
+        # A blocked thread or process has no event of its own: poll it.
+        assert wait_until(self.parked, BOUND), "the preloader's worker never blocked"
 
     def wait_stopped(self) -> None:
-        """Assert that the thread ends / the child is gone (reaped) within `STOPPED`."""
+        """Assert that the thread ends / the child is gone (reaped) promptly (research H4/H5)."""
         if self.thread is not None:
-            self.thread.join(STOPPED)
+            self.thread.join(PROMPT)
             assert not self.thread.is_alive(), "the preload thread is still running"
             return
         assert self.pid is not None
-        assert wait_gone(self.pid, STOPPED), f"the process_preload child {self.pid} is still there"
+        assert wait_gone(self.pid, PROMPT), f"the process_preload child {self.pid} is still there"
 
 
 class Where:
@@ -187,24 +175,12 @@ def start(kind: Callable[..., Preloader[Any]], source: object, buffer_size: int 
         return where.worker(kind, kind(where.wrap(source), buffer_size=buffer_size))
 
 
-def process_state(pid: int) -> str:
-    """The one-letter state of a child of this process ("" once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return ""
-    return stat[stat.rindex(b")") + 2 :].split()[0].decode()
-
-
 def wait_gone(pid: int, timeout: float) -> bool:
-    """Wait until ``pid`` is no longer a child of this process (killed and reaped)."""
-    deadline = time.monotonic() + timeout
-    while pid in child_pids():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.002)  # reaping happens on the library's supervisor thread: nothing to wait on
-    return True
+    """Wait until ``pid`` is no longer a child of this process (killed and reaped).
+
+    Reaping happens on the library's supervisor thread: there is no event to wait on here.
+    """
+    return wait_until(lambda: pid not in child_pids(), timeout)
 
 
 def failing_source(n: int = 5) -> Iterator[int]:
@@ -289,6 +265,7 @@ def test_read_ahead_follows_consumption(kind, pulls, buffer_size):
     with bg.preloader as p:
         for k in range(1, n - buffer_size + 1):
             assert next(p) == k - 1
+            # Racy until the worker parks: it may not have taken its new credit yet.
             assert pulls.count() <= k + buffer_size
             pulls.wait_for(k + buffer_size)  # consuming one item lets exactly one more in
             bg.wait_parked()
@@ -344,7 +321,7 @@ def test_close_stops_the_background_work(kind, pulls):
     pulls.wait_for(4)
     p.close()
     bg.wait_stopped()
-    assert pulls.count() <= 4
+    assert pulls.count() == 4  # one taken + buffer_size ahead, and not one more after close()
     assert_exhausted(p)
     p.close()  # idempotent
     assert_exhausted(p, times=1)
@@ -356,7 +333,8 @@ def test_with_block_stops_the_background_work(kind, pulls):
     with bg.preloader as p:
         assert [next(p), next(p)] == [0, 1]
     bg.wait_stopped()
-    assert pulls.count() <= 4
+    # Racy: the block may end before the worker has used the two credits just given back.
+    assert 2 <= pulls.count() <= 4
     assert_exhausted(p)
 
 
@@ -410,7 +388,8 @@ def test_early_break_stops_the_worker_and_bounds_the_pulls(kind, pulls):
                 break
         worker = where.worker(kind)
     worker.wait_stopped()
-    assert 4 <= pulls.count() <= 4 + 4  # at most buffer_size beyond the last item taken
+    # Racy: the break may come before the worker has filled its buffer again, but never beyond it.
+    assert 4 <= pulls.count() <= 4 + 4
 
 
 @pytest.mark.parametrize("then", ["yields", "raises"])
