@@ -37,6 +37,7 @@ from concurrent.futures import Executor
 from types import TracebackType
 from typing import Any, TypeVar
 
+from ._checks import default_processes, function
 from ._core._future import TaskFuture
 from ._core._options import TaskOptions
 from ._core._spawn import spawn
@@ -93,8 +94,7 @@ class ForkExecutor(Executor):
         """
         if self._shutdown:
             raise RuntimeError("cannot submit to a ForkExecutor after shutdown()")
-        if not callable(fn):
-            raise TypeError(f"submit() needs a callable, not {type(fn).__name__} {fn!r}")
+        function("ForkExecutor.submit()", "fn", fn)
         target, options = unwrap_task(fn)
         return spawn(target, args, kwargs, options or _PLAIN)
 
@@ -108,7 +108,7 @@ class ForkExecutor(Executor):
 
     def worker_slots(self) -> int:
         """This machine's CPU count."""
-        return os.cpu_count() or 1
+        return default_processes()
 
 
 #: The default engine (used when nothing else is selected).
@@ -338,14 +338,14 @@ def concurrency(executor: object = None) -> int:
 def worker_slots(engine: Executor | None) -> int:
     """How many calls ``engine`` (None: fork) runs at once, as far as it tells."""
     if engine is None:
-        return os.cpu_count() or 1
+        return default_processes()
     slots = getattr(engine, "worker_slots", None)
     if callable(slots):
         return max(1, int(slots()))
     workers = getattr(engine, "_max_workers", None)  # ThreadPoolExecutor, ProcessPoolExecutor
     if isinstance(workers, int) and workers > 0:
         return workers
-    return os.cpu_count() or 1
+    return default_processes()
 
 
 def share(value: T, *, executor: object = None) -> T:

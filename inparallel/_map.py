@@ -13,7 +13,7 @@ from concurrent.futures import Executor
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast, overload
 
-from ._checks import count
+from ._checks import count, function
 from ._executor import portable, selected
 from ._inputs import INLINE_TYPES, Indexed, iterate, stop_error
 from ._pass import Engine, MapOptions, Pass
@@ -186,8 +186,7 @@ def _check(
     buffer_size: int | None,
     chunksize: int | None,
 ) -> None:
-    if not callable(fn):
-        raise TypeError(f"{tool}() needs a callable first, not {type(fn).__name__} {fn!r}")
+    function(f"{tool}()", "fn", fn)
     if not iterables:
         raise TypeError(f"{tool}() needs at least one iterable: {tool}(fn, items, ...)")
     for value in iterables:

@@ -25,13 +25,13 @@ lost.
 from __future__ import annotations
 
 import math
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ._checks import default_threads
 from ._enginepool import EnginePool
 from ._executor import worker_slots
 from ._inputs import Feed, Indexed, stop_error
@@ -85,8 +85,7 @@ class Pass:
         self._length = None if source is None else len(source)
         workers = options.workers
         if workers is None:
-            cpus = os.cpu_count() or 1
-            workers = worker_slots(executor) if options.engine == "process" else min(32, cpus + 4)
+            workers = worker_slots(executor) if options.engine == "process" else default_threads()
         if self._length is not None:
             workers = max(1, min(workers, self._length))
         self.workers = workers

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
-from ._checks import count
+from ._checks import count, function, renamed
 from ._inputs import stop_error
 from ._map import close_source, process_map
 
@@ -29,10 +29,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 DEFAULT_MAXSIZE = 1000
+WHERE = "process_parallel()"  # how its error messages begin
 
 
 def _size(label: str, value: object) -> int:
-    return count("process_parallel()", label, value)
+    return count(WHERE, label, value)
 
 
 def process_parallel(
@@ -80,15 +81,20 @@ def process_parallel(
         Exception: The first error of any stage, re-raised here after the pipeline stopped.
     """
     if maxsize_jobsize is not None:
-        if maxsize_jobs not in {DEFAULT_MAXSIZE, maxsize_jobsize}:
-            raise TypeError("give maxsize_jobs= or maxsize_jobsize= (its old name), not both")
-        maxsize_jobs = maxsize_jobsize
+        maxsize_jobs = renamed(
+            WHERE,
+            "maxsize_jobs",
+            maxsize_jobs,
+            default=DEFAULT_MAXSIZE,
+            other="maxsize_jobsize",
+            given=maxsize_jobsize,
+            note="its old name",
+        )
     jobs = _size("maxsize_jobs", maxsize_jobs)
     results = _size("maxsize_results", maxsize_results)
     worker_count = None if workers is None else _size("workers", workers)
     for label, stage in (("work_processor", work_processor), ("result_consumer", result_consumer)):
-        if not callable(stage):
-            raise TypeError(f"process_parallel(): {label} must be callable, not {stage!r}")
+        function(WHERE, label, stage)
     made = callable(work_generator)
     try:
         source: Any = work_generator() if callable(work_generator) else work_generator

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from ._checks import HEAD_START
 from ._core._channel import dumps, load_error, pack_error, recv_message, send_parts, split_parts
 from ._core._errors import ResultNotPicklable, WorkerDied
 from ._core._reader import decode
@@ -43,12 +44,6 @@ __all__ = ("Chunk", "Done", "Indexed", "ItemNotPicklable", "ProcessPool", "Threa
 
 #: Chunks a worker holds at once: the one it computes and the next, already in its pipe.
 PIPELINE = 2
-
-#: A process pass forks its first worker alone, gives it one chunk and waits this long (or
-#: for its first result, if sooner) before forking the others: a fork costs 1-3 ms of the
-#: parent's time, and the consumer's first result should not wait for all of them. Slow items
-#: lose at most this much.
-PROBE_SECONDS = 0.02
 
 
 @dataclass(slots=True)
@@ -266,7 +261,7 @@ class ProcessPool:
             self.deferred = not fork
         if fork:
             if not self._workers and self._probe_end is None and self._size > 1:
-                self._probe_end = time.monotonic() + PROBE_SECONDS
+                self._probe_end = time.monotonic() + HEAD_START
             worker = Worker(
                 _serve_chunks_factory(self._fn, self._source),
                 f"{self._name} worker",

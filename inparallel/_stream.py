@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any, Literal, TypeVar
 
-from ._checks import count
+from ._checks import count, default_threads, function, renamed
 from ._core._future import LocalFuture
 from ._core._interrupts import GiveUp, atomic
 from ._core._options import TaskOptions
@@ -136,8 +136,7 @@ class StreamExecutor(Executor):
             selected(executor, "StreamExecutor()")  # a bad executor= fails here
         self._executor = executor  # resolved per submit (None: the engine selected there)
         if max_workers is None:
-            cpus = os.cpu_count() or 1
-            max_workers = min(32, cpus + 4) if mode == "thread" else concurrency(executor)
+            max_workers = default_threads() if mode == "thread" else concurrency(executor)
         self._max = count("StreamExecutor()", "max_workers", max_workers, optional=True)
         self._mode = mode
         # Re-entrant: a map's finalizer, run by the collector in a thread that holds it,
@@ -171,8 +170,7 @@ class StreamExecutor(Executor):
                 inherited it), or no worker thread could be started.
             TypeError: ``fn`` is not callable.
         """
-        if not callable(fn):
-            raise TypeError(f"submit() needs a callable, not {type(fn).__name__} {fn!r}")
+        function("StreamExecutor.submit()", "fn", fn)
         self._refuse_in_a_fork()
         return self._submit(fn, args, kwargs, mapped=False)
 
@@ -356,15 +354,21 @@ class StreamExecutor(Executor):
             RuntimeError: The executor is shut down, or was made in another process, or no
                 thread could be started; ``__iter__`` of an input raised `StopIteration`.
         """
+        where = "StreamExecutor.map()"
         if buffersize is not _MISSING:
-            if buffer_size not in {10000, buffersize}:
-                raise TypeError("give buffer_size= or buffersize= (its alias), not both")
-            buffer_size = buffersize
-        if not callable(fn):
-            raise TypeError(f"map() needs a callable first, not {type(fn).__name__} {fn!r}")
+            buffer_size = renamed(
+                where,
+                "buffer_size",
+                buffer_size,
+                default=10000,
+                other="buffersize",
+                given=buffersize,
+                note="its alias",
+            )
+        function(where, "fn", fn)
         if buffer_size is not None:
-            count("map()", "buffer_size", buffer_size, optional=True, hint=" (None: no limit)")
-        count("map()", "chunksize", chunksize)
+            count(where, "buffer_size", buffer_size, optional=True, hint=" (None: no limit)")
+        count(where, "chunksize", chunksize)
         self._refuse_in_a_fork()
         if self._shutdown:
             raise RuntimeError("cannot map on a StreamExecutor after shutdown()")

@@ -39,16 +39,13 @@ from concurrent.futures import CancelledError, Future, wait
 from itertools import islice
 from typing import Any, Protocol
 
+from ._checks import HEAD_START
 from ._core._channel import load_error, pack_error
 from ._core._interrupts import atomic
 from ._core._spawn import install_hooks
 from ._inputs import stop_error
 
 __all__ = ("Host", "MapIterator", "MapState", "cut_off", "run_chunk", "stop_at_exit")
-
-#: A map's first call gets this long (or until it finishes) before the feeder forks more:
-#: each fork holds the parent for 1-3 ms, and the first result should not wait for them.
-FIRST_CALL_HEAD_START = 0.02
 
 
 class Host(Protocol):
@@ -217,7 +214,7 @@ class MapState:
             future.cancel()
             return False
         if first:
-            wait([future], timeout=FIRST_CALL_HEAD_START)
+            wait([future], timeout=HEAD_START)
         return complete and len(chunk) == take
 
     def _record(self, error: BaseException) -> None:

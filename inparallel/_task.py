@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
+from ._checks import function
 from ._core._future import TaskFuture
 from ._core._options import TaskOptions, make_options
 from ._core._spawn import spawn
@@ -96,11 +97,8 @@ def task(
 def _wrap(fn: Any, *, options: TaskOptions) -> Any:
     if isinstance(fn, classmethod | staticmethod):
         return type(fn)(_wrap(fn.__func__, options=options))
-    if not callable(fn):
-        raise TypeError(
-            f"@task decorates a function or method, not {type(fn).__name__} {fn!r};"
-            " write @task or @task(timeout=...) directly above a def"
-        )
+    hint = "; write @task or @task(timeout=...) directly above a def"
+    function("@task", "what it decorates", fn, hint=hint)
 
     # No check point lies between spawn's return and ours (a return from a Python function
     # runs no signal handler), so a Ctrl-C cannot lose the future of a started task here.

@@ -25,6 +25,7 @@ from collections.abc import Generator, MutableSequence
 from concurrent.futures import Future
 from typing import Any, TypeVar, overload
 
+from inparallel._checks import count
 from inparallel._progress import Progress, open_progress
 
 __all__ = ("waitfor",)
@@ -187,7 +188,7 @@ def waitfor(
     """
     if not isinstance(in_flight, MutableSequence):
         raise TypeError(
-            "waitfor() needs in_flight to be a mutable sequence (a list) of futures, because it "
+            "waitfor(): in_flight must be a mutable sequence (a list) of futures, because it "
             f"removes each future from it as it completes; got {type(in_flight).__qualname__}. "
             "Pass a list, e.g. waitfor(list(futures))"
         )
@@ -196,19 +197,15 @@ def waitfor(
             raise _not_a_future(item, f"in_flight[{index}]")
     limit: int | None = None
     if concurrency_factor is not None:
-        if isinstance(concurrency_factor, bool) or not hasattr(concurrency_factor, "__index__"):
-            raise TypeError(
-                "concurrency_factor must be None or an int >= 1 (how many futures to keep in "
-                f"flight); got {type(concurrency_factor).__qualname__} {concurrency_factor!r}"
-            )
-        limit = operator.index(concurrency_factor)
-        if limit < 1:
-            raise ValueError(
-                f"concurrency_factor must be an int >= 1 (how many futures to keep in flight); "
-                f"got {limit}. Pass None to wait without being asked for more work"
-            )
+        value: object = concurrency_factor
+        if not isinstance(value, bool) and hasattr(value, "__index__"):
+            value = operator.index(value)  # any integer type (numpy's too) counts as an int
+        hint = " (how many futures to keep in flight; None: wait without asking for more work)"
+        limit = count("waitfor()", "concurrency_factor", value, optional=True, hint=hint)
     if not isinstance(progress, bool):
-        raise TypeError(f"progress must be True or False; got {type(progress).__qualname__}")
+        raise TypeError(
+            f"waitfor(): progress must be True or False; got {type(progress).__qualname__}"
+        )
     return _iterate(in_flight, limit, progress)
 
 

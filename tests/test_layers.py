@@ -25,12 +25,12 @@ LAYERS = [
     ("_core._deadlines", "_core._thread"),
     ("_core._supervisor",),
     ("_core._spawn",),
+    ("_checks",),
     (
         "_task",
         "_waitfor",
         "_progress",
         "_workers",
-        "_checks",
         "_inputs",
         "backends.__init__",
         "backends._call",

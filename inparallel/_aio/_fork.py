@@ -14,7 +14,7 @@ from collections.abc import AsyncIterable, Callable, Iterable
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
-from .._checks import count
+from .._checks import HEAD_START, count, function
 from .._core._future import to_asyncio
 from .._core._options import TaskOptions
 from .._core._spawn import spawn
@@ -27,11 +27,6 @@ __all__ = ("parallel_map",)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-#: How long the first child runs alone before the others are forked (each fork holds the loop
-#: for a few milliseconds, so forking them all first would delay the first result by as much);
-#: the same head start as `process_map`'s first worker.
-HEAD_START = 0.02
 
 _DEFAULTS = TaskOptions()
 
@@ -79,12 +74,11 @@ def parallel_map(
             an int.
         ValueError: ``concurrency`` < 1, ``window`` < ``concurrency``, or a bad ``on_error``.
     """
-    if not callable(fn):
-        raise TypeError(f"parallel_map: fn must be callable, not {fn!r}")
-    workers = count("parallel_map", "concurrency", concurrency)
-    span = make_window("parallel_map", workers, window)
-    check_on_error("parallel_map", on_error)
-    engine = selected(executor, "parallel_map")
+    function("parallel_map()", "fn", fn)
+    workers = count("parallel_map()", "concurrency", concurrency)
+    span = make_window("parallel_map()", workers, window)
+    check_on_error("parallel_map()", on_error)
+    engine = selected(executor, "parallel_map()")
     target, own = unwrap_task(fn)
     options = own or _DEFAULTS
     source = adopt(aiterable, "parallel_map's aiterable")

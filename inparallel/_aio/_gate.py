@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, TypeVar
 
+from .. import _checks as checks
 from ._base import END, Stream, adopt, running_loop
 from ._pull import Puller
 
@@ -106,10 +107,7 @@ class gated_aiter(_Switched[T]):
             TypeError: ``count`` is not an int.
             ValueError: ``count`` is negative.
         """
-        if isinstance(count, bool) or not isinstance(count, int):
-            raise TypeError(f"gated_aiter.push() takes an int count, not {count!r}")
-        if count < 0:
-            raise ValueError(f"gated_aiter.push() takes a count >= 0, not {count}")
+        checks.count("gated_aiter.push()", "count", count, minimum=0)
         if not self._stopped:
             self._credit += count
             self._changed()

@@ -224,7 +224,7 @@ def join_aiters(
         TypeError: An argument has the wrong type (a non-iterable sub-iterable: lazily).
         ValueError: ``max_active`` < 1 or ``buffer`` < 0.
     """
-    active = None if max_active is None else count("join_aiters", "max_active", max_active)
-    room = count("join_aiters", "buffer", buffer, minimum=0)
+    active = None if max_active is None else count("join_aiters()", "max_active", max_active)
+    room = count("join_aiters()", "buffer", buffer, minimum=0)
     outer = adopt(aiter_of_aiters, "join_aiters' aiter_of_aiters")
     return _Joined(_Join(outer, active, room))

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Literal, TypeVar, overload
 
-from .._checks import count
+from .._checks import count, function
 from ._base import (
     END,
     Stream,
@@ -352,11 +352,10 @@ def map_aiter(
             an int.
         ValueError: ``worker_count`` < 1, ``window`` < ``worker_count``, or a bad ``on_error``.
     """
-    if not callable(map_f):
-        raise TypeError(f"map_aiter: map_f must be callable, not {map_f!r}")
-    workers = count("map_aiter", "worker_count", worker_count)
-    span = make_window("map_aiter", workers, window)
-    check_on_error("map_aiter", on_error)
+    function("map_aiter()", "map_f", map_f)
+    workers = count("map_aiter()", "worker_count", worker_count)
+    span = make_window("map_aiter()", workers, window)
+    check_on_error("map_aiter()", on_error)
     source = adopt(aiter, "map_aiter's aiter")
     if workers == 1:
         return _Sequential(map_f, source, on_error)

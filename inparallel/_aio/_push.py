@@ -27,6 +27,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from .._checks import bound, function
 from .._core._errors import InParallelError
 from ._base import Stream, call_hook, running_loop
 
@@ -275,14 +276,10 @@ class push_aiter(Cursor[T]):
         *,
         maxsize: float = math.inf,
     ) -> None:
-        if next_preflight is not None and not callable(next_preflight):
-            raise TypeError(f"next_preflight must be callable or None, not {next_preflight!r}")
+        if next_preflight is not None:
+            function("push_aiter()", "next_preflight", next_preflight, hint=" (or None)")
         if tail is None:
-            if isinstance(maxsize, bool) or not isinstance(maxsize, int | float):
-                raise TypeError(f"maxsize must be a number (math.inf: unbounded), not {maxsize!r}")
-            if not maxsize >= 1:
-                raise ValueError(f"maxsize must be >= 1 (math.inf: unbounded), not {maxsize!r}")
-            shared = Shared(maxsize)
+            shared = Shared(bound("push_aiter()", "maxsize", maxsize))
             super().__init__(shared, shared.tail, 0)
         elif isinstance(tail, push_aiter):
             super().__init__(tail._shared, *tail._place())

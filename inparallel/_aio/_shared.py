@@ -17,7 +17,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .._checks import count
+from .._checks import bound, count
 from ._base import Stream, adopt
 from ._pump import Pump
 from ._push import Cursor, Shared
@@ -92,7 +92,7 @@ def preload_aiter(preload_size: int, aiter: AsyncIterable[T] | Iterable[T]) -> S
         TypeError: ``preload_size`` is not an int, or ``aiter`` is not iterable.
         ValueError: ``preload_size`` is negative.
     """
-    size = count("preload_aiter", "preload_size", preload_size, minimum=0)
+    size = count("preload_aiter()", "preload_size", preload_size, minimum=0)
     return Pumped(adopt(aiter, "preload_aiter's aiter"), size, per_reader=False)
 
 
@@ -107,15 +107,8 @@ def active_aiter(aiter: AsyncIterable[T] | Iterable[T], *, maxsize: float = 10_0
         TypeError: ``aiter`` is not iterable, or ``maxsize`` is not a number.
         ValueError: ``maxsize`` is below 1.
     """
-    if isinstance(maxsize, bool) or not isinstance(maxsize, int | float):
-        raise TypeError(
-            f"active_aiter: maxsize must be a number (math.inf: unbounded), not {maxsize!r}"
-        )
-    if not maxsize >= 1:
-        raise ValueError(
-            f"active_aiter: maxsize must be >= 1 (math.inf: unbounded), not {maxsize!r}"
-        )
-    return Pumped(adopt(aiter, "active_aiter's aiter"), maxsize, per_reader=False)
+    size = bound("active_aiter()", "maxsize", maxsize)
+    return Pumped(adopt(aiter, "active_aiter's aiter"), size, per_reader=False)
 
 
 def sharable_aiter(aiter: AsyncIterable[T] | Iterable[T]) -> Stream[T]:
@@ -212,7 +205,7 @@ def aiter_forker(aiter: AsyncIterable[T] | Iterable[T], *, max_lag: int | None =
         TypeError: ``aiter`` is not iterable or ``max_lag`` is not an int.
         ValueError: ``max_lag`` is below 1.
     """
-    lag = None if max_lag is None else count("aiter_forker", "max_lag", max_lag)
+    lag = None if max_lag is None else count("aiter_forker()", "max_lag", max_lag)
     shared = Shared(math.inf)
     source = adopt(aiter, "aiter_forker's aiter")
     pump = Pump(source, shared, lambda: shared.pushed < shared.demand)

@@ -46,7 +46,7 @@ class iter_to_aiter(Stream[T]):
         if not hasattr(iter, "__iter__"):
             raise TypeError(f"iter_to_aiter() takes an iterable, not {type(iter).__name__}")
         if checkpoint_every is not None:
-            count("iter_to_aiter", "checkpoint_every", checkpoint_every, optional=True)
+            count("iter_to_aiter()", "checkpoint_every", checkpoint_every, optional=True)
         self._it: Iterator[T] | None = iter.__iter__()
         self._every = checkpoint_every
         self._to_thread = to_thread
