@@ -188,10 +188,10 @@ def _check(
 ) -> None:
     function(f"{tool}()", "fn", fn)
     if not iterables:
-        raise TypeError(f"{tool}() needs at least one iterable: {tool}(fn, items, ...)")
+        raise TypeError(f"{tool}(): give at least one iterable: {tool}(fn, items, ...)")
     for value in iterables:
         if not hasattr(value, "__iter__") and not is_indexable(value):
-            raise TypeError(f"{tool}() arguments after fn must be iterable, not {value!r}")
+            raise TypeError(f"{tool}(): the arguments after fn must be iterable, not {value!r}")
     for label, size in (
         ("num_workers", num_workers),
         ("buffer_size", buffer_size),

@@ -45,7 +45,9 @@ def _check(tool: str, iterable: object, buffer_size: object) -> Iterator[Any]:
     try:
         return iterate(iterable, f"the source of {tool}()")  # type: ignore[arg-type]
     except TypeError:
-        raise TypeError(f"{tool}() needs an iterable, not {type(iterable).__name__}") from None
+        raise TypeError(
+            f"{tool}(): iterable must be iterable, not {type(iterable).__name__}"
+        ) from None
 
 
 class Preloader(Iterator[T]):

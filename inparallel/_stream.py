@@ -129,10 +129,10 @@ class StreamExecutor(Executor):
         executor: Executor | str | None = None,
     ) -> None:
         if mode not in ("process", "thread"):
-            raise ValueError(f"StreamExecutor mode must be 'process' or 'thread', not {mode!r}")
+            raise ValueError(f"StreamExecutor(): mode must be 'process' or 'thread', not {mode!r}")
         if executor is not None:
             if mode != "process":
-                raise ValueError("StreamExecutor: executor= needs mode='process'")
+                raise ValueError("StreamExecutor(): executor= needs mode='process'")
             selected(executor, "StreamExecutor()")  # a bad executor= fails here
         self._executor = executor  # resolved per submit (None: the engine selected there)
         if max_workers is None:

@@ -284,7 +284,9 @@ class push_aiter(Cursor[T]):
         elif isinstance(tail, push_aiter):
             super().__init__(tail._shared, *tail._place())
         else:
-            raise TypeError(f"tail must be a push_aiter or None, not {type(tail).__name__}")
+            raise TypeError(
+                f"push_aiter(): tail must be a push_aiter or None, not {type(tail).__name__}"
+            )
         self._next_preflight = next_preflight
         self._preflight_args = _takes_reader(next_preflight)
         self._active = True
