@@ -2,6 +2,14 @@
 
 The work of a pass (dispatch, read-ahead bound, ordering, errors) lives in ``_pass``; this
 module holds the public objects around it and the argument checks.
+
+What runs where. In the parent: the argument checks, when `thread_map`/`process_map` is
+called (nothing starts then); every ``next()`` on a `MapIterator`, in the consumer's thread,
+which drives its pass; and ``m[i]`` on an `ItemizedMap`, which calls the function right there,
+in the calling thread. In the workers: the mapped function during a pass, in threads of this
+process (`thread_map`), or in processes forked when the pass starts (`process_map`, unless an
+``executor=`` runs the chunks). Forked workers inherit the inputs and all other state as they
+were at the fork; what they change is lost, and only results (or errors) come back.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 from ._checks import count, function
 from ._executor import portable, selected
 from ._inputs import INLINE_TYPES, Indexed, iterate, stop_error
-from ._pass import Engine, MapOptions, Pass
+from ._pass import MapOptions, Mode, Pass
 from ._pools import spread
 
 __all__ = (
@@ -72,7 +80,7 @@ class MapIterator(itertools.chain[R]):
     def __repr__(self) -> str:
         p = self._pass
         state = "done" if p.done else f"{p.consumed} consumed, {p.pulled} pulled"
-        return f"<MapIterator {p.options.engine} x{p.workers}: {state}>"
+        return f"<MapIterator {p.options.mode} x{p.workers}: {state}>"
 
     def close(self) -> None:
         """Stop the pass now: kill worker processes, tell worker threads to stop.
@@ -107,7 +115,7 @@ def _start(
     ``inline``: the input cannot block, so the pass reads it itself (no reader thread).
     """
     engine = None
-    if options.engine == "process":
+    if options.mode == "process":
         engine = selected(options.executor, "process_map()")
         fn = portable(fn)  # a @task runs as one (with its options), not as its wrapper
     call = spread(fn) if several else fn
@@ -174,7 +182,7 @@ class ItemizedMap(Sequence[R], Generic[R]):
         return _start(self._fn, self._inputs, several, self._options, self._name)
 
     def __repr__(self) -> str:
-        return f"<ItemizedMap {self._name} over {len(self)} items ({self._options.engine})>"
+        return f"<ItemizedMap {self._name} over {len(self)} items ({self._options.mode})>"
 
 
 def _check(
@@ -202,7 +210,7 @@ def _check(
 
 
 def _make(
-    engine: Engine,
+    mode: Mode,
     *,
     fn: Callable[..., R],
     iterables: tuple[Iterable[Any], ...],
@@ -215,17 +223,17 @@ def _make(
 ) -> ItemizedMap[R] | MapIterator[R]:
     """Check the arguments of `thread_map`/`process_map` and build the map."""
     _check(
-        f"{engine}_map",
+        f"{mode}_map",
         fn=fn,
         iterables=iterables,
         num_workers=num_workers,
         buffer_size=buffer_size,
         chunksize=chunksize,
     )
-    if engine == "process":
+    if mode == "process":
         selected(executor, "process_map()")  # a bad executor= fails here, not at iteration
     options = MapOptions(
-        engine=engine,
+        mode=mode,
         workers=num_workers,
         executor=executor,
         buffer_size=buffer_size,
@@ -238,7 +246,7 @@ def _make(
         sequences: list[Sequence[Any]] = list(iterables)  # type: ignore[arg-type]
         view = range(min(len(s) for s in sequences))
         return ItemizedMap(fn, Indexed(sequences, view), options, name)
-    iterators = [iterate(x, f"input {i} of {engine}_map()") for i, x in enumerate(iterables)]
+    iterators = [iterate(x, f"input {i} of {mode}_map()") for i, x in enumerate(iterables)]
     inline = all(type(it) in INLINE_TYPES for it in iterators)
     if len(iterators) == 1:
         return _start(fn, iterators[0], False, options, name, inline=inline)

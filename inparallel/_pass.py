@@ -20,6 +20,13 @@ Errors belong to their position. In order (the default), a pass hands over every
 value, then raises the error and ends; with ``ordered=False`` it first hands over every value
 already computed or in flight, then raises. Either way nothing computed before the error is
 lost.
+
+What runs where. All of a pass runs in the parent, in the consumer's thread (one consumer at a
+time: a pass is not thread-safe), but for the `Feed` reader thread that pulls a non-indexable
+input. The mapped function runs in the pool's workers: threads (``ThreadPool``), forked
+processes (``ProcessPool``, which read an indexable input from their inherited copy), or an
+executor's workers (``EnginePool``). Only the results and the measured cost of each chunk come
+back to the pass.
 """
 
 from __future__ import annotations
@@ -47,15 +54,17 @@ TARGET_CHUNK_SECONDS = 0.02
 #: Largest automatic chunk: bounds the memory one chunk of results takes.
 MAX_CHUNK = 4096
 
-Engine = Literal["thread", "process"]
+#: Where a map's workers run: threads of this process, or forked processes. ("Engine" is kept
+#: for the `Executor` a process map may run on instead: see `_executor`.)
+Mode = Literal["thread", "process"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MapOptions:
     """What a map was asked for (checked by the public functions)."""
 
-    engine: Engine
-    workers: int | None  # None: the engine's default
+    mode: Mode
+    workers: int | None  # None: the mode's default (or the engine's worker slots)
     executor: object  # the executor= argument (None: whatever is selected when a pass starts)
     buffer_size: int | None
     chunksize: int | None
@@ -85,14 +94,14 @@ class Pass:
         self._length = None if source is None else len(source)
         workers = options.workers
         if workers is None:
-            workers = worker_slots(executor) if options.engine == "process" else default_threads()
+            workers = worker_slots(executor) if options.mode == "process" else default_threads()
         if self._length is not None:
             workers = max(1, min(workers, self._length))
         self.workers = workers
         self.pool: ThreadPool | ProcessPool | EnginePool
         if executor is not None:
             self.pool = EnginePool(call, source, executor, workers)
-        elif options.engine == "process":
+        elif options.mode == "process":
             self.pool = ProcessPool(call, source, workers, name)
         else:
             self.pool = ThreadPool(call, source, workers)

@@ -1,8 +1,9 @@
-"""The engines behind one pass of a parallel map: worker threads, or forked worker processes.
+"""The pools behind one pass of a parallel map: worker threads, or forked worker processes.
 
 A pass (``_pass``) cuts its input into chunks (`Chunk`) and hands them to a pool; the pool computes
-them and hands back `Done` records, in whatever order they finish. Both pools have the same
-calls, all made from the consumer's thread but `wake`:
+them and hands back `Done` records, in whatever order they finish. The two pools here and
+``_enginepool.EnginePool`` (chunks submitted to an executor) have the same four calls, all
+made from the consumer's thread (these two also have ``wake()``, for any thread):
 
 - ``slots()``: how many more chunks it takes now (two per worker: one running, one queued, so
   a worker never waits for the parent between chunks);
