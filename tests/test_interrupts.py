@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -261,3 +262,48 @@ def test_ctrl_c_at_every_check_point_of_waitfor_loses_no_finished_future(
                 yielded.append(future)
         kept = {id(f) for f in yielded} | {id(f) for f in in_flight}
         assert kept == {id(f) for f in everything}, f"a finished future was lost at {k}"
+
+
+FULL_PIPE = r"""
+import fcntl, os, signal, sys, threading
+from inparallel import task
+
+@task
+def f():
+    return 1
+
+sys.stdout.write("pending, in the buffer\n")
+flags = fcntl.fcntl(1, fcntl.F_GETFL)
+fcntl.fcntl(1, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+try:
+    while True:
+        os.write(1, b"x" * 4096)  # fill the pipe: nobody reads it
+except BlockingIOError:
+    pass
+fcntl.fcntl(1, fcntl.F_SETFL, flags)
+threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
+try:
+    f()  # flushes stdout before the fork: blocks on the full pipe
+except KeyboardInterrupt:
+    os.write(2, b"KeyboardInterrupt reached the caller\n")
+os._exit(0)  # not sys.exit: the interpreter would flush stdout into the full pipe again
+"""
+
+
+def test_ctrl_c_ends_a_call_blocked_flushing_stdout_into_a_full_pipe() -> None:
+    # A paused reader (| less): the pre-fork flush blocks, and Ctrl-C must still end the call.
+    # Only stderr is read until the script has answered: its stdout stays full.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FULL_PIPE],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_faults.python_env(),
+    )
+    try:
+        assert proc.stderr is not None
+        ready, _, _ = select.select([proc.stderr], [], [], PATIENCE)
+        line = proc.stderr.readline() if ready else b"(nothing within PATIENCE)"
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert line == b"KeyboardInterrupt reached the caller\n", line

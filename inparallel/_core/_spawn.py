@@ -85,7 +85,6 @@ _private_fds: set[int] = set()  # open_pipe() ends: closed in every forked child
 _keep: frozenset[int] = frozenset()  # the kept ones, for the fork in progress (under the lock)
 
 
-@_interrupts.atomic
 def spawn(
     fn: Callable[..., R],
     args: tuple[Any, ...],
@@ -110,10 +109,14 @@ def spawn(
     """
     name = options.name or str(getattr(fn, "__qualname__", None) or repr(fn))
     call = functools.partial(fn, *args, **kwargs)
-    _flush_std_streams()  # first: a full pipe may block it, and nothing is held yet
+    # Not held: a flush into a full pipe (a paused `| less`) blocks until the reader drains
+    # it, and a Ctrl-C must be able to end that. No check point lies between the held call's
+    # return and ours (a Python function's return runs no signal handler).
+    _flush_std_streams()
     return _spawn_held(call, name, options, keep)
 
 
+@_interrupts.atomic
 def _spawn_held(
     call: Callable[[], R],
     name: str,
