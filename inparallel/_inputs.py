@@ -31,8 +31,9 @@ reader drops what that call returns and ends; `Feed.finalize` has it close the s
 consumer, an ``__iter__``) is an error at its position, like any other exception. Left alone
 it would end whatever iteration happens to be calling that function (``map()``,
 ``list.extend``, a ``for`` over one of our generators) as if the stream were over, and every
-later result would vanish without an error. `stop_error` turns it into the error it is, the
-way PEP 479 does for generators. Only a user *iterable's* own `StopIteration` is an end.
+later result would vanish without an error. ``_core._errors.stray_stop`` turns it into the
+error it is, the way PEP 479 does for generators. Only a user *iterable's* own `StopIteration`
+is an end.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from ._core._errors import stray_stop
+
 __all__ = (
     "INLINE_TYPES",
     "READER_NAME",
@@ -55,7 +58,6 @@ __all__ = (
     "Indexed",
     "iterate",
     "park_readers",
-    "stop_error",
 )
 
 #: How long a fork or a close waits for a reader to finish the item it is reading. An input
@@ -95,17 +97,6 @@ _SAMPLES: tuple[Iterator[Any], ...] = (
 INLINE_TYPES: frozenset[type] = frozenset(type(it) for it in _SAMPLES)
 
 
-def stop_error(error: StopIteration, what: str) -> RuntimeError:
-    """Return the error that a `StopIteration` raised by user code ``what`` stands for.
-
-    As PEP 479 does for generators: a `RuntimeError` saying who raised it, with the original
-    as its ``__cause__`` (so its traceback is kept).
-    """
-    converted = RuntimeError(f"{what} raised StopIteration")
-    converted.__cause__ = error
-    return converted
-
-
 def iterate(iterable: Iterable[Any], what: str) -> Iterator[Any]:
     """``iter(iterable)``, where a `StopIteration` from its ``__iter__`` is an error.
 
@@ -116,7 +107,7 @@ def iterate(iterable: Iterable[Any], what: str) -> Iterator[Any]:
     try:
         return iter(iterable)
     except StopIteration as exc:
-        raise stop_error(exc, f"__iter__ of {what}") from exc
+        raise stray_stop(exc, f"__iter__ of {what}") from exc
 
 
 class Indexed:

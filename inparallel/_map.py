@@ -22,8 +22,9 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, cast, overload
 
 from ._checks import count, function
+from ._core._errors import stray_stop
 from ._executor import portable, selected
-from ._inputs import INLINE_TYPES, Indexed, iterate, stop_error
+from ._inputs import INLINE_TYPES, Indexed, iterate
 from ._pass import MapOptions, Mode, Pass
 from ._pools import spread
 
@@ -175,7 +176,7 @@ class ItemizedMap(Sequence[R], Generic[R]):
         try:
             return self._fn(*inputs.item(i))
         except StopIteration as exc:  # not an end: m[i] may run inside someone's iteration
-            raise stop_error(exc, "the mapped function") from exc
+            raise stray_stop(exc, "the mapped function") from exc
 
     def __iter__(self) -> MapIterator[R]:
         several = len(self._inputs.sequences) > 1

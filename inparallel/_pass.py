@@ -39,9 +39,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._checks import default_threads
+from ._core._errors import stray_stop
 from ._enginepool import EnginePool
 from ._executor import worker_slots
-from ._inputs import Feed, Indexed, stop_error
+from ._inputs import Feed, Indexed
 from ._pools import Chunk, Done, ItemNotPicklable, ProcessPool, ThreadPool
 from ._progress import Progress, open_progress
 
@@ -312,7 +313,7 @@ class Pass:
 
     def _record(self, done: Done) -> None:
         if isinstance(done.error, StopIteration):  # an engine's: raised here, it looks like the end
-            done = done._replace(error=stop_error(done.error, "the engine computing a map chunk"))
+            done = done._replace(error=stray_stop(done.error, "the engine computing a map chunk"))
         if not self.options.ordered:
             if done.values:
                 self._ready.append(done.values)

@@ -20,7 +20,7 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from ._checks import count, function, renamed
-from ._inputs import stop_error
+from ._core._errors import stray_stop
 from ._map import close_source, process_map
 
 __all__ = ("process_parallel",)
@@ -99,7 +99,7 @@ def process_parallel(
     try:
         source: Any = work_generator() if callable(work_generator) else work_generator
     except StopIteration as exc:  # a call, not an iteration: this is an error, not "no work"
-        raise stop_error(exc, "work_generator()") from exc
+        raise stray_stop(exc, "work_generator()") from exc
     mapped = None
     try:
         mapped = process_map(
@@ -116,7 +116,7 @@ def process_parallel(
                 for result in passing:
                     result_consumer(result)
             except StopIteration as exc:  # the consumer's: the loop swallows the map's own end
-                raise stop_error(exc, "result_consumer") from exc
+                raise stray_stop(exc, "result_consumer") from exc
     finally:
         if made:
             close = getattr(source, "close", None)

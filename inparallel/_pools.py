@@ -35,10 +35,10 @@ from typing import Any, NamedTuple
 
 from ._checks import HEAD_START
 from ._core._channel import dumps, load_error, pack_error, recv_message, send_parts, split_parts
-from ._core._errors import ResultNotPicklable, WorkerDied
+from ._core._errors import ResultNotPicklable, WorkerDied, stray_stop
 from ._core._reader import decode
 from ._core._wire import Kind, encode_value
-from ._inputs import READER_WAIT, Indexed, park_readers, stop_error
+from ._inputs import READER_WAIT, Indexed, park_readers
 from ._workers import Waker, Worker, wait_any
 
 __all__ = ("Chunk", "Done", "Indexed", "ItemNotPicklable", "ProcessPool", "ThreadPool")
@@ -110,7 +110,7 @@ def compute(
         for item in items:
             append(call(item))
     except StopIteration as exc:  # raised by call: the loop itself swallows the items' end
-        error = stop_error(exc, _describe(call))
+        error = stray_stop(exc, _describe(call))
     except BaseException as exc:  # the item's error, whatever it is, belongs to its position
         error = exc
     else:

@@ -41,9 +41,9 @@ from typing import Any, Protocol
 
 from ._checks import HEAD_START
 from ._core._channel import load_error, pack_error
+from ._core._errors import stray_stop
 from ._core._interrupts import atomic
 from ._core._spawn import install_hooks
-from ._inputs import stop_error
 
 __all__ = ("Host", "MapIterator", "MapState", "cut_off", "run_chunk", "stop_at_exit")
 
@@ -307,7 +307,7 @@ class MapIterator(Iterator[Any]):
         try:
             result = future.result(self._remaining())
         except StopIteration as exc:  # raised by fn: this item's error, not the end
-            raise stop_error(exc, state.name) from exc
+            raise stray_stop(exc, state.name) from exc
         with state.cond:
             state.futures.popleft()
             if not state.chunked:
@@ -321,7 +321,7 @@ class MapIterator(Iterator[Any]):
         if error is not None:  # the values before it first, then the error; then the end
             loaded = load_error(error) if isinstance(error, tuple) else error
             if isinstance(loaded, StopIteration):
-                loaded = stop_error(loaded, state.name)
+                loaded = stray_stop(loaded, state.name)
             self._error = loaded
             self._finalizer()
         return self._next()  # a value, or the error: a chunk holds at least one item
@@ -342,7 +342,7 @@ class MapIterator(Iterator[Any]):
         if not over:
             raise TimeoutError("StreamExecutor.map timed out waiting for its input")
         if isinstance(end, StopIteration):  # not the input's (islice ends on those): an engine's
-            raise stop_error(end, "the engine running a StreamExecutor.map") from end
+            raise stray_stop(end, "the engine running a StreamExecutor.map") from end
         if end is not None:
             raise end
         raise StopIteration

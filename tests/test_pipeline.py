@@ -468,7 +468,7 @@ def stop_at_5(x):
 
 def assert_stop_error(error, who):
     assert type(error) is RuntimeError
-    assert str(error) == f"{who} raised StopIteration"
+    assert str(error).startswith(f"{who} raised StopIteration, which is an error here")
     assert type(error.__cause__) is StopIteration
 
 

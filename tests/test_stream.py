@@ -1174,7 +1174,8 @@ def test_map_fn_raising_stop_iteration_is_an_error_at_its_position(
         m = ex.map(stop_at_three, range(8), chunksize=chunksize)
         got = []
         with pytest.raises(
-            RuntimeError, match=r"^the mapped function stop_at_three\(\) raised StopIteration$"
+            RuntimeError,
+            match=r"^the mapped function stop_at_three\(\) raised StopIteration, which is an error",
         ) as info:
             for value in m:
                 got.append(value)
