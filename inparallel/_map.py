@@ -127,7 +127,7 @@ def close_source(mapped: object, close: Callable[[], object]) -> None:
     """Call ``close``, the input's own, once no reader thread of ``mapped`` is inside the input.
 
     That is now, unless a reader is blocked in its ``next()``: then the reader calls it as
-    that returns (see ``_inputs.Feed.finalize``).
+    that returns (see ``_feed.Feed.finalize``).
     """
     feed = mapped._pass.feed if isinstance(mapped, MapIterator) else None
     if feed is None:

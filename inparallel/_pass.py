@@ -5,7 +5,7 @@ consumer has used up the results it was given, the pass tops the pool up with ch
 for finished chunks and hands over their values, a list per chunk. For the process pool every
 fork happens from the consumer's thread. An indexable input is read by the workers; any other
 is read ahead by the pass's `Feed` in a reader thread, so that an input blocked in ``next()``
-never holds back a result already computed (see ``_inputs``; an input that cannot block is
+never holds back a result already computed (see ``_feed``; an input that cannot block is
 read here, as the chunks need it). A pass holds at most ``buffer_size``
 items that were pulled but not yet consumed: that bounds both the results computed ahead and
 the input read ahead, so an infinite input maps in constant memory. Closing the pass (or an
@@ -42,7 +42,8 @@ from ._checks import default_threads
 from ._core._errors import stray_stop
 from ._enginepool import EnginePool
 from ._executor import worker_slots
-from ._inputs import Feed, Indexed
+from ._feed import Feed
+from ._inputs import Indexed
 from ._pools import Chunk, Done, ItemNotPicklable, ProcessPool, ThreadPool
 from ._progress import Progress, open_progress
 
@@ -107,7 +108,7 @@ class Pass:
         else:
             self.pool = ThreadPool(call, source, workers)
         # A non-indexable input is read by a background thread, which wakes the pool's wait()
-        # (see _inputs), unless it cannot block (``inline``) or the pool cannot be woken.
+        # (see _feed), unless it cannot block (``inline``) or the pool cannot be woken.
         self.feed: Feed | None = None
         if not isinstance(inputs, Indexed):
             pool = self.pool

@@ -13,7 +13,7 @@ made from the consumer's thread (these two also have ``wake()``, for any thread)
 - ``close(kill)``: ends the pass (``kill=True`` stops the workers at once).
 
 `ProcessPool` forks its workers lazily, as chunks need them, from the consumer's thread, and
-first stops the map reader threads (``_inputs.park_readers``) so that the fork is
+first stops the map reader threads (``_feed.park_readers``) so that the fork is
 single-threaded. For an indexable input a chunk is just ``(start, stop)``: the worker reads
 the items from its own inherited copy of the input, so only results travel. Items of other
 inputs are pickled into the request. A worker that dies fails the chunks it held with
@@ -38,7 +38,8 @@ from ._core._channel import dumps, load_error, pack_error, recv_message, send_pa
 from ._core._errors import ResultNotPicklable, WorkerDied, stray_stop
 from ._core._reader import decode
 from ._core._wire import Kind, encode_value
-from ._inputs import READER_WAIT, Indexed, park_readers
+from ._feed import READER_WAIT, park_readers
+from ._inputs import Indexed
 from ._workers import Waker, Worker, wait_any
 
 __all__ = ("Chunk", "Done", "Indexed", "ItemNotPicklable", "ProcessPool", "ThreadPool")

@@ -29,7 +29,8 @@ from ._core._channel import dumps, load_error, pack_error, recv_message, send_me
 from ._core._errors import ResultNotPicklable
 from ._core._reader import decode
 from ._core._wire import Kind
-from ._inputs import READER_WAIT, iterate, park_readers
+from ._feed import READER_WAIT, park_readers
+from ._inputs import iterate
 from ._workers import Waker, Worker, wait_any
 
 __all__ = ("Preloader", "process_preload", "thread_preload")
@@ -220,7 +221,7 @@ class _ProcessState:
     """The parent's side of a forked source: credits out, items in."""
 
     def __init__(self, source: Iterator[Any], buffer_size: int) -> None:
-        park_readers(READER_WAIT)  # fork single-threaded: stop the maps' readers (see _inputs)
+        park_readers(READER_WAIT)  # fork single-threaded: stop the maps' readers (see _feed)
         self._waker = Waker()
         try:
             self._worker = Worker(_serve_source(source), "process_preload", self._waker.wake)

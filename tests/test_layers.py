@@ -32,6 +32,7 @@ LAYERS = [
         "_progress",
         "_workers",
         "_inputs",
+        "_feed",
         "backends.__init__",
         "backends._call",
     ),
