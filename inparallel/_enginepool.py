@@ -15,8 +15,9 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
 
+from ._chunks import PIPELINE, Chunk, Done, compute
 from ._core._channel import load_error, pack_error
-from ._pools import PIPELINE, Chunk, Done, Indexed, compute
+from ._inputs import Indexed
 
 __all__ = ("EnginePool", "run_chunk")
 

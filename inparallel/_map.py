@@ -22,11 +22,11 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, cast, overload
 
 from ._checks import count, function
+from ._chunks import spread
 from ._core._errors import stray_stop
 from ._executor import portable, selected
 from ._inputs import INLINE_TYPES, Indexed, iterate
 from ._pass import MapOptions, Mode, Pass
-from ._pools import spread
 
 __all__ = (
     "ItemizedMap",

@@ -39,12 +39,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._checks import default_threads
+from ._chunks import Chunk, Done, ItemNotPicklable
 from ._core._errors import stray_stop
 from ._enginepool import EnginePool
 from ._executor import worker_slots
 from ._feed import Feed
 from ._inputs import Indexed
-from ._pools import Chunk, Done, ItemNotPicklable, ProcessPool, ThreadPool
+from ._pools import ProcessPool, ThreadPool
 from ._progress import Progress, open_progress
 
 __all__ = ("MAX_CHUNK", "TARGET_CHUNK_SECONDS", "MapOptions", "Pass")

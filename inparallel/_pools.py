@@ -1,7 +1,8 @@
 """The pools behind one pass of a parallel map: worker threads, or forked worker processes.
 
-A pass (``_pass``) cuts its input into chunks (`Chunk`) and hands them to a pool; the pool computes
-them and hands back `Done` records, in whatever order they finish. The two pools here and
+A pass (``_pass``) cuts its input into chunks (``_chunks.Chunk``) and hands them to a pool,
+which computes them (``_chunks.compute``, in its workers) and hands back `Done` records, in
+whatever order they finish. The two pools here and
 ``_enginepool.EnginePool`` (chunks submitted to an executor) have the same four calls, all
 made from the consumer's thread (these two also have ``wake()``, for any thread):
 
@@ -29,104 +30,20 @@ import pickle
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
 from ._checks import HEAD_START
+from ._chunks import PIPELINE, Chunk, Done, ItemNotPicklable, compute
 from ._core._channel import dumps, load_error, pack_error, recv_message, send_parts, split_parts
-from ._core._errors import ResultNotPicklable, WorkerDied, stray_stop
+from ._core._errors import ResultNotPicklable, WorkerDied
 from ._core._reader import decode
 from ._core._wire import Kind, encode_value
 from ._feed import READER_WAIT, park_readers
 from ._inputs import Indexed
 from ._workers import Waker, Worker, wait_any
 
-__all__ = ("Chunk", "Done", "Indexed", "ItemNotPicklable", "ProcessPool", "ThreadPool")
-
-#: Chunks a worker holds at once: the one it computes and the next, already in its pipe.
-PIPELINE = 2
-
-
-@dataclass(slots=True)
-class Chunk:
-    """Positions ``start..stop-1`` of a pass; ``items`` holds them unless the input is indexed."""
-
-    start: int
-    stop: int
-    items: list[Any] | None = None
-
-
-class Done(NamedTuple):
-    """A computed chunk: the values in order up to the first error, which ends it."""
-
-    chunk: Chunk
-    values: list[Any]
-    error: BaseException | None
-    elapsed: float  # seconds the worker spent on it (feeds the automatic chunk size)
-
-
-class ItemNotPicklable(Exception):
-    """Item ``index`` of a chunk could not be pickled for a worker process."""
-
-    def __init__(self, index: int, error: BaseException) -> None:
-        super().__init__(index, error)
-        self.index = index
-        self.error = error
-
-
-def spread(fn: Callable[..., Any]) -> Callable[[tuple[Any, ...]], Any]:
-    """Adapt ``fn`` to items that are tuples of arguments (a map over several inputs)."""
-
-    def call(args: tuple[Any, ...]) -> Any:
-        return fn(*args)
-
-    # Named in error messages. Not through __qualname__: pickle would look that up here.
-    call.__wrapped__ = fn  # type: ignore[attr-defined]
-    return call
-
-
-def compute(
-    call: Callable[[Any], Any], source: Indexed | None, chunk: Chunk
-) -> tuple[list[Any], BaseException | None, float]:
-    """Run ``call(item)`` over a chunk's items; stop at the first exception and return it.
-
-    ``call`` is the mapped function for one input, `spread` of it for several. The values
-    before the error are returned, so ``len(values)`` is the failing item's offset.
-    """
-    started = time.perf_counter()
-    values: list[Any] = []
-    append = values.append
-    error: BaseException | None = None
-    try:
-        items: Iterable[Any]
-        if chunk.items is None:
-            assert source is not None
-            items = source.items(chunk.start, chunk.stop)
-        else:
-            items = chunk.items
-        # A plain loop, not values.extend(map(call, items)): a StopIteration raised by call
-        # would end map() as if the items had run out, and the rest of the chunk would vanish.
-        # Here only the items' own end ends the loop, and it costs ~7 ns more per item.
-        for item in items:
-            append(call(item))
-    except StopIteration as exc:  # raised by call: the loop itself swallows the items' end
-        error = stray_stop(exc, _describe(call))
-    except BaseException as exc:  # the item's error, whatever it is, belongs to its position
-        error = exc
-    else:
-        if len(values) < chunk.stop - chunk.start:  # never leave a position without an outcome
-            error = RuntimeError(
-                f"the input gave {len(values)} items for positions {chunk.start}.."
-                f"{chunk.stop - 1}: its slices and its len() disagree"
-            )
-    return values, error, time.perf_counter() - started
-
-
-def _describe(call: Callable[..., Any]) -> str:
-    name = getattr(getattr(call, "__wrapped__", call), "__qualname__", None)
-    return f"the mapped function {name}()" if isinstance(name, str) else "the mapped function"
-
+__all__ = ("ProcessPool", "ThreadPool")
 
 # -- threads ---------------------------------------------------------------------------------
 

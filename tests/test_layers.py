@@ -36,7 +36,7 @@ LAYERS = [
         "backends.__init__",
         "backends._call",
     ),
-    ("_executor",),
+    ("_executor", "_chunks"),
     ("_pools", "_preload", "_streammap", "_stream"),
     ("_enginepool",),
     ("_pass",),
