@@ -33,74 +33,19 @@ from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any, Literal, TypeVar
 
 from ._checks import count, default_threads, function, renamed
-from ._core._future import LocalFuture
 from ._core._interrupts import GiveUp, atomic
 from ._core._options import TaskOptions
 from ._core._spawn import spawn
 from ._executor import concurrency, portable, selected
 from ._inputs import iterate
-from ._streammap import MapIterator, MapState, cut_off, stop_at_exit
+from ._streamcall import Call
+from ._streamexit import stop_at_exit
+from ._streammap import MapIterator, MapState, cut_off
 
 __all__ = ("StreamExecutor",)
 
 R = TypeVar("R")
 _MISSING: Any = object()
-
-
-class _Call(LocalFuture[Any]):
-    """A submitted call; in process mode `cancel` also works while it runs (killing the child).
-
-    A `LocalFuture`: a fork's copy of one that had not finished refuses to be waited for.
-    """
-
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        *,
-        killable: bool,
-        engine: Executor | None,
-        mapped: bool,
-    ) -> None:
-        super().__init__()
-        self.call: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None
-        self.call = (fn, args, kwargs)  # dropped once started: the arguments are not kept
-        self.killable = killable
-        self.engine = engine  # None: fork the call here
-        self.mapped = mapped  # submitted by a map's feeder, not by submit()
-        self.slot = False  # holds a worker slot (changed under the executor's lock)
-        self.task: Future[Any] | None = None
-
-    def cancel(self) -> bool:
-        # Queued; or running, or being started (no task yet: `attach` stops it when the
-        # start returns). A running thread call cannot be stopped.
-        return self._cancel(lambda _: self.killable or not self.running(), self._stop_task)
-
-    def _stop_task(self) -> None:
-        # After the state changed: a task attached from now on is cancelled by `attach`.
-        task = self.task
-        if task is not None:
-            task.cancel()
-
-    def attach(self, task: Future[Any]) -> None:
-        """Record the child (or engine call) just started; cancel it if the call was."""
-        with self._condition:
-            self.task = task
-            cancelled = self.cancelled()
-        if cancelled:
-            task.cancel()
-
-    def copy_from(self, task: Future[Any]) -> None:
-        """Finish with the task's outcome, unless cancelled meanwhile (then nothing)."""
-        if task.cancelled():
-            return
-        error = task.exception()
-        with contextlib.suppress(InvalidStateError):  # cancel() won the race: it stands
-            if error is None:
-                self.set_result(task.result())
-            else:
-                self.set_exception(error)
 
 
 class StreamExecutor(Executor):
@@ -142,7 +87,7 @@ class StreamExecutor(Executor):
         # Re-entrant: a map's finalizer, run by the collector in a thread that holds it,
         # takes it again (see _streammap).
         self._cond = threading.Condition()
-        self._pending: deque[_Call] = deque()
+        self._pending: deque[Call] = deque()
         self._running = 0  # slots taken (calls started, or being started)
         self._owned = 0  # calls given to submit() not yet ended: thread mode waits at exit
         self._threads = 0  # dispatcher or worker threads alive
@@ -187,9 +132,9 @@ class StreamExecutor(Executor):
 
     def _submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], mapped: bool
-    ) -> _Call:
+    ) -> Call:
         engine = selected(self._executor) if self.forks else None
-        call = _Call(fn, args, kwargs, killable=self.forks, engine=engine, mapped=mapped)
+        call = Call(fn, args, kwargs, killable=self.forks, engine=engine, mapped=mapped)
         with self._cond:
             if mapped and self._cancelled:
                 raise cut_off()  # the map ends as cut() would have it
@@ -232,7 +177,7 @@ class StreamExecutor(Executor):
             run(call)
             del call  # not kept (nor so its result) while this thread waits for a slot
 
-    def _take(self) -> _Call | None:
+    def _take(self) -> Call | None:
         """Take the next queued call once a slot is free; None (the thread ends) if none."""
         with self._cond:
             while self._pending and self._running >= self._max:
@@ -246,7 +191,7 @@ class StreamExecutor(Executor):
             call.slot = True
             return call
 
-    def _start(self, call: _Call, *, queued: bool = False) -> None:
+    def _start(self, call: Call, *, queued: bool = False) -> None:
         """Fork the call's child, or start it on the engine (process mode).
 
         A Ctrl-C (`GiveUp`: one held before the fork) cancels the call, killing its child if
@@ -281,14 +226,14 @@ class StreamExecutor(Executor):
             if not (failed or queued):
                 raise
 
-    def _finished(self, call: _Call, task: Future[Any]) -> None:
+    def _finished(self, call: Call, task: Future[Any]) -> None:
         try:
             call.copy_from(task)
         finally:
             call.task = None  # the task's callbacks hold the call: break the cycle
             self._release(call)
 
-    def _run(self, call: _Call) -> None:
+    def _run(self, call: Call) -> None:
         """Thread mode: run the call here."""
         try:
             if call.set_running_or_notify_cancel():
@@ -304,7 +249,7 @@ class StreamExecutor(Executor):
         finally:
             self._release(call)
 
-    def _release(self, call: _Call) -> None:
+    def _release(self, call: Call) -> None:
         """Give the call's slot back; a no-op if it holds none (released already)."""
         with self._cond:
             if not call.slot:
@@ -430,7 +375,7 @@ class StreamExecutor(Executor):
         """Shut down now; a Ctrl-C meanwhile is held until every queued call is cancelled."""
         with self._cond:
             self._shutdown = True
-            cancelled: list[_Call] = []
+            cancelled: list[Call] = []
             maps: list[MapState] = []
             if cancel_futures:
                 self._cancelled = True  # from here on, maps submit nothing

@@ -26,8 +26,6 @@ already holds one of them.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import contextvars
 import os
 import threading
@@ -43,13 +41,12 @@ from ._checks import HEAD_START
 from ._core._channel import load_error, pack_error
 from ._core._errors import stray_stop
 from ._core._interrupts import atomic
-from ._core._spawn import install_hooks
 
-__all__ = ("Host", "MapIterator", "MapState", "cut_off", "run_chunk", "stop_at_exit")
+__all__ = ("Host", "MapIterator", "MapState", "cut_off", "run_chunk")
 
 
 class Host(Protocol):
-    """What a map, and interpreter exit, need of a `StreamExecutor`."""
+    """What a map needs of a `StreamExecutor`."""
 
     forks: bool  # calls run in forked children (a chunk's error then travels packed)
 
@@ -58,12 +55,6 @@ class Host(Protocol):
 
     def _map_settled(self) -> None:
         """Tell a waiting ``shutdown(wait=True)`` that a map may have settled."""
-
-    def _drain_at_exit(self) -> None:
-        """When the main thread ends: wait for the calls that must run to their end."""
-
-    def _stop_at_exit(self) -> None:
-        """In ``atexit``, before the core kills every child: start nothing more."""
 
 
 def run_chunk(
@@ -361,53 +352,3 @@ class MapIterator(Iterator[Any]):
 def _stop(state: MapState, pid: int) -> None:
     if pid == os.getpid():  # in a fork that inherited it, nothing of it is ours to stop
         state.stop()
-
-
-# -- interpreter exit ----------------------------------------------------------------------------
-
-
-_exiting: weakref.WeakSet[Host] = weakref.WeakSet()
-_exit_lock = threading.Lock()
-_exit_hooks = False
-
-
-def stop_at_exit(obj: Host) -> None:
-    """Drain and then stop ``obj`` at interpreter exit, before the core kills every child.
-
-    Daemon threads keep running while ``atexit`` handlers do; without this a feeder or a
-    dispatcher would go on forking while the interpreter tears itself down. (Stopping an
-    executor cuts its maps off: they are not recorded themselves.)
-    """
-    global _exit_hooks
-    with _exit_lock:
-        if not _exit_hooks:
-            install_hooks()  # registered first, so the core's handler runs after ours
-            atexit.register(_stop_all)
-            _when_main_thread_ends(_drain_all)
-            _exit_hooks = True
-        _exiting.add(obj)
-
-
-def _when_main_thread_ends(callback: Callable[[], None]) -> None:
-    # This module's one CPython private: threading._register_atexit (3.9+) runs
-    # ``callback`` when the main thread ends, before non-daemon threads are joined and before
-    # any atexit handler; concurrent.futures.thread uses it to finish its calls at exit. The
-    # public ways fall short: an atexit handler runs after handlers registered later (which
-    # may have torn down what the calls use), and 3.12 refuses to start threads or fork in
-    # one; non-daemon workers would make exit wait for the calls of an abandoned map too.
-    register = getattr(threading, "_register_atexit", None)
-    if register is None:  # a Python without it: the atexit order, registered after _stop_all
-        atexit.register(callback)
-        return
-    with contextlib.suppress(RuntimeError):  # already exiting: nothing submitted can wait
-        register(callback)
-
-
-def _drain_all() -> None:
-    for obj in list(_exiting):
-        obj._drain_at_exit()
-
-
-def _stop_all() -> None:
-    for obj in list(_exiting):
-        obj._stop_at_exit()

@@ -33,6 +33,8 @@ LAYERS = [
         "_workers",
         "_inputs",
         "_feed",
+        "_streamcall",
+        "_streamexit",
         "backends.__init__",
         "backends._call",
     ),
