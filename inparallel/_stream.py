@@ -3,7 +3,8 @@
 ``submit`` runs each call in a forked child (``mode="process"``, one `task` per call) or in a
 worker thread (``mode="thread"``), at most ``max_workers`` at a time; the rest wait in a queue.
 In process mode a call starts in the submitting thread when a slot is free, and otherwise in a
-dispatcher thread that lives only while calls are queued. ``map`` is in `_streammap`.
+dispatcher thread that lives only while calls are queued. ``map`` is in ``_streammap``, the
+future of one call in ``_streamcall``, the hooks for interpreter exit in ``_streamexit``.
 
 **Shutdown.** ``shutdown()`` refuses new ``submit`` and ``map`` calls, but a map started before
 it keeps submitting its own input: ``with StreamExecutor() as ex: results = ex.map(...)``
