@@ -747,3 +747,56 @@ def test_push_aiter_next_preflight_raising_stop_iteration_is_an_error(arun, stop
             await anext(q)
 
     arun(main)
+
+
+# --- a source raising GeneratorExit: an error at its place, never a hang or a quiet end -------
+
+_GENEXIT_TOOLS = {
+    "preload_aiter": lambda src: aio.preload_aiter(2, src),
+    "active_aiter": lambda src: aio.active_aiter(src),
+    "sharable_aiter": lambda src: aio.sharable_aiter(src),
+    "aiter_forker": lambda src: aio.aiter_forker(src),
+    "join_aiters": lambda src: aio.join_aiters(aio.iter_to_aiter([src])),
+    "map_aiter": lambda src: aio.map_aiter(abs, src),
+    "map_aiter-3": lambda src: aio.map_aiter(abs, src, worker_count=3, ordered=True),
+    "flatten_aiter": lambda src: aio.flatten_aiter(aio.iter_to_aiter([src])),
+    "stoppable_aiter": lambda src: aio.stoppable_aiter(src),
+    "parallel_map": lambda src: aio.parallel_map(abs, src, concurrency=2),
+}
+
+
+@pytest.mark.parametrize("tool", sorted(_GENEXIT_TOOLS))
+def test_a_source_raising_generator_exit_is_an_error_at_its_place(arun, tool):
+    async def source():
+        for i in range(6):
+            if i == 3:
+                raise GeneratorExit  # a BaseException: it killed the pump, or ended the stream
+            yield i
+
+    async def main():
+        got = []
+        with pytest.raises(RuntimeError, match="raised GeneratorExit") as info:
+            async with asyncio.timeout(BOUND):
+                async for x in _GENEXIT_TOOLS[tool](source()):
+                    got.append(x)
+        assert got == [0, 1, 2]
+        assert isinstance(info.value.__cause__, GeneratorExit)
+
+    arun(main)
+
+
+def test_join_aiters_keeps_the_cause_of_a_sources_error(arun):
+    async def source():
+        yield 1
+        try:
+            raise KeyError("low level")
+        except KeyError as exc:
+            raise ValueError("high level") from exc
+
+    async def main():
+        with pytest.raises(ValueError, match="high level") as info:
+            async for _ in aio.join_aiters(aio.iter_to_aiter([source()])):
+                pass
+        assert isinstance(info.value.__cause__, KeyError)
+
+    arun(main)

@@ -156,14 +156,29 @@ def next_sync(it: Iterator[T]) -> T:
     """
     try:
         return next(it, END)
-    except StopAsyncIteration as exc:
+    except (StopAsyncIteration, GeneratorExit) as exc:
         raise stray_stop(exc, f"the iterator {name_of(it)}") from exc
 
 
-async def next_or_end(source: AsyncIterator[Any]) -> Any:
-    """Return the next item of ``source``, or `END` when it is exhausted."""
+async def next_of(source: AsyncIterator[T]) -> T:
+    """Return ``await source.__anext__()``; how every tool reads a source it was given.
+
+    Raises:
+        StopAsyncIteration: ``source`` is exhausted.
+        RuntimeError: ``source`` raised `GeneratorExit` (the original is its ``__cause__``):
+            passed on as it is, a `BaseException`, it would kill the task reading the
+            source and leave the readers waiting, or end the stream in silence.
+    """
     try:
         return await source.__anext__()
+    except GeneratorExit as exc:
+        raise stray_stop(exc, f"the source {name_of(source)}") from exc
+
+
+async def next_or_end(source: AsyncIterator[Any]) -> Any:
+    """Return the next item of ``source`` (see `next_of`), or `END` when it is exhausted."""
+    try:
+        return await next_of(source)
     except StopAsyncIteration:
         return END
 

@@ -26,7 +26,16 @@ from typing import Any, TypeVar
 
 from .._checks import count
 from ._base import END as _END
-from ._base import Stream, adopt, cancel_soon, close_soon, close_source, keep_task
+from ._base import (
+    Stream,
+    adopt,
+    cancel_soon,
+    close_soon,
+    close_source,
+    keep_task,
+    next_of,
+    next_or_end,
+)
 from ._push import Cursor, Shared
 
 __all__ = ("join_aiters",)
@@ -96,7 +105,7 @@ class _Join:
         n = 0
         while True:
             await self._room()  # a reader that falls behind holds up new sub-iterables
-            sub = await anext(outer, _END)
+            sub = await next_or_end(outer)
             if sub is _END or self.shared.stopped:
                 return
             n += 1
@@ -122,7 +131,7 @@ class _Join:
             await self._room()  # read the next item only when there is room for it
             if shared.stopped:  # another source failed
                 return
-            item = await anext(sub, _END)
+            item = await next_or_end(sub)
             if item is _END:
                 return
             shared.append((item,))
@@ -176,12 +185,13 @@ class _Joined(Stream[T]):
             self._started = True
             state.start()
         try:
-            item: T = await state.reader.__anext__()
+            item: T = await next_of(state.reader)
             return item
         except StopAsyncIteration:
             await self.aclose()
             if len(state.errors) == 1:
-                raise state.errors[0] from None
+                error = state.errors[0]
+                raise error from error.__cause__  # its own cause stays; not our context
             if state.errors:
                 raise ExceptionGroup("join_aiters: several sources failed", state.errors) from None
             raise

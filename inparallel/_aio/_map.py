@@ -43,6 +43,7 @@ from ._base import (
     close_source,
     consume_outcome,
     killed,
+    next_of,
     running_loop,
 )
 from ._pull import EAGER, Puller
@@ -238,7 +239,7 @@ class _Sequential(Stream[R]):
                 if self._done:
                     raise StopAsyncIteration
                 try:
-                    item = await self._source.__anext__()
+                    item = await next_of(self._source)
                 except asyncio.CancelledError:
                     self._killed = killed(self._source)
                     raise

@@ -22,7 +22,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from ._base import cancel_soon, close_soon, close_source, keep_task, settle
+from ._base import cancel_soon, close_soon, close_source, keep_task, next_of, settle
 from ._push import Shared
 
 __all__ = ("Pump",)
@@ -70,7 +70,7 @@ class Pump:
                     self._wakeup = asyncio.get_running_loop().create_future()
                     await self._wakeup
                 try:
-                    item = await source.__anext__()
+                    item = await next_of(source)
                 except StopAsyncIteration:
                     error = None
                     break

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, TypeVar
 
 from .._checks import count
-from ._base import END, Stream, adopt, close_source, killed, next_or_end, next_sync
+from ._base import END, Stream, adopt, close_source, killed, next_of, next_or_end, next_sync
 
 __all__ = ("aiter_to_iter", "azip", "flatten_aiter", "iter_to_aiter")
 
@@ -226,7 +226,7 @@ class azip(Stream[tuple[Any, ...]]):
         try:
             for n, source in enumerate(sources[len(values) :], len(values) + 1):
                 try:
-                    values.append(await source.__anext__())
+                    values.append(await next_of(source))
                 except StopAsyncIteration:
                     if self._strict:
                         await self._check_all_ended(n)
@@ -248,7 +248,7 @@ class azip(Stream[tuple[Any, ...]]):
             raise ValueError(f"azip() argument {ended} is shorter than argument 1")
         for n, source in enumerate(self._sources[1:], 2):
             try:
-                await source.__anext__()
+                await next_of(source)
             except StopAsyncIteration:
                 continue
             raise ValueError(f"azip() argument {n} is longer than argument 1")
@@ -313,7 +313,7 @@ class flatten_aiter(Stream[T]):
 
     async def _awaited(self, source: AsyncIterator[Any]) -> Any:
         try:
-            return await source.__anext__()
+            return await next_of(source)
         except asyncio.CancelledError:
             self._broken = killed(source)
             raise

@@ -239,7 +239,10 @@ class InheritedFutureError(InParallelError, RuntimeError):
 
 
 def stray_stop(exc: BaseException, what: str) -> BaseException:
-    """Return ``exc``; or, for a `StopIteration` or `StopAsyncIteration`, an error caused by it.
+    """Return ``exc``; or, for a stray control-flow exception, an error caused by it.
+
+    The control-flow exceptions are `StopIteration`, `StopAsyncIteration` and `GeneratorExit`
+    (which a source raises from ``__anext__`` only by mistake: its own ``aclose()`` handles it).
 
     Raised by a user's callable and passed on as it is, either would end the iteration that
     receives it in silence (the items after it lost). As PEP 479 does for generators, it is
@@ -250,11 +253,17 @@ def stray_stop(exc: BaseException, what: str) -> BaseException:
         exc: The exception a callable raised.
         what: Who raised it, for the message (``"map_f double"``, ``"task f (pid 12)"``).
     """
-    if not isinstance(exc, StopIteration | StopAsyncIteration):
+    if isinstance(exc, GeneratorExit):
+        error = RuntimeError(
+            f"{what} raised GeneratorExit outside of its own close(), which is an error here,"
+            " not the end of the stream"
+        )
+    elif isinstance(exc, StopIteration | StopAsyncIteration):
+        error = RuntimeError(
+            f"{what} raised {type(exc).__name__}, which is an error here, not the end of an"
+            " iteration; if it means 'no value', catch it there and return a value instead"
+        )
+    else:
         return exc
-    error = RuntimeError(
-        f"{what} raised {type(exc).__name__}, which is an error here, not the end of an"
-        " iteration; if it means 'no value', catch it there and return a value instead"
-    )
     error.__cause__ = exc  # also suppresses the context, as ``raise ... from exc`` does
     return error
