@@ -98,7 +98,7 @@ def _wrap(fn: Any, *, options: TaskOptions) -> Any:
     if isinstance(fn, classmethod | staticmethod):
         return type(fn)(_wrap(fn.__func__, options=options))
     hint = "; write @task or @task(timeout=...) directly above a def"
-    function("@task", "what it decorates", fn, hint=hint)
+    function("@task", "the decorated function", fn, hint=hint)
 
     # No check point lies between spawn's return and ours (a return from a Python function
     # runs no signal handler), so a Ctrl-C cannot lose the future of a started task here.
