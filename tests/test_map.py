@@ -41,7 +41,7 @@ from _faults import (
     kill_self,
     wait_until,
 )
-from _timing import BOUND, PROMPT
+from _timing import BOUND, PATIENCE, PROMPT
 
 from inparallel import (
     ItemizedMap,
@@ -349,7 +349,7 @@ def test_output_is_in_input_order_by_default(engine: Engine) -> None:
 
         def fn(x: int) -> int:
             if x == 0:
-                nine_done.receive(1, timeout=10)
+                nine_done.receive(1, timeout=BOUND)
             if x == 9:
                 nine_done.send()
             return x * 2
@@ -366,7 +366,7 @@ def test_unordered_output_is_in_completion_order(engine: Engine) -> None:
 
         def fn(x: int) -> int:
             if x == 0:
-                gate.wait(timeout=10)
+                gate.wait(timeout=BOUND)
             return x * 2
 
         it = iter(engine(fn, range(30), num_workers=4, chunksize=1, ordered=False))
@@ -421,7 +421,7 @@ def test_a_later_error_does_not_overtake_earlier_results(engine: Engine, ordered
 
         def fn(x: int) -> int:
             if x == 3:
-                failed.receive(1, timeout=10)
+                failed.receive(1, timeout=BOUND)
             if x == 20:
                 failed.send()
                 raise InjectedFault("item 20")
@@ -762,7 +762,7 @@ def test_a_worker_killed_from_outside_fails_its_position(calls: CallLog) -> None
             if x == 5:
                 calls.record(os.getpid())
                 started.send(b"%d\n" % os.getpid())
-                gate.wait(timeout=30)
+                gate.wait(timeout=PATIENCE)
             return x
 
         killer = subprocess.Popen(
@@ -772,7 +772,7 @@ def test_a_worker_killed_from_outside_fails_its_position(calls: CallLog) -> None
             it = iter(process_map(fn, range(40), chunksize=1, num_workers=2))
             out, error = drain(it)
         finally:
-            assert killer.wait(timeout=10) == 0
+            assert killer.wait(timeout=BOUND) == 0
     assert out == [0, 1, 2, 3, 4]
     assert isinstance(error, WorkerDied)
     assert [error.pid] == calls.values()
@@ -835,7 +835,7 @@ def test_dropping_an_unfinished_process_map_kills_its_busy_workers() -> None:
 
         def fn(x: int) -> int:
             if x >= 2:
-                gate.wait(timeout=30)  # only a kill ends this worker early
+                gate.wait(timeout=PATIENCE)  # only a kill ends this worker early
             return x
 
         before = child_pids()
@@ -1108,7 +1108,7 @@ def test_maps_over_generators_fork_without_the_multi_threaded_warning() -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=50,
+        timeout=PATIENCE,
     )
     assert proc.returncode == 0, proc.stderr
     expected = 3 * (sum(range(3)) + sum(range(30))) + sum(range(100))
@@ -1169,7 +1169,7 @@ def test_an_infinite_input_maps_in_bounded_read_ahead() -> None:
 
 
 def test_thread_map_with_128_workers_runs_them_at_once() -> None:
-    barrier = threading.Barrier(128, timeout=10)
+    barrier = threading.Barrier(128, timeout=BOUND)
 
     def fn(x: int) -> tuple[int, int]:
         if x < 128:
@@ -1410,7 +1410,7 @@ def test_a_started_pass_inherited_by_a_fork_refuses_to_run_there() -> None:
             return str(exc)
         return "no error"
 
-    assert "another process" in in_child().result(timeout=20)
+    assert "another process" in in_child().result(timeout=BOUND)
     assert list(it) == list(range(9, 0, -1))  # the parent's pass is untouched
 
 
@@ -1418,5 +1418,5 @@ def test_a_pass_not_yet_started_can_run_in_a_child() -> None:
     from inparallel import task
 
     it = process_map(abs, iter(range(-5, 0)))
-    assert task(lambda: list(it))().result(timeout=20) == [5, 4, 3, 2, 1]
+    assert task(lambda: list(it))().result(timeout=BOUND) == [5, 4, 3, 2, 1]
     it.close()

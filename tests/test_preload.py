@@ -685,6 +685,6 @@ def test_a_preloader_inherited_by_a_fork_refuses_to_run_there() -> None:
                 return str(exc)
             return "no error"
 
-        assert "another process" in in_child().result(timeout=20)
+        assert "another process" in in_child().result(timeout=BOUND)
         assert next(p) == 1  # and the parent's is untouched
         p.close()
