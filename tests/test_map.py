@@ -53,9 +53,9 @@ from inparallel import (
     thread_map,
 )
 
-Engine = Callable[..., Any]
+Mapper = Callable[..., Any]  # thread_map or process_map (an "engine" is an Executor)
 
-ENGINES = [
+MAPS = [
     pytest.param(thread_map, id="thread"),
     pytest.param(process_map, id="process"),
 ]
@@ -152,14 +152,14 @@ def assert_exhausted(it: Iterator[Any]) -> None:
             next(it)
 
 
-def is_process(engine: Engine) -> bool:
-    return engine is process_map
+def is_process(mapper: Mapper) -> bool:
+    return mapper is process_map
 
 
 # -- result types and zipping ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mapper", MAPS)
 @pytest.mark.parametrize(
     "make",
     [
@@ -169,14 +169,14 @@ def is_process(engine: Engine) -> bool:
         pytest.param(lambda: np.arange(20), id="numpy"),
     ],
 )
-def test_indexable_inputs_give_an_itemized_map(engine: Engine, make: Callable[[], Any]) -> None:
-    m = engine(square, make())
+def test_indexable_inputs_give_an_itemized_map(mapper: Mapper, make: Callable[[], Any]) -> None:
+    m = mapper(square, make())
     assert isinstance(m, ItemizedMap)
     assert len(m) == 20
     assert list(m) == [i * i for i in range(20)]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mapper", MAPS)
 @pytest.mark.parametrize(
     "make",
     [
@@ -186,8 +186,8 @@ def test_indexable_inputs_give_an_itemized_map(engine: Engine, make: Callable[[]
         pytest.param(lambda: Pulled(range(20)), id="custom-iterator"),
     ],
 )
-def test_iterators_give_a_map_iterator(engine: Engine, make: Callable[[], Any]) -> None:
-    it = engine(square, make())
+def test_iterators_give_a_map_iterator(mapper: Mapper, make: Callable[[], Any]) -> None:
+    it = mapper(square, make())
     assert isinstance(it, MapIterator)
     assert not isinstance(it, ItemizedMap)
     assert iter(it) is it
@@ -195,38 +195,38 @@ def test_iterators_give_a_map_iterator(engine: Engine, make: Callable[[], Any]) 
     assert_exhausted(it)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_a_dict_is_iterated_over_its_keys_not_indexed(engine: Engine) -> None:
+@pytest.mark.parametrize("mapper", MAPS)
+def test_a_dict_is_iterated_over_its_keys_not_indexed(mapper: Mapper) -> None:
     data = {10: "a", 20: "b", 30: "c"}
-    it = engine(identity, data)
+    it = mapper(identity, data)
     assert isinstance(it, MapIterator)
     assert list(it) == [10, 20, 30]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_several_inputs_are_zipped_and_the_shortest_wins(engine: Engine) -> None:
-    m = engine(add, [1, 2, 3, 4], range(10, 13))
+@pytest.mark.parametrize("mapper", MAPS)
+def test_several_inputs_are_zipped_and_the_shortest_wins(mapper: Mapper) -> None:
+    m = mapper(add, [1, 2, 3, 4], range(10, 13))
     assert isinstance(m, ItemizedMap)
     assert len(m) == 3
     assert list(m) == [11, 13, 15]
 
-    three = engine(add, range(100), np.arange(0, 50), tuple(range(7)))
+    three = mapper(add, range(100), np.arange(0, 50), tuple(range(7)))
     assert isinstance(three, ItemizedMap)
     assert list(three) == [3 * i for i in range(7)]
 
-    mixed = engine(add, (i for i in range(5)), [100] * 10)
+    mixed = mapper(add, (i for i in range(5)), [100] * 10)
     assert isinstance(mixed, MapIterator)
     assert list(mixed) == [100, 101, 102, 103, 104]
 
-    endless = engine(add, itertools.count(), iter(range(0, 30, 10)))
+    endless = mapper(add, itertools.count(), iter(range(0, 30, 10)))
     assert list(endless) == [0, 11, 22]
 
 
 # -- ItemizedMap: lazy indexing, slices, passes ----------------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_indexing_computes_lazily_in_the_caller_each_time(engine: Engine) -> None:
+@pytest.mark.parametrize("mapper", MAPS)
+def test_indexing_computes_lazily_in_the_caller_each_time(mapper: Mapper) -> None:
     called: list[int] = []
     me = os.getpid()
 
@@ -234,7 +234,7 @@ def test_indexing_computes_lazily_in_the_caller_each_time(engine: Engine) -> Non
         called.append(x)
         return x * 10, os.getpid()
 
-    m = engine(fn, range(10))
+    m = mapper(fn, range(10))
     assert called == []  # building the map computes nothing
     assert m[3] == (30, me)
     assert called == [3]
@@ -265,11 +265,11 @@ SLICES = [
 ]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mapper", MAPS)
 @pytest.mark.parametrize("sl", SLICES, ids=str)
-def test_slices_are_itemized_maps_matching_the_builtin_map(engine: Engine, sl: slice) -> None:
+def test_slices_are_itemized_maps_matching_the_builtin_map(mapper: Mapper, sl: slice) -> None:
     data = list(range(0, 60, 2))
-    m = engine(square, data)
+    m = mapper(square, data)
     sub = m[sl]
     assert isinstance(sub, ItemizedMap)
     want = list(map(square, data[sl]))
@@ -282,10 +282,10 @@ def test_slices_are_itemized_maps_matching_the_builtin_map(engine: Engine, sl: s
         sub[len(want)]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_nested_slices_of_zipped_inputs(engine: Engine) -> None:
+@pytest.mark.parametrize("mapper", MAPS)
+def test_nested_slices_of_zipped_inputs(mapper: Mapper) -> None:
     a, b = list(range(40)), range(100, 130)
-    m = engine(add, a, b)
+    m = mapper(add, a, b)
     want = list(map(add, a, b))
     assert len(m) == 30
     nested = m[::2][1::3][::-1]
@@ -311,17 +311,17 @@ def test_slicing_computes_nothing() -> None:
     assert called == [37]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_each_iteration_is_a_fresh_parallel_pass(engine: Engine) -> None:
+@pytest.mark.parametrize("mapper", MAPS)
+def test_each_iteration_is_a_fresh_parallel_pass(mapper: Mapper) -> None:
     me = os.getpid()
 
     def fn(x: int) -> tuple[int, int]:
         return x * x, os.getpid()
 
-    m = engine(fn, range(30), num_workers=2)
+    m = mapper(fn, range(30), num_workers=2)
     first, second = list(m), list(m)
     assert [v for v, _ in first] == [v for v, _ in second] == [i * i for i in range(30)]
-    if is_process(engine):
+    if is_process(mapper):
         pids1, pids2 = {p for _, p in first}, {p for _, p in second}
         assert me not in pids1 | pids2
         assert not pids1 & pids2  # each pass forks its own workers
@@ -340,8 +340,8 @@ def test_each_iteration_is_a_fresh_parallel_pass(engine: Engine) -> None:
 # -- ordering --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_output_is_in_input_order_by_default(engine: Engine) -> None:
+@pytest.mark.parametrize("mapper", MAPS)
+def test_output_is_in_input_order_by_default(mapper: Mapper) -> None:
     # Item 0 cannot finish before item 9 has been computed. With 12 workers the first dispatch
     # gives items 0..11 a worker each (a worker also holds one queued chunk: item 9 must not
     # wait behind item 0).
@@ -354,12 +354,12 @@ def test_output_is_in_input_order_by_default(engine: Engine) -> None:
                 nine_done.send()
             return x * 2
 
-        out = list(engine(fn, range(30), num_workers=12, chunksize=1))
+        out = list(mapper(fn, range(30), num_workers=12, chunksize=1))
     assert out == [x * 2 for x in range(30)]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_unordered_output_is_in_completion_order(engine: Engine) -> None:
+@pytest.mark.parametrize("mapper", MAPS)
+def test_unordered_output_is_in_completion_order(mapper: Mapper) -> None:
     # Item 0 is held until the consumer has received some other value: only a map that yields
     # in completion order gets there (an ordered one would wait for item 0 until the timeout).
     with Gate() as gate:
@@ -369,7 +369,7 @@ def test_unordered_output_is_in_completion_order(engine: Engine) -> None:
                 gate.wait(timeout=BOUND)
             return x * 2
 
-        it = iter(engine(fn, range(30), num_workers=4, chunksize=1, ordered=False))
+        it = iter(mapper(fn, range(30), num_workers=4, chunksize=1, ordered=False))
         first = next(it)
         gate.release()
         out = [first, *it]
@@ -377,9 +377,9 @@ def test_unordered_output_is_in_completion_order(engine: Engine) -> None:
     assert sorted(out) == [x * 2 for x in range(30)]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_unordered_itemized_map_gives_the_same_multiset(engine: Engine) -> None:
-    m = engine(square, list(range(200)), ordered=False)
+@pytest.mark.parametrize("mapper", MAPS)
+def test_unordered_itemized_map_gives_the_same_multiset(mapper: Mapper) -> None:
+    m = mapper(square, list(range(200)), ordered=False)
     assert isinstance(m, ItemizedMap)
     assert sorted(m) == [i * i for i in range(200)]
     assert m[7] == 49
@@ -388,21 +388,21 @@ def test_unordered_itemized_map_gives_the_same_multiset(engine: Engine) -> None:
 # -- errors at their position ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mapper", MAPS)
 @pytest.mark.parametrize("chunksize", [1, None, 7], ids=["chunk1", "auto", "chunk7"])
 @pytest.mark.parametrize("kind", ["list", "iterator"])
 def test_an_error_surfaces_at_its_position_with_its_traceback(
-    engine: Engine, chunksize: int | None, kind: str
+    mapper: Mapper, chunksize: int | None, kind: str
 ) -> None:
     source: Iterable[int] = range(100) if kind == "list" else iter(range(100))
-    it = iter(engine(fail_at_37, source, chunksize=chunksize, num_workers=2))
+    it = iter(mapper(fail_at_37, source, chunksize=chunksize, num_workers=2))
     out, error = drain(it)
     assert out == [x * 3 for x in range(37)]
     assert type(error) is ValueError
     message = str(error)
     assert message.startswith("bad item 37 in process ")
     pid = int(message.rsplit(" ", 1)[1])
-    if is_process(engine):
+    if is_process(mapper):
         assert pid != os.getpid()  # raised in a worker, carried back with its traceback
     else:
         assert pid == os.getpid()
@@ -412,9 +412,9 @@ def test_an_error_surfaces_at_its_position_with_its_traceback(
     assert_exhausted(it)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mapper", MAPS)
 @pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
-def test_a_later_error_does_not_overtake_earlier_results(engine: Engine, ordered: bool) -> None:
+def test_a_later_error_does_not_overtake_earlier_results(mapper: Mapper, ordered: bool) -> None:
     # Item 20 fails while item 3 is still being computed. With 24 workers the first dispatch
     # gives items 0..23 a worker each, so item 20 never waits in a queue behind item 3.
     with Beacon() as failed:
@@ -427,7 +427,7 @@ def test_a_later_error_does_not_overtake_earlier_results(engine: Engine, ordered
                 raise InjectedFault("item 20")
             return x
 
-        it = engine(fn, range(30), num_workers=24, chunksize=1, buffer_size=64, ordered=ordered)
+        it = mapper(fn, range(30), num_workers=24, chunksize=1, buffer_size=64, ordered=ordered)
         out, error = drain(iter(it))
     assert isinstance(error, InjectedFault)
     assert str(error) == "item 20"
@@ -439,10 +439,10 @@ def test_a_later_error_does_not_overtake_earlier_results(engine: Engine, ordered
         assert out.index(3) > 0  # completion order: item 3 came late
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mapper", MAPS)
 @pytest.mark.parametrize("chunksize", [1, 4, None], ids=["chunk1", "chunk4", "auto"])
 def test_an_indexable_input_error_surfaces_at_its_position(
-    engine: Engine, chunksize: int | None
+    mapper: Mapper, chunksize: int | None
 ) -> None:
     class Flaky:
         """A sequence (no slicing) whose item 10 cannot be read."""
@@ -457,7 +457,7 @@ def test_an_indexable_input_error_surfaces_at_its_position(
                 raise InjectedFault("cannot read item 10")
             return i
 
-    m = engine(square, Flaky(), chunksize=chunksize)
+    m = mapper(square, Flaky(), chunksize=chunksize)
     assert isinstance(m, ItemizedMap)
     it = iter(m)
     out, error = drain(it)
@@ -470,9 +470,9 @@ def test_an_indexable_input_error_surfaces_at_its_position(
         m[10]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mapper", MAPS)
 def test_unordered_yields_every_computed_value_before_the_error(
-    engine: Engine, calls: CallLog
+    mapper: Mapper, calls: CallLog
 ) -> None:
     def fn(x: int) -> int:
         if x == 10:
@@ -480,7 +480,7 @@ def test_unordered_yields_every_computed_value_before_the_error(
         calls.record(x)  # computed successfully
         return x
 
-    it = iter(engine(fn, range(200), num_workers=2, chunksize=1, ordered=False))
+    it = iter(mapper(fn, range(200), num_workers=2, chunksize=1, ordered=False))
     out, error = drain(it)
     assert isinstance(error, InjectedFault)
     assert str(error) == "item 10"
@@ -491,10 +491,10 @@ def test_unordered_yields_every_computed_value_before_the_error(
     assert sorted(out) == sorted(computed)  # nothing computed was dropped
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mapper", MAPS)
 @pytest.mark.parametrize("chunksize", [1, None], ids=["chunk1", "auto"])
 def test_an_input_iterator_error_surfaces_at_its_position(
-    engine: Engine, chunksize: int | None
+    mapper: Mapper, chunksize: int | None
 ) -> None:
     raised: list[BaseException] = []
 
@@ -504,7 +504,7 @@ def test_an_input_iterator_error_surfaces_at_its_position(
         raised.append(error)
         raise error
 
-    it = engine(square, source(), chunksize=chunksize)
+    it = mapper(square, source(), chunksize=chunksize)
     out, error = drain(it)
     assert out == [i * i for i in range(10)]
     assert raised and error is raised[0]
@@ -582,11 +582,11 @@ SENTINELS: list[object] = [
 ]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mapper", MAPS)
 @pytest.mark.parametrize("kind", ["list", "iterator"])
-def test_sentinel_like_values_pass_through(engine: Engine, kind: str) -> None:
+def test_sentinel_like_values_pass_through(mapper: Mapper, kind: str) -> None:
     source: Iterable[object] = SENTINELS if kind == "list" else iter(SENTINELS)
-    out = list(engine(identity, source, chunksize=1))
+    out = list(mapper(identity, source, chunksize=1))
     assert len(out) == len(SENTINELS)
     for got, want in zip(out, SENTINELS, strict=True):
         assert type(got) is type(want)
@@ -616,15 +616,15 @@ def assert_stop_error(error: BaseException | None, who: str) -> None:
     assert any("raise StopIteration" in (f.line or "") for f in frames)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mapper", MAPS)
 @pytest.mark.parametrize("chunksize", [1, 4, None], ids=["chunk1", "chunk4", "auto"])
 @pytest.mark.parametrize("kind", ["indexable", "iterator"])
 @pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
 def test_a_function_raising_stop_iteration_fails_at_its_position(
-    engine: Engine, chunksize: int | None, kind: str, ordered: bool
+    mapper: Mapper, chunksize: int | None, kind: str, ordered: bool
 ) -> None:
     source: Iterable[int] = range(12) if kind == "indexable" else iter(range(12))
-    it = iter(engine(stop_at_5, source, chunksize=chunksize, num_workers=2, ordered=ordered))
+    it = iter(mapper(stop_at_5, source, chunksize=chunksize, num_workers=2, ordered=ordered))
     out, error = drain(it)
     assert_stop_error(error, "the mapped function stop_at_5()")
     if ordered:
@@ -635,12 +635,12 @@ def test_a_function_raising_stop_iteration_fails_at_its_position(
     assert_exhausted(it)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_stop_iteration_from_a_function_of_several_inputs(engine: Engine) -> None:
+@pytest.mark.parametrize("mapper", MAPS)
+def test_stop_iteration_from_a_function_of_several_inputs(mapper: Mapper) -> None:
     def add_until_5(x: int, y: int) -> int:
         return stop_at_5(x) + y
 
-    out, error = drain(iter(engine(add_until_5, range(12), iter(range(12)), chunksize=3)))
+    out, error = drain(iter(mapper(add_until_5, range(12), iter(range(12)), chunksize=3)))
     assert out == [0, 2, 4, 6, 8]
     assert_stop_error(error, "the mapped function " + add_until_5.__qualname__ + "()")
 
@@ -674,9 +674,9 @@ def test_an_engine_failing_a_chunk_with_stop_iteration_is_an_error() -> None:
     assert type(error.__cause__) is StopIteration
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_indexing_an_itemized_map_raising_stop_iteration(engine: Engine) -> None:
-    m = engine(stop_at_5, range(12))
+@pytest.mark.parametrize("mapper", MAPS)
+def test_indexing_an_itemized_map_raising_stop_iteration(mapper: Mapper) -> None:
+    m = mapper(stop_at_5, range(12))
     assert m[4] == 4
     with pytest.raises(RuntimeError) as caught:
         m[5]
@@ -686,24 +686,24 @@ def test_indexing_an_itemized_map_raising_stop_iteration(engine: Engine) -> None
         list(map(m.__getitem__, range(12)))
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_an_input_ending_with_stop_iteration_is_its_end(engine: Engine) -> None:
+@pytest.mark.parametrize("mapper", MAPS)
+def test_an_input_ending_with_stop_iteration_is_its_end(mapper: Mapper) -> None:
     source = Pulled(range(7))  # its __next__ raises StopIteration after 7 items
-    assert list(engine(square, source, chunksize=3)) == [i * i for i in range(7)]
+    assert list(mapper(square, source, chunksize=3)) == [i * i for i in range(7)]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_an_input_whose_iter_raises_stop_iteration(engine: Engine) -> None:
+@pytest.mark.parametrize("mapper", MAPS)
+def test_an_input_whose_iter_raises_stop_iteration(mapper: Mapper) -> None:
     class Broken:
         def __iter__(self) -> Iterator[int]:
             raise StopIteration("from item 5")
 
     with pytest.raises(RuntimeError, match=r"__iter__ of input 0 .* raised StopIteration"):
-        engine(square, Broken())
+        mapper(square, Broken())
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_an_input_whose_slices_are_short_fails_instead_of_skipping(engine: Engine) -> None:
+@pytest.mark.parametrize("mapper", MAPS)
+def test_an_input_whose_slices_are_short_fails_instead_of_skipping(mapper: Mapper) -> None:
     class Liar(list[int]):
         def __len__(self) -> int:
             return super().__len__() + 1  # one more than it iterates
@@ -719,7 +719,7 @@ def test_an_input_whose_slices_are_short_fails_instead_of_skipping(engine: Engin
                 return Liar(list(range(10))[i][:-1])
             return i
 
-    out, error = drain(iter(engine(square, Short(), chunksize=4, num_workers=1)))
+    out, error = drain(iter(mapper(square, Short(), chunksize=4, num_workers=1)))
     assert isinstance(error, RuntimeError)
     assert "slices and its len() disagree" in str(error)
     assert out == [0, 1, 4]
@@ -784,30 +784,30 @@ def test_a_worker_killed_from_outside_fails_its_position(calls: CallLog) -> None
 # -- early exit, close, garbage collection ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_early_break_stops_the_workers_and_bounds_the_read_ahead(engine: Engine) -> None:
+@pytest.mark.parametrize("mapper", MAPS)
+def test_early_break_stops_the_workers_and_bounds_the_read_ahead(mapper: Mapper) -> None:
     source = Pulled(itertools.count())
     before = child_pids()
     taken = []
     workers: set[int] = set()
-    for x in engine(square, source, buffer_size=8, num_workers=2):
+    for x in mapper(square, source, buffer_size=8, num_workers=2):
         taken.append(x)
         if len(taken) == 3:
             workers = child_pids() - before
             break
     assert taken == [0, 1, 4]
     assert 3 <= source.count <= 3 + 8  # racy: how far the pass had read ahead at the break
-    if is_process(engine):  # racy: the second worker is forked once there is work for it
+    if is_process(mapper):  # racy: the second worker is forked once there is work for it
         assert 1 <= len(workers) <= 2
     else:
         assert not workers
     assert wait_gone(workers)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_close_and_with_block_end_a_pass(engine: Engine) -> None:
+@pytest.mark.parametrize("mapper", MAPS)
+def test_close_and_with_block_end_a_pass(mapper: Mapper) -> None:
     before = child_pids()
-    it = engine(square, itertools.count(), num_workers=2)
+    it = mapper(square, itertools.count(), num_workers=2)
     assert next(it) == 0
     workers = child_pids() - before
     it.close()
@@ -816,7 +816,7 @@ def test_close_and_with_block_end_a_pass(engine: Engine) -> None:
     assert wait_gone(workers)
 
     source = Pulled(itertools.count())
-    with engine(square, source, buffer_size=4) as it2:
+    with mapper(square, source, buffer_size=4) as it2:
         assert [next(it2) for _ in range(3)] == [0, 1, 4]
         workers = child_pids() - before
     pulled = source.count
@@ -825,7 +825,7 @@ def test_close_and_with_block_end_a_pass(engine: Engine) -> None:
     assert source.count == pulled  # nothing is read after the end
     assert wait_gone(workers)
 
-    with iter(engine(square, [1, 2, 3])) as it3:  # a pass over an ItemizedMap, too
+    with iter(mapper(square, [1, 2, 3])) as it3:  # a pass over an ItemizedMap, too
         assert next(it3) == 1
     assert_exhausted(it3)
 
@@ -911,14 +911,14 @@ def readers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == READER and t.is_alive()]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mapper", MAPS)
 @pytest.mark.parametrize("chunksize", [None, 1], ids=["auto", "chunk1"])
 @pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
 def test_results_reach_the_consumer_while_the_input_blocks(
-    engine: Engine, chunksize: int | None, ordered: bool
+    mapper: Mapper, chunksize: int | None, ordered: bool
 ) -> None:
     source = Stalling(2)
-    with engine(square, source, chunksize=chunksize, num_workers=2, ordered=ordered) as it:
+    with mapper(square, source, chunksize=chunksize, num_workers=2, ordered=ordered) as it:
         first = [next(it), next(it)]
         # Both computed and delivered while the input is still inside next(): with a fast
         # function the automatic chunk is already thousands of items, and item 1 is the
@@ -935,14 +935,14 @@ def test_results_reach_the_consumer_while_the_input_blocks(
     assert not readers()  # the pass is over: its reader thread was joined
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mapper", MAPS)
 @pytest.mark.parametrize("how", ["close", "with", "drop"])
 def test_stopping_a_map_whose_input_blocks_neither_hangs_nor_leaks(
-    engine: Engine, how: str
+    mapper: Mapper, how: str
 ) -> None:
     source = Stalling(3)
     before = child_pids()
-    it = engine(square, source, chunksize=1, num_workers=2)
+    it = mapper(square, source, chunksize=1, num_workers=2)
     assert [next(it) for _ in range(3)] == [0, 1, 4]
     assert source.reached.wait(BOUND)
     workers = child_pids() - before
@@ -970,10 +970,10 @@ def test_stopping_a_map_whose_input_blocks_neither_hangs_nor_leaks(
     assert not readers()
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_an_input_error_after_a_stall_comes_after_every_earlier_result(engine: Engine) -> None:
+@pytest.mark.parametrize("mapper", MAPS)
+def test_an_input_error_after_a_stall_comes_after_every_earlier_result(mapper: Mapper) -> None:
     source = Stalling(4, fail=True)
-    with engine(square, source, num_workers=2) as it:
+    with mapper(square, source, num_workers=2) as it:
         assert [next(it) for _ in range(4)] == [0, 1, 4, 9]
         assert source.reached.wait(BOUND)
         source.release.set()
@@ -982,7 +982,7 @@ def test_an_input_error_after_a_stall_comes_after_every_earlier_result(engine: E
         assert_exhausted(it)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mapper", MAPS)
 @pytest.mark.parametrize(
     "make",
     [
@@ -993,20 +993,20 @@ def test_an_input_error_after_a_stall_comes_after_every_earlier_result(engine: E
     ],
 )
 def test_an_input_that_cannot_block_is_read_without_a_thread(
-    engine: Engine, make: Callable[[], Iterable[int]]
+    mapper: Mapper, make: Callable[[], Iterable[int]]
 ) -> None:
     threads = []
-    for value in itertools.islice(engine(identity, make(), chunksize=1), 50):
+    for value in itertools.islice(mapper(identity, make(), chunksize=1), 50):
         threads.extend(readers())
         assert isinstance(value, int)
     assert threads == []
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_a_generator_is_read_by_a_thread_that_ends_with_the_pass(engine: Engine) -> None:
+@pytest.mark.parametrize("mapper", MAPS)
+def test_a_generator_is_read_by_a_thread_that_ends_with_the_pass(mapper: Mapper) -> None:
     seen: set[threading.Thread] = set()
     out = []
-    for value in engine(square, (i for i in range(200)), chunksize=1, num_workers=2):
+    for value in mapper(square, (i for i in range(200)), chunksize=1, num_workers=2):
         seen.update(readers())
         out.append(value)
     assert out == [i * i for i in range(200)]
@@ -1050,8 +1050,8 @@ def test_no_fork_runs_beside_a_map_reader_thread(monkeypatch: pytest.MonkeyPatch
     assert beside == []
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_a_chunk_size_that_grows_mid_pass_never_spins_the_consumer(engine: Engine) -> None:
+@pytest.mark.parametrize("mapper", MAPS)
+def test_a_chunk_size_that_grows_mid_pass_never_spins_the_consumer(mapper: Mapper) -> None:
     # The automatic chunk grows in steps as the first, slow items come back; items read ahead
     # for a smaller chunk must not look like a full chunk to the pass (it then spun for ever
     # between "there is news" and "not a full chunk", never collecting its results).
@@ -1066,7 +1066,7 @@ def test_a_chunk_size_that_grows_mid_pass_never_spins_the_consumer(engine: Engin
     for _ in range(8):
         done: list[int] = []
         runner = threading.Thread(
-            target=lambda: done.append(len(list(engine(f, gen(), num_workers=2)))), daemon=True
+            target=lambda: done.append(len(list(mapper(f, gen(), num_workers=2)))), daemon=True
         )
         runner.start()
         runner.join(BOUND)
@@ -1119,11 +1119,11 @@ def test_maps_over_generators_fork_without_the_multi_threaded_warning() -> None:
 # -- read-ahead bound ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mapper", MAPS)
 @pytest.mark.parametrize("buffer_size", [1, 3, 8, 32])
 @pytest.mark.parametrize("kind", ["indexable", "iterator"])
 def test_read_ahead_is_bounded_by_buffer_size(
-    engine: Engine, buffer_size: int, kind: str, calls: CallLog
+    mapper: Mapper, buffer_size: int, kind: str, calls: CallLog
 ) -> None:
     def fn(x: int) -> int:
         calls.record(x)
@@ -1133,7 +1133,7 @@ def test_read_ahead_is_bounded_by_buffer_size(
     data: Iterable[int] = range(10_000) if kind == "indexable" else source
     before = child_pids()
     consumed = 0
-    with iter(engine(fn, data, buffer_size=buffer_size, num_workers=2)) as it:
+    with iter(mapper(fn, data, buffer_size=buffer_size, num_workers=2)) as it:
         for consumed, value in enumerate(it, 1):
             assert value == consumed - 1
             if kind == "iterator":
@@ -1205,46 +1205,46 @@ def test_process_map_with_8_workers_runs_them_at_once() -> None:
     assert os.getpid() not in pids
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_empty_and_single_inputs(engine: Engine) -> None:
+@pytest.mark.parametrize("mapper", MAPS)
+def test_empty_and_single_inputs(mapper: Mapper) -> None:
     before = child_pids()
-    empty = engine(square, [])
+    empty = mapper(square, [])
     assert isinstance(empty, ItemizedMap)
     assert len(empty) == 0
     assert list(empty) == []
-    assert list(engine(square, iter([]))) == []
-    assert list(engine(square, [], range(10))) == []
+    assert list(mapper(square, iter([]))) == []
+    assert list(mapper(square, [], range(10))) == []
     assert child_pids() == before  # nothing to compute, nothing forked
-    assert list(engine(square, [7])) == [49]
-    assert list(engine(square, iter([7]))) == [49]
-    assert list(engine(add, (7,), [5, 6])) == [12]
+    assert list(mapper(square, [7])) == [49]
+    assert list(mapper(square, iter([7]))) == [49]
+    assert list(mapper(add, (7,), [5, 6])) == [12]
 
 
 # -- argument checks -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_argument_errors(engine: Engine) -> None:
+@pytest.mark.parametrize("mapper", MAPS)
+def test_argument_errors(mapper: Mapper) -> None:
     with pytest.raises(TypeError):
-        engine(square)
+        mapper(square)
     with pytest.raises(TypeError):
-        engine(42, [1, 2])
+        mapper(42, [1, 2])
     with pytest.raises(TypeError):
-        engine("square", [1, 2])
+        mapper("square", [1, 2])
     with pytest.raises(TypeError):
-        engine(square, 5)
+        mapper(square, 5)
     with pytest.raises(TypeError):
-        engine(square, [1, 2], None)
+        mapper(square, [1, 2], None)
     for name in ("num_workers", "buffer_size", "chunksize"):
         for bad in (0, -1):
             with pytest.raises(ValueError, match=name):
-                engine(square, [1, 2], **{name: bad})
+                mapper(square, [1, 2], **{name: bad})
         for wrong in (2.0, "2", [2]):
             with pytest.raises(TypeError, match=name):
-                engine(square, [1, 2], **{name: wrong})
+                mapper(square, [1, 2], **{name: wrong})
     before = child_pids()
     with pytest.raises(ValueError):
-        engine(square, itertools.count(), buffer_size=0)
+        mapper(square, itertools.count(), buffer_size=0)
     assert child_pids() == before
 
 
@@ -1282,15 +1282,15 @@ def test_process_map_runs_unpicklable_closures_and_worker_mutations_stay_there(
 # -- progress bars ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mapper", MAPS)
 def test_progress_bar_is_written_to_stderr(
-    engine: Engine, capsys: pytest.CaptureFixture[str]
+    mapper: Mapper, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert list(engine(square, range(20), progress=True)) == [i * i for i in range(20)]
+    assert list(mapper(square, range(20), progress=True)) == [i * i for i in range(20)]
     err = capsys.readouterr().err
     assert "20/20" in err
     assert "square" in err
-    assert list(engine(square, iter(range(13)), progress=True)) == [i * i for i in range(13)]
+    assert list(mapper(square, iter(range(13)), progress=True)) == [i * i for i in range(13)]
     err = capsys.readouterr().err
     assert "13it" in err
 
