@@ -1535,9 +1535,9 @@ def test_iter_to_aiter_bad_arguments():
         iter_to_aiter([], checkpoint_every="100")
     with pytest.raises(TypeError, match="checkpoint_every must be an int"):
         iter_to_aiter([], checkpoint_every=True)
-    with pytest.raises(TypeError, match="takes an iterable, not int"):
+    with pytest.raises(TypeError, match=r"^iter_to_aiter\(\): iter must be an iterable, not int"):
         iter_to_aiter(5)
-    with pytest.raises(TypeError, match="takes an iterable, not Src"):
+    with pytest.raises(TypeError, match="iter must be an iterable, not Src"):
         iter_to_aiter(Src(1))
 
 
@@ -1697,7 +1697,9 @@ def test_aiter_to_iter_bad_arguments():
             aiter_to_iter(Src(1), loop, runner=runner)
     finally:
         loop.close()
-    with pytest.raises(TypeError, match="takes an async iterable, not list"):
+    with pytest.raises(
+        TypeError, match=r"^aiter_to_iter\(\): aiter must be an async iterable, not list"
+    ):
         aiter_to_iter([1, 2])
 
 

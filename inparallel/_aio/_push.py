@@ -327,7 +327,9 @@ class push_aiter(Cursor[T]):
             exc: Raised by every reader at the end instead of `StopAsyncIteration`.
         """
         if exc is not None and not isinstance(exc, BaseException):
-            raise TypeError(f"stop() takes an exception instance or None, not {exc!r}")
+            raise TypeError(
+                f"push_aiter.stop(): exc must be an exception instance or None, not {exc!r}"
+            )
         self._shared.end(exc)
 
     def fork(self, is_active: bool = True) -> push_aiter[T]:

@@ -44,7 +44,7 @@ class iter_to_aiter(Stream[T]):
         to_thread: bool = False,
     ) -> None:
         if not hasattr(iter, "__iter__"):
-            raise TypeError(f"iter_to_aiter() takes an iterable, not {type(iter).__name__}")
+            raise TypeError(f"iter_to_aiter(): iter must be an iterable, not {type(iter).__name__}")
         if checkpoint_every is not None:
             count("iter_to_aiter()", "checkpoint_every", checkpoint_every, optional=True)
         self._it: Iterator[T] | None = iter.__iter__()
@@ -186,9 +186,11 @@ def aiter_to_iter(
             " use 'async for' there instead"
         )
     if loop is not None and runner is not None:
-        raise TypeError("aiter_to_iter() takes a loop or a runner, not both")
+        raise TypeError("aiter_to_iter(): give loop= or runner=, not both")
     if not hasattr(aiter, "__aiter__"):
-        raise TypeError(f"aiter_to_iter() takes an async iterable, not {type(aiter).__name__}")
+        raise TypeError(
+            f"aiter_to_iter(): aiter must be an async iterable, not {type(aiter).__name__}"
+        )
     return _SyncView(aiter.__aiter__(), runner, loop, owned=runner is None)
 
 
