@@ -371,9 +371,9 @@ def test_gated_push_rejects_bad_counts(count, exc):
 
 def test_gated_and_stoppable_refuse_non_iterables():
     """A non-iterable source is a TypeError at construction."""
-    with pytest.raises(TypeError, match="gated_aiter's aiter must be an async iterable"):
+    with pytest.raises(TypeError, match=r"gated_aiter\(\): aiter must be an async iterable"):
         gated_aiter(5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="stoppable_aiter's aiter must be an async iterable"):
+    with pytest.raises(TypeError, match=r"stoppable_aiter\(\): aiter must be an async iterable"):
         stoppable_aiter(5)  # type: ignore[arg-type]
 
 
@@ -1082,7 +1082,7 @@ def test_preload_rejects_bad_sizes(size, exc):
 
 def test_preload_rejects_non_iterables():
     """A non-iterable source is a TypeError at once."""
-    with pytest.raises(TypeError, match="preload_aiter's aiter must be an async iterable"):
+    with pytest.raises(TypeError, match=r"preload_aiter\(\): aiter must be an async iterable"):
         preload_aiter(5, 7)  # type: ignore[arg-type]
 
 
@@ -1506,7 +1506,7 @@ def test_join_non_iterable_sub_raises_type_error(arun):
     async def main():
         j = join_aiters([[1], 5, [2]])
         out = []
-        with pytest.raises(TypeError, match="join_aiters: sub-iterable 2 must be an async"):
+        with pytest.raises(TypeError, match=r"join_aiters\(\): sub-iterable 2 must be an async"):
             async for x in j:
                 out.append(x)
         assert out == [1]  # sub 0's task queued its item before the outer reached the bad sub
@@ -1587,5 +1587,5 @@ def test_join_rejects_bad_arguments(kwargs, exc):
 
 def test_join_rejects_a_non_iterable_outer():
     """A non-iterable outer is a TypeError at once."""
-    with pytest.raises(TypeError, match="join_aiters' aiter_of_aiters"):
+    with pytest.raises(TypeError, match=r"join_aiters\(\): aiter_of_aiters must be"):
         join_aiters(5)  # type: ignore[arg-type]

@@ -284,7 +284,7 @@ def test_azip_error_closes_all_and_propagates(arun, failing):
 
 def test_azip_non_iterable_raises_at_call():
     """A non-iterable argument raises TypeError when azip is called, naming the argument."""
-    with pytest.raises(TypeError, match=r"azip\(\) argument 2 must be an async iterable"):
+    with pytest.raises(TypeError, match=r"azip\(\): argument 2 must be an async iterable"):
         azip([1], 5)
 
 
@@ -482,7 +482,7 @@ def test_flatten_inner_error_propagates_and_closes_outer(arun):
 
 def test_flatten_non_iterable_argument():
     """flatten_aiter(5) raises TypeError at the call."""
-    with pytest.raises(TypeError, match="flatten_aiter's aiter must be an async iterable"):
+    with pytest.raises(TypeError, match=r"flatten_aiter\(\): aiter must be an async iterable"):
         flatten_aiter(5)
 
 
@@ -732,7 +732,7 @@ def test_map_validation_errors():
         map_aiter(5, [])
     with pytest.raises(TypeError, match="worker_count must be an int"):
         map_aiter(f, [], worker_count=2.0)
-    with pytest.raises(TypeError, match="map_aiter's aiter must be an async iterable"):
+    with pytest.raises(TypeError, match=r"map_aiter\(\): aiter must be an async iterable"):
         map_aiter(f, 5)
     with pytest.raises(ValueError, match="worker_count must be at least 1"):
         map_filter_aiter(f, [], worker_count=0)

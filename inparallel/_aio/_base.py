@@ -95,8 +95,10 @@ class Stream(AsyncIterator[T]):
             close_soon(self._open_sources())
 
 
-def adopt(iterable: AsyncIterable[T] | Iterable[T], what: str) -> AsyncIterator[T]:
+def adopt(iterable: AsyncIterable[T] | Iterable[T], where: str, label: str) -> AsyncIterator[T]:
     """Return an async iterator over ``iterable`` (a sync one is wrapped, and closed with it).
+
+    ``where`` is the public call and ``label`` the argument, for the message (see ``_checks``).
 
     Raises:
         TypeError: ``iterable`` is neither async iterable nor iterable.
@@ -106,7 +108,8 @@ def adopt(iterable: AsyncIterable[T] | Iterable[T], what: str) -> AsyncIterator[
     if hasattr(iterable, "__iter__"):
         return SyncSource(iter(iterable))
     raise TypeError(
-        f"{what} must be an async iterable (or an iterable), not {type(iterable).__name__};"
+        f"{where}: {label} must be an async iterable (or an iterable), not"
+        f" {type(iterable).__name__};"
         " pass an async generator, an aio stream, or a list"
     )
 

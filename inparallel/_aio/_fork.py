@@ -81,7 +81,7 @@ def parallel_map(
     engine = selected(executor, "parallel_map()")
     target, own = unwrap_task(fn)
     options = own or _DEFAULTS
-    source = adopt(aiterable, "parallel_map's aiterable")
+    source = adopt(aiterable, "parallel_map()", "aiterable")
     alive: set[Future[Any]] = set()
 
     what = f"parallel_map's fn {name_of(fn)}"

@@ -96,7 +96,7 @@ class gated_aiter(_Switched[T]):
     """
 
     def __init__(self, aiter: AsyncIterable[T] | Iterable[T]) -> None:
-        super().__init__(adopt(aiter, "gated_aiter's aiter"))
+        super().__init__(adopt(aiter, "gated_aiter()", "aiter"))
         self._credit = 0
         self._stopped = False
 
@@ -147,7 +147,7 @@ class stoppable_aiter(_Switched[T]):
     """
 
     def __init__(self, aiter: AsyncIterable[T] | Iterable[T]) -> None:
-        super().__init__(adopt(aiter, "stoppable_aiter's aiter"))
+        super().__init__(adopt(aiter, "stoppable_aiter()", "aiter"))
 
     def stop(self) -> None:
         """End the stream now; a waiting reader gets `StopAsyncIteration`. Idempotent."""

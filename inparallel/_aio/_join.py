@@ -109,7 +109,7 @@ class _Join:
             if sub is _END or self.shared.stopped:
                 return
             n += 1
-            it = adopt(sub, f"join_aiters: sub-iterable {n}")
+            it = adopt(sub, "join_aiters()", f"sub-iterable {n}")
             if self.slots is not None:
                 await self.slots.acquire()
             self.unstarted[id(it)] = it  # before the task exists: an eager one runs now
@@ -236,5 +236,5 @@ def join_aiters(
     """
     active = None if max_active is None else count("join_aiters()", "max_active", max_active)
     room = count("join_aiters()", "buffer", buffer, minimum=0)
-    outer = adopt(aiter_of_aiters, "join_aiters' aiter_of_aiters")
+    outer = adopt(aiter_of_aiters, "join_aiters()", "aiter_of_aiters")
     return _Joined(_Join(outer, active, room))

@@ -357,7 +357,7 @@ def map_aiter(
     workers = count("map_aiter()", "worker_count", worker_count)
     span = make_window("map_aiter()", workers, window)
     check_on_error("map_aiter()", on_error)
-    source = adopt(aiter, "map_aiter's aiter")
+    source = adopt(aiter, "map_aiter()", "aiter")
     if workers == 1:
         return _Sequential(map_f, source, on_error)
 

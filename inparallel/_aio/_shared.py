@@ -93,7 +93,7 @@ def preload_aiter(preload_size: int, aiter: AsyncIterable[T] | Iterable[T]) -> S
         ValueError: ``preload_size`` is negative.
     """
     size = count("preload_aiter()", "preload_size", preload_size, minimum=0)
-    return Pumped(adopt(aiter, "preload_aiter's aiter"), size, per_reader=False)
+    return Pumped(adopt(aiter, "preload_aiter()", "aiter"), size, per_reader=False)
 
 
 def active_aiter(aiter: AsyncIterable[T] | Iterable[T], *, maxsize: float = 10_000) -> Stream[T]:
@@ -108,7 +108,7 @@ def active_aiter(aiter: AsyncIterable[T] | Iterable[T], *, maxsize: float = 10_0
         ValueError: ``maxsize`` is below 1.
     """
     size = bound("active_aiter()", "maxsize", maxsize)
-    return Pumped(adopt(aiter, "active_aiter's aiter"), size, per_reader=False)
+    return Pumped(adopt(aiter, "active_aiter()", "aiter"), size, per_reader=False)
 
 
 def sharable_aiter(aiter: AsyncIterable[T] | Iterable[T]) -> Stream[T]:
@@ -122,7 +122,7 @@ def sharable_aiter(aiter: AsyncIterable[T] | Iterable[T]) -> Stream[T]:
     Raises:
         TypeError: ``aiter`` is not iterable.
     """
-    return Pumped(adopt(aiter, "sharable_aiter's aiter"), 0, per_reader=True)
+    return Pumped(adopt(aiter, "sharable_aiter()", "aiter"), 0, per_reader=True)
 
 
 class Fork(Cursor[T]):
@@ -207,7 +207,7 @@ def aiter_forker(aiter: AsyncIterable[T] | Iterable[T], *, max_lag: int | None =
     """
     lag = None if max_lag is None else count("aiter_forker()", "max_lag", max_lag)
     shared = Shared(math.inf)
-    source = adopt(aiter, "aiter_forker's aiter")
+    source = adopt(aiter, "aiter_forker()", "aiter")
     pump = Pump(source, shared, lambda: shared.pushed < shared.demand)
     shared.on_empty = pump.cancel
     start: Cursor[T] = Cursor(shared, shared.tail, 0)

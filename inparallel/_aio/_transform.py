@@ -211,7 +211,7 @@ class azip(Stream[tuple[Any, ...]]):
     def __init__(self, *aiters: AsyncIterable[Any] | Iterable[Any], strict: bool = False):
         self._sources: list[AsyncIterator[Any]] | None = []
         for n, source in enumerate(aiters, 1):
-            self._sources.append(adopt(source, f"azip() argument {n}"))
+            self._sources.append(adopt(source, "azip()", f"argument {n}"))
         self._strict = strict
         self._values: list[Any] = []  # the tuple being filled, kept across a cancelled read
         self._broken: BaseException | None = None
@@ -282,7 +282,7 @@ class flatten_aiter(Stream[T]):
     """
 
     def __init__(self, aiter: AsyncIterable[Iterable[T] | AsyncIterable[T]] | Iterable[Any]):
-        self._outer: AsyncIterator[Any] | None = adopt(aiter, "flatten_aiter's aiter")
+        self._outer: AsyncIterator[Any] | None = adopt(aiter, "flatten_aiter()", "aiter")
         self._inner: AsyncIterator[T] | Iterator[T] | None = None
         self._broken: BaseException | None = None
 
