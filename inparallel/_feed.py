@@ -252,6 +252,7 @@ class Feed:
             self._closed = True
             self._reads.clear()
             self._source = None  # a reader inside it holds its own reference until it returns
+            self._cond.notify_all()  # a reader waiting for room sees it closed, and ends
         self.park(READER_WAIT)
 
     def finalize(self, close: Callable[[], object]) -> None:
@@ -269,14 +270,18 @@ class Feed:
 
     # -- the reader thread -----------------------------------------------------------------------
 
+    def _stopping(self) -> bool:
+        # Under the lock. Closed: the source is gone already (close() dropped it).
+        return self._halt or self._closed
+
     def _read(self) -> None:
         cond = self._cond
         try:
             while True:
                 with cond:
-                    while not self._halt and self.pulled >= self._limit:
+                    while not self._stopping() and self.pulled >= self._limit:
                         cond.wait()
-                    if self._halt:
+                    if self._stopping():
                         return
                     size = 1 if self._starving else min(self._size, self._limit - self.pulled)
                     source, gate = self._source, [1]

@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 from ._checks import count, function
 from ._chunks import spread
 from ._core._errors import stray_stop
+from ._core._interrupts import atomic
 from ._executor import portable, selected
 from ._inputs import INLINE_TYPES, Indexed, iterate
 from ._pass import MapOptions, Mode, Pass
@@ -83,6 +84,7 @@ class MapIterator(itertools.chain[R]):
         state = "done" if p.done else f"{p.consumed} consumed, {p.pulled} pulled"
         return f"<MapIterator {p.options.mode} x{p.workers}: {state}>"
 
+    @atomic  # weakref.finalize forgets its call before making it: no Ctrl-C in between
     def close(self) -> None:
         """Stop the pass now: kill worker processes, tell worker threads to stop.
 

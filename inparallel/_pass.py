@@ -41,6 +41,7 @@ from typing import Any, Literal
 from ._checks import default_threads
 from ._chunks import Chunk, Done, ItemNotPicklable
 from ._core._errors import stray_stop
+from ._core._interrupts import atomic
 from ._enginepool import EnginePool
 from ._executor import worker_slots
 from ._feed import Feed
@@ -173,6 +174,11 @@ class Pass:
 
     def close(self) -> None:
         """Stop the pass now: kill worker processes, tell worker threads to stop."""
+        self._stop()
+        self._progress.close()  # not held: drawing may block on a full stderr pipe
+
+    @atomic  # a Ctrl-C halfway would leave the pool or the input reader running
+    def _stop(self) -> None:
         self.done = True
         self._ready.clear()
         self._current.clear()  # what the consumer has not taken yet is not handed over
@@ -181,7 +187,6 @@ class Pass:
         self.pool.close(kill=True)
         if self.feed is not None:
             self.feed.close()
-        self._progress.close()
 
     # -- dispatch ----------------------------------------------------------------------------
 

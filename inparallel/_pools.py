@@ -37,6 +37,7 @@ from ._checks import HEAD_START
 from ._chunks import PIPELINE, Chunk, Done, ItemNotPicklable, compute
 from ._core._channel import dumps, load_error, pack_error, recv_message, send_parts, split_parts
 from ._core._errors import ResultNotPicklable, WorkerDied
+from ._core._interrupts import atomic
 from ._core._reader import decode
 from ._core._wire import Kind, encode_value
 from ._feed import READER_WAIT, park_readers
@@ -92,14 +93,20 @@ class ThreadPool:
         # Threads cannot be killed: they skip the chunks still queued and end after the one
         # they are computing. At the normal end they are idle: wait for them, so that no
         # thread of ours is left when the caller forks next (3.12+ would warn).
+        self._stop()
+        if not kill:
+            for thread in self._threads:
+                thread.join()  # not held: a Ctrl-C may end the wait, the threads end anyway
+
+    @atomic
+    def _stop(self) -> None:
+        # All at once: a Ctrl-C between the mark and the wake-ups would leave threads waiting
+        # for a job for ever, and a second close() would see the mark and return.
         if self._stopped.is_set():
             return
         self._stopped.set()
         for _ in self._threads:
             self._jobs.put(None)
-        if not kill:
-            for thread in self._threads:
-                thread.join()
 
 
 def _thread_worker(
@@ -257,6 +264,7 @@ class ProcessPool:
             out.append(Done(chunk, [], error, 0.0))
         return out
 
+    @atomic  # all workers or none: a Ctrl-C halfway left the rest open for good
     def close(self, kill: bool) -> None:
         """End the pass: ``kill`` SIGKILLs the workers, else they exit once their pipe ends."""
         if self._closed:

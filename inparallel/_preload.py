@@ -26,7 +26,9 @@ from typing import Any, TypeVar
 
 from ._checks import count
 from ._core._channel import dumps, load_error, pack_error, recv_message, send_message
+from ._core._child import flush_stdio
 from ._core._errors import ResultNotPicklable
+from ._core._interrupts import atomic
 from ._core._reader import decode
 from ._core._wire import Kind
 from ._feed import READER_WAIT, park_readers
@@ -71,11 +73,12 @@ class Preloader(Iterator[T]):
         ok, value = self._state.next()
         if ok:
             return value  # type: ignore[no-any-return]
-        self._finalizer()
+        self.close()
         if value is None:
             raise StopIteration
         raise value
 
+    @atomic  # weakref.finalize forgets its call before making it: no Ctrl-C in between
     def close(self) -> None:
         """Stop reading ahead now; later ``next()`` calls raise `StopIteration`."""
         self._finalizer()
@@ -201,9 +204,11 @@ def _serve_source(source: Iterator[Any]) -> Any:
             try:
                 item = next(source)
             except StopIteration:
+                flush_stdio()  # before the end: the parent may kill us as soon as it has it
                 send_message(replies, pickle.dumps((_END, None)))
                 return
             except BaseException as exc:
+                flush_stdio()
                 send_message(replies, pickle.dumps((_ERROR, pack_error(exc))))
                 return
             try:

@@ -1419,3 +1419,38 @@ def test_a_pass_not_yet_started_can_run_in_a_child() -> None:
     it = process_map(abs, iter(range(-5, 0)))
     assert task(lambda: list(it))().result(timeout=BOUND) == [5, 4, 3, 2, 1]
     it.close()
+
+
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="needs the main thread"
+)
+@pytest.mark.parametrize("tool", [thread_map, process_map])
+def test_ctrl_c_at_every_check_point_of_closing_a_map_leaves_nothing(
+    tool: Callable[..., Any], sigint_default: None
+) -> None:
+    # Closing stops the workers (threads or processes) and the input's reader all at once: an
+    # interrupt halfway left the rest running for good (a later close saw the pool closed).
+    import _faults
+
+    threads0 = set(threading.enumerate())
+    for k in range(10_000):
+        mapped = iter(tool(abs, (x for x in range(-200, 0)), num_workers=2))
+        assert next(mapped) == 200
+        tracer = _faults.InterruptAt(k)
+        try:
+            with tracer:
+                mapped.close()  # type: ignore[attr-defined]
+        except KeyboardInterrupt:
+            assert tracer.fired
+        else:
+            assert not tracer.fired, f"the interrupt at check point {k} was lost"
+        del mapped
+        gc.collect()
+        assert _faults.wait_until(lambda: not _faults.child_pids(), BOUND), f"a worker at {k}"
+        assert _faults.wait_until(lambda: set(threading.enumerate()) <= threads0, BOUND), (
+            f"a thread at {k}: {set(threading.enumerate()) - threads0}"
+        )
+        if not tracer.fired:
+            break  # past the last check point of close()
+    else:
+        raise AssertionError("close() never ended its check points")

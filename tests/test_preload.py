@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from _faults import Beacon, child_pids, kill_self, process_state, wait_until
-from _timing import BOUND, PROMPT
+from _timing import BOUND, PATIENCE, PROMPT
 
 from inparallel import (
     Preloader,
@@ -688,3 +688,37 @@ def test_a_preloader_inherited_by_a_fork_refuses_to_run_there() -> None:
         assert "another process" in in_child().result(timeout=BOUND)
         assert next(p) == 1  # and the parent's is untouched
         p.close()
+
+
+PRINTING_SOURCES = r"""
+from inparallel import process_preload
+
+def source(run):
+    for i in range(3):
+        print(f"source {run} item {i}")
+        yield i
+
+for run in range(50):
+    assert list(process_preload(source(run))) == [0, 1, 2]
+print("end", flush=True)
+"""
+
+
+def test_what_a_process_preload_source_printed_is_never_lost() -> None:
+    # stdout on a pipe (block-buffered in the child): the source's lines reached the parent's
+    # stdout only if the child flushed before the parent, done with it, killed it.
+    import subprocess
+
+    import _faults
+
+    proc = subprocess.run(
+        [sys.executable, "-c", PRINTING_SOURCES],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        env=_faults.python_env(),  # PYTHONUNBUFFERED unset
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    expected = {f"source {run} item {i}" for run in range(50) for i in range(3)}
+    assert set(lines) - {"end"} == expected and len(lines) == len(expected) + 1

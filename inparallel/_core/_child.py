@@ -37,7 +37,7 @@ from ._errors import MemoryLimitExceeded, ResultNotPicklable
 from ._options import TaskOptions
 from ._wire import Encoded, encode_error, encode_value, send
 
-__all__ = ("Plan", "forget_spares", "plan", "prime_lifeline", "run_child")
+__all__ = ("Plan", "flush_stdio", "forget_spares", "plan", "prime_lifeline", "run_child")
 
 #: Exit status of a child whose own machinery failed (EX_SOFTWARE); the parent reports it as
 #: WorkerDied with this code.
@@ -91,7 +91,7 @@ def run_child(wfd: int, call: Callable[[], object], options: TaskOptions, plan: 
         _reset_signals(plan.handlers)
         _isolate_stdio(plan)
         encoded = _run(call, options)
-        _flush_stdio()  # before the frame: the parent may exit as soon as it has the result
+        flush_stdio()  # before the frame: the parent may exit as soon as it has the result
         if _identity(wfd) != pipe:
             _say(f"task process {os.getpid()} closed or replaced its result pipe (fd {wfd})")
             code = LOST_PIPE
@@ -306,7 +306,8 @@ def _isolate_stdio(plan: Plan) -> None:
         sys.stderr = plan.stderr
 
 
-def _flush_stdio() -> None:
+def flush_stdio() -> None:
+    """In a child: flush ``sys.stdout`` and ``sys.stderr``, whatever fails (never raises)."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(BaseException):
             if stream is not None:
