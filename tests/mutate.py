@@ -160,8 +160,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "map-stopiteration",
-        "inparallel/_pools.py",
-        "        error = stop_error(exc, _describe(call))\n",
+        "inparallel/_chunks.py",
+        "        error = stray_stop(exc, describe(call))\n",
         "        error = exc  # mutated\n",
         ("tests/test_map.py",),
         "a StopIteration raised by process_map's function ends the map quietly",
@@ -169,7 +169,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "stream-map-stopiteration",
         "inparallel/_streammap.py",
-        "            raise stop_error(exc, state.name) from exc\n",
+        "            raise stray_stop(exc, state.name) from exc\n",
         "            raise  # mutated\n",
         ("tests/test_stream.py",),
         "a StopIteration raised by StreamExecutor.map's function ends the map quietly",
@@ -241,7 +241,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "unflushed-output",
         "inparallel/_core/_spawn.py",
-        "    _flush_std_streams()  # first: a full pipe may block it, and nothing is held yet\n",
+        "    _flush_std_streams()\n",
         "    pass  # mutated\n",
         ("tests/test_child.py", "-k", "a7 or j1 or j2"),
         "the parent's unflushed output is copied into each child and printed twice",
