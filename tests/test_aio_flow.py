@@ -1577,6 +1577,8 @@ def test_join_close_error_reaches_the_reader(arun):
         ({"max_active": True}, TypeError),
         ({"buffer": -1}, ValueError),
         ({"buffer": 1.0}, TypeError),
+        ({"buffer_size": -1}, ValueError),
+        ({"buffer_size": 1.0}, TypeError),
     ],
 )
 def test_join_rejects_bad_arguments(kwargs, exc):
@@ -1589,3 +1591,16 @@ def test_join_rejects_a_non_iterable_outer():
     """A non-iterable outer is a TypeError at once."""
     with pytest.raises(TypeError, match=r"join_aiters\(\): aiter_of_aiters must be"):
         join_aiters(5)  # type: ignore[arg-type]
+
+
+def test_join_takes_buffer_size_and_its_earlier_name_buffer(arun):
+    """buffer_size= is the name the other tools use; buffer= stays; both differently: error."""
+
+    async def main():
+        for kwargs in ({"buffer_size": 2}, {"buffer": 2}, {"buffer": 2, "buffer_size": 2}):
+            async with join_aiters([[1, 2], [3]], **kwargs) as j:
+                assert sorted([x async for x in j]) == [1, 2, 3]
+
+    arun(main)
+    with pytest.raises(TypeError, match=r"join_aiters\(\): give buffer_size= or buffer="):
+        join_aiters([[1]], buffer=1, buffer_size=2)

@@ -24,7 +24,7 @@ import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable
 from typing import Any, TypeVar
 
-from .._checks import count
+from .._checks import count, renamed
 from ._base import END as _END
 from ._base import (
     Stream,
@@ -39,6 +39,8 @@ from ._base import (
 from ._push import Cursor, Shared
 
 __all__ = ("join_aiters",)
+
+_MISSING: Any = object()  # join_aiters(buffer=) not given
 
 T = TypeVar("T")
 
@@ -214,7 +216,8 @@ def join_aiters(
     aiter_of_aiters: AsyncIterable[AsyncIterable[T] | Iterable[T]] | Iterable[Any],
     *,
     max_active: int | None = None,
-    buffer: int = 0,
+    buffer_size: int = 0,
+    buffer: Any = _MISSING,
 ) -> Stream[T]:
     """Merge the (async or sync) iterables that ``aiter_of_aiters`` yields, as items come.
 
@@ -226,15 +229,28 @@ def join_aiters(
     Args:
         aiter_of_aiters: The iterables to merge; it and each of them are owned and closed.
         max_active: How many sub-iterables run at once (the others wait in arrival order).
-        buffer: How many merged items may wait for the reader beyond the next one (0: a
-            sub-iterable is read once the items before were read). Sub-iterables that found
+        buffer_size: How many merged items may wait for the reader beyond the next one (0:
+            a sub-iterable is read once the items before were read). Sub-iterables that found
             room at the same moment may each add one more.
+        buffer: The earlier name of ``buffer_size``, still accepted.
 
     Raises:
-        TypeError: An argument has the wrong type (a non-iterable sub-iterable: lazily).
-        ValueError: ``max_active`` < 1 or ``buffer`` < 0.
+        TypeError: An argument has the wrong type (a non-iterable sub-iterable: lazily), or
+            ``buffer_size`` and ``buffer`` are both given, differently.
+        ValueError: ``max_active`` < 1 or ``buffer_size`` < 0.
     """
-    active = None if max_active is None else count("join_aiters()", "max_active", max_active)
-    room = count("join_aiters()", "buffer", buffer, minimum=0)
+    where = "join_aiters()"
+    if buffer is not _MISSING:
+        buffer_size = renamed(
+            where,
+            "buffer_size",
+            buffer_size,
+            default=0,
+            other="buffer",
+            given=buffer,
+            note="its earlier name",
+        )
+    active = None if max_active is None else count(where, "max_active", max_active)
+    room = count(where, "buffer_size", buffer_size, minimum=0)
     outer = adopt(aiter_of_aiters, "join_aiters()", "aiter_of_aiters")
     return _Joined(_Join(outer, active, room))
