@@ -278,7 +278,9 @@ def _install_hooks() -> None:
     # unraisable) and could leave the lock held or the supervisor parked with children to
     # watch. So the outer hooks are C functions, which run no check point: the lock's own
     # methods, and SIGINT blocked in the forking thread (the supervisor thread blocks it for
-    # good), so that a Ctrl-C waits in the kernel until os.fork() has returned.
+    # good), so that a Ctrl-C waits in the kernel until os.fork() has returned. (A C hook
+    # cannot restore a mask it did not read: a thread that blocked SIGINT itself finds it
+    # unblocked after a fork. Nothing in the library or the stdlib blocks it.)
     if PARK:
         os.register_at_fork(before=_park_for_fork, after_in_parent=_resume_after_fork)
     os.register_at_fork(
