@@ -516,10 +516,12 @@ def test_map_push_aiter_old_suite(arun, kind, workers):
     arun(main)
 
 
-def raise_on_2(kind: str) -> Callable[[int], Any]:
+def fail_on_2(kind: str, error: Callable[[], BaseException]) -> Callable[[int], Any]:
+    """A sync or async map_f that returns ``10 * x``, and raises ``error()`` for item 2."""
+
     def sync_f(x):
         if x == 2:
-            raise ValueError("bad item 2")
+            raise error()
         return x * 10
 
     async def async_f(x):
@@ -527,6 +529,10 @@ def raise_on_2(kind: str) -> Callable[[int], Any]:
         return sync_f(x)
 
     return sync_f if kind == "sync" else async_f
+
+
+def raise_on_2(kind: str) -> Callable[[int], Any]:
+    return fail_on_2(kind, lambda: ValueError("bad item 2"))
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -589,16 +595,7 @@ def test_map_on_error_callable(arun, workers):
 
 
 def stop_on_2(kind: str, stop: type[BaseException]) -> Callable[[int], Any]:
-    def sync_f(x):
-        if x == 2:
-            raise stop("no value for 2")
-        return x * 10
-
-    async def async_f(x):
-        await asyncio.sleep(0)
-        return sync_f(x)
-
-    return sync_f if kind == "sync" else async_f
+    return fail_on_2(kind, lambda: stop("no value for 2"))
 
 
 @pytest.mark.parametrize("workers", [1, 3])
