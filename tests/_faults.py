@@ -1080,3 +1080,22 @@ def run_example(name: str, timeout: float = PATIENCE, *, as_module: bool = False
     assert proc.returncode == 0, f"{name} exited {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}"
     assert err == "", f"{name} wrote to stderr:\n{err}"
     return out.splitlines()
+
+
+# -- the supervisor thread, seen from the tests ----------------------------------------------------
+
+
+def supervisor_idle(timeout: float = BOUND) -> bool:
+    """Wait up to ``timeout`` seconds for the supervisor thread to exit; True if none runs."""
+    from inparallel._core import _supervisor
+
+    supervisor = _supervisor._SUPERVISOR
+    return supervisor is None or supervisor.thread.wait_ended(timeout)
+
+
+def supervisor_native_id(timeout: float = BOUND) -> int | None:
+    """Return the running supervisor thread's OS id (waiting up to ``timeout``), or None."""
+    from inparallel._core import _supervisor
+
+    supervisor = _supervisor._SUPERVISOR
+    return None if supervisor is None else supervisor.thread.started_native_id(timeout)

@@ -421,7 +421,7 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
 def settle(timeout: float) -> None:
     """Wait for every thread but this one to end (the supervisor exits once idle)."""
     deadline = time.monotonic() + timeout
-    _supervisor.wait_idle(timeout)  # a bare thread, not joinable through threading
+    _faults.supervisor_idle(timeout)  # a bare thread, not joinable through threading
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and thread.ident != _supervisor.get().ident:
             thread.join(max(0.0, deadline - time.monotonic()))

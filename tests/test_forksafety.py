@@ -26,7 +26,6 @@ from _faults import alive, survivors
 from _timing import BOUND, PATIENCE, PROMPT
 
 from inparallel import WorkerDied, task
-from inparallel._core import _supervisor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -165,7 +164,7 @@ def echo(tid, j):
 
 def test_sixteen_threads_submitting_get_their_own_results():
     value(0).result(timeout=BOUND)  # the library's lasting fds, if any, exist from here on
-    assert _supervisor.wait_idle(BOUND)  # an idle supervisor holds no fd: count without it
+    assert _faults.supervisor_idle(BOUND)  # an idle supervisor holds no fd: count without it
     fds_before = fd_count()
     errors: list[BaseException] = []
     barrier = threading.Barrier(16)
@@ -190,7 +189,7 @@ def test_sixteen_threads_submitting_get_their_own_results():
     assert _faults.join_all(threads, PATIENCE) == []
     assert errors == []
     # The supervisor closes its last fds as it winds down; it never closes one of ours.
-    assert _supervisor.wait_idle(BOUND)
+    assert _faults.supervisor_idle(BOUND)
     assert fd_count() == fds_before
 
 

@@ -36,7 +36,6 @@ from _faults import InterruptAt, child_pids
 from _timing import BOUND, PATIENCE, PROMPT
 
 from inparallel import StreamExecutor, _stream
-from inparallel._core import _supervisor
 from inparallel._streammap import MapState
 
 
@@ -1150,7 +1149,7 @@ def test_map_keeps_no_consumed_result_alive(mode: str, chunksize: int) -> None:
             for thread in threading.enumerate():
                 if thread.name == "inparallel-stream":
                     thread.join(BOUND)
-            assert _supervisor.wait_idle(BOUND)
+            assert _faults.supervisor_idle(BOUND)
             refs = [weakref.ref(value) for value in values]
             del values
             gc.collect()
@@ -1228,7 +1227,7 @@ def settled(ex: StreamExecutor) -> None:
     for thread in threading.enumerate():
         if thread.name.startswith("inparallel-stream"):
             thread.join(BOUND)
-    assert _supervisor.wait_idle(BOUND)
+    assert _faults.supervisor_idle(BOUND)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 

@@ -68,7 +68,7 @@ class _Supervisor:
 
 
 def supervisor_thread() -> _Supervisor:
-    native_id = _supervisor.thread_native_id()
+    native_id = _faults.supervisor_native_id()
     assert native_id is not None, "no supervisor thread is running"
     assert str(native_id) in os.listdir("/proc/self/task")
     return _Supervisor(native_id)

@@ -18,7 +18,7 @@ import threading
 import time
 
 import pytest
-from _faults import deadline, wait_until
+from _faults import deadline, supervisor_idle, supervisor_native_id, wait_until
 from _faults import process_state as proc_state
 from _timing import BOUND, PROMPT
 
@@ -49,7 +49,7 @@ def run_bounded(main):
 
 def wait_supervisor_idle() -> None:
     """Join the supervisor thread, which exits by itself once nothing is in flight."""
-    assert _supervisor.wait_idle(BOUND)
+    assert supervisor_idle(BOUND)
     assert stats().supervisor_alive is False
 
 
@@ -885,7 +885,7 @@ def test_supervisor_thread_starts_on_demand_and_exits_when_idle(gate, tracked):
 
     fut = blocked()
     tracked.append(fut)
-    native_id = _supervisor.thread_native_id()
+    native_id = supervisor_native_id()
     assert native_id is not None and str(native_id) in os.listdir("/proc/self/task")
     (supervisor,) = [t for t in threading.enumerate() if t.name == "inparallel-supervisor"]
     assert supervisor.native_id == native_id

@@ -32,7 +32,6 @@ from inparallel import (
     task,
     waitfor,
 )
-from inparallel._core import _supervisor
 
 MiB = 1 << 20
 
@@ -775,7 +774,7 @@ def test_c4_waiting_costs_no_cpu(gate: _faults.Gate, tracked: list) -> None:
 
     fut = idle()
     tracked.append(fut)
-    tid = _supervisor.thread_native_id()
+    tid = _faults.supervisor_native_id()
     assert tid is not None
     wakeups = _faults.context_switches(tid)
     cpu = time.process_time()

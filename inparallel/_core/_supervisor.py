@@ -53,8 +53,6 @@ __all__ = (
     "Supervisor",
     "get",
     "statistics",
-    "thread_native_id",
-    "wait_idle",
 )
 
 #: Seconds a child may live on after delivering its frame before it is SIGKILLed (a thread or
@@ -481,16 +479,6 @@ def reset_in_child() -> None:
     if _SUPERVISOR is not None:
         _SUPERVISOR.forget_in_child()
         _SUPERVISOR = None
-
-
-def thread_native_id(timeout: float = 5.0) -> int | None:
-    """Return the OS thread id of the running supervisor thread, or None (for tests)."""
-    return None if _SUPERVISOR is None else _SUPERVISOR.thread.started_native_id(timeout)
-
-
-def wait_idle(timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for the supervisor thread to exit (for tests)."""
-    return _SUPERVISOR is None or _SUPERVISOR.thread.wait_ended(timeout)
 
 
 def statistics() -> Statistics:
