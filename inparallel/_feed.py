@@ -31,12 +31,14 @@ from __future__ import annotations
 import itertools
 import operator
 import os
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from ._core._spawn import OS_THREAD_WAIT, PARK
+from ._core._thread import wait_gone
 
 __all__ = (
     "READER_NAME",
@@ -49,12 +51,6 @@ __all__ = (
 #: slower than that for one item counts as blocked: the fork goes ahead with the reader alive
 #: (CPython 3.12+ warns about it, rightly), the close leaves the reader to end on its own.
 READER_WAIT = 0.1
-
-#: After join(), a 3.12 thread's OS thread lingers for microseconds, and CPython's fork warning
-#: counts OS threads: wait at most this long for it to go (as ``_core._spawn`` does).
-OS_THREAD_WAIT = 0.25
-
-_WARNS = sys.version_info >= (3, 12)  # the fork DeprecationWarning exists
 
 READER_NAME = "inparallel-map-reader"
 
@@ -239,7 +235,8 @@ class Feed:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 return False
-            _vanish(thread.native_id)
+            if PARK:
+                wait_gone(thread.native_id, OS_THREAD_WAIT)
         with self._cond:
             self._threads = [t for t in self._threads if t not in threads]
         return True
@@ -342,16 +339,6 @@ def park_readers(timeout: float) -> bool:
     for feed in set(_running.values()):
         parked = feed.park(max(0.0, deadline - time.monotonic())) and parked
     return parked
-
-
-def _vanish(native_id: int | None) -> None:
-    """Wait (bounded) until a joined thread's OS thread is gone, where forks warn."""
-    if not _WARNS or native_id is None:
-        return
-    entry = f"/proc/self/task/{native_id}"
-    deadline = time.monotonic() + OS_THREAD_WAIT
-    while os.path.exists(entry) and time.monotonic() < deadline:
-        os.sched_yield()
 
 
 def _hook() -> None:

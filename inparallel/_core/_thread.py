@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ("BareThread",)
+__all__ = ("BareThread", "wait_gone")
 
 
 class BareThread:
@@ -93,13 +93,7 @@ class BareThread:
         native library's) neither make it wait nor are hidden. Busy-yields: it takes
         microseconds on an idle machine, and a little more when the thread waits for a CPU.
         """
-        tid = self.last_native_id
-        if tid is None:
-            return  # no thread was ever started in this process
-        entry = f"/proc/self/task/{tid}"
-        deadline = time.monotonic() + timeout
-        while os.path.exists(entry) and time.monotonic() < deadline:
-            os.sched_yield()
+        wait_gone(self.last_native_id, timeout)
 
     def started_native_id(self, timeout: float) -> int | None:
         """Return the running thread's OS id once it has one (waits up to ``timeout``)."""
@@ -107,3 +101,18 @@ class BareThread:
             return None
         self._started.wait(timeout)
         return self.native_id
+
+
+def wait_gone(native_id: int | None, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for the kernel to drop an ended thread (by OS id).
+
+    A thread that has signalled its end (released a lock, been joined) may still be in its
+    last instructions, and CPython counts it at a fork. Busy-yields: it takes microseconds on
+    an idle machine. ``None`` (no thread was started) returns at once.
+    """
+    if native_id is None:
+        return
+    entry = f"/proc/self/task/{native_id}"
+    deadline = time.monotonic() + timeout
+    while os.path.exists(entry) and time.monotonic() < deadline:
+        os.sched_yield()
