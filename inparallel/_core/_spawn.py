@@ -83,6 +83,7 @@ _parked = False  # whether the before-fork hook parked the supervisor (for the p
 _inherited_pipe: list[int] = []  # in a task's child: its result pipe, closed in any descendant
 _private_fds: set[int] = set()  # open_pipe() ends: closed in every forked child but the kept ones
 _keep: frozenset[int] = frozenset()  # the kept ones, for the fork in progress (under the lock)
+_ours = False  # whether the fork in progress is spawn's (under the lock)
 
 
 def spawn(
@@ -181,12 +182,13 @@ def _spawn_held(
 
 
 def _fork(keep: frozenset[int]) -> int:
-    global _keep
+    global _keep, _ours
     _keep = keep  # read by the at-fork hook in the child
+    _ours = True  # read by the before-fork hook: spawn has parked the supervisor already
     try:
         return os.fork()
     finally:
-        _keep = frozenset()  # in both processes
+        _keep, _ours = frozenset(), False  # in both processes
 
 
 def _abandon(supervisor: _supervisor.Supervisor, pid: int, rfd: int, pidfd: int | None) -> None:
@@ -241,11 +243,11 @@ def _park(supervisor: _supervisor.Supervisor) -> bool:
 
 
 def _park_for_fork() -> None:
-    # Before *any* fork in this process, under the fork lock, with SIGINT blocked. `spawn` has
-    # parked already; this is for the program's own forks (os.fork, multiprocessing).
+    # Before *any* fork in this process, under the fork lock, with SIGINT blocked: for the
+    # program's own forks (os.fork, multiprocessing). `spawn` has parked for its own.
     global _parked
     supervisor = _supervisor._SUPERVISOR
-    if supervisor is None:
+    if supervisor is None or _ours:
         return
     if PARK_FOREIGN:
         _parked = _park(supervisor)
