@@ -18,6 +18,7 @@ Everything here runs in the child (`entries`) or on the supervisor thread (`rebu
 from __future__ import annotations
 
 import functools
+import itertools
 import linecache
 import os
 import sys
@@ -56,10 +57,9 @@ def entries(tb: TracebackType | None) -> list[Entry]:
 def _entry(tb: TracebackType, code: CodeType) -> Entry:
     lineno, end_lineno, col, end_col = tb.tb_lineno, None, None, None
     if tb.tb_lasti >= 0:
-        positions = list(code.co_positions())
-        index = tb.tb_lasti // 2
-        if index < len(positions):
-            start, end_lineno, col, end_col = positions[index]
+        position = next(itertools.islice(code.co_positions(), tb.tb_lasti // 2, None), None)
+        if position is not None:
+            start, end_lineno, col, end_col = position
             lineno = start if start is not None else lineno
     module = tb.tb_frame.f_globals.get("__name__")
     return Entry(
