@@ -116,9 +116,7 @@ class Pass:
             pool = self.pool
             wake = None if inline or isinstance(pool, EnginePool) else pool.wake
             self.feed = Feed(inputs, wake)
-        self._progress: Progress = open_progress(
-            options.progress, total=self._length, desc=name, stacklevel=5
-        )
+        self._progress: Progress = open_progress(options.progress, total=self._length, desc=name)
         self.pulled = 0  # positions handed to the pool (or found to be past the end)
         self.consumed = 0  # values handed over in lists the consumer has finished
         self._limit: int | None = self._length  # no position at or past it is dispatched

@@ -108,7 +108,6 @@ def open_progress(
     total: int | None = None,
     desc: str | None = None,
     unit: str = "it",
-    stacklevel: int = 2,
 ) -> Progress:
     """Open a progress bar on stderr, or a do-nothing stand-in.
 
@@ -117,9 +116,6 @@ def open_progress(
         total: Expected number of items, if known; grow it later with `Progress.add_total`.
         desc: Label shown in front of the bar.
         unit: Name of one item in the rate display.
-        stacklevel: Ignored: the missing-tqdm warning points at the innermost caller outside
-            the library, wherever the bar is opened (a map opens it on its first ``next()``,
-            which ``list()`` calls from C).
 
     Returns:
         A tqdm-backed `Progress` if ``enabled`` and tqdm imports, else a `Progress` that draws
@@ -133,6 +129,8 @@ def open_progress(
     try:
         bar_class = _tqdm_class()
     except ImportError:
+        # At the innermost caller outside the library, wherever the bar is opened (a map opens
+        # it on its first next(), which list() calls from C: a fixed level would miss).
         warnings.warn(MISSING_TQDM, RuntimeWarning, stacklevel=_outside_the_library())
         return Progress()
     return _TqdmProgress(bar_class(total=total, desc=desc, unit=unit, miniters=1))
