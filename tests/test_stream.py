@@ -432,14 +432,7 @@ def test_shutdown_wait_waits_for_every_call(mode: str) -> None:
             return i
 
         futures = [ex.submit(work, i) for i in range(4)]
-        returned = threading.Event()
-
-        def shut() -> None:
-            ex.shutdown(wait=True)
-            returned.set()
-
-        waiter = threading.Thread(target=shut, name="stream-test-shutdown")
-        waiter.start()
+        waiter, returned = shutdown_in_thread(ex)
         try:
             assert shutdown_waits(waiter, returned), "shutdown(wait=True) returned with calls held"
             hold.release(4)
@@ -1021,14 +1014,7 @@ def test_shutdown_waits_for_a_maps_buffer_but_not_its_consumer(mode: str) -> Non
             return i
 
         m = ex.map(work, source, buffer_size=3)
-        returned = threading.Event()
-
-        def shut() -> None:
-            ex.shutdown(wait=True)
-            returned.set()
-
-        waiter = threading.Thread(target=shut, name="stream-test-shutdown")
-        waiter.start()
+        waiter, returned = shutdown_in_thread(ex)
         try:
             assert source.wait_pulled(3)
             wait_feeder_full(m)
@@ -1229,6 +1215,19 @@ def settled(ex: StreamExecutor) -> None:
             thread.join(BOUND)
     assert _faults.supervisor_idle(BOUND)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def shutdown_in_thread(ex: StreamExecutor) -> tuple[threading.Thread, threading.Event]:
+    """Run ``ex.shutdown(wait=True)`` in a thread; the event is set once it has returned."""
+    returned = threading.Event()
+
+    def shut() -> None:
+        ex.shutdown(wait=True)
+        returned.set()
+
+    waiter = threading.Thread(target=shut, name="stream-test-shutdown")
+    waiter.start()
+    return waiter, returned
 
 
 def interrupted_at(k: int, call: Any, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
