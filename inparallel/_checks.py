@@ -11,10 +11,11 @@ Runs in the caller, before anything forks or starts a thread; nothing here block
 from __future__ import annotations
 
 import os
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = (
     "HEAD_START",
+    "MISSING",
     "bound",
     "count",
     "default_processes",
@@ -95,6 +96,11 @@ def bound(where: str, label: str, value: object) -> float:
             f"{where}: {label} must be at least 1 (math.inf: unbounded), not {value!r}"
         )
     return value
+
+
+#: The default of an argument's other name (an alias, or an old name): "not given" (see
+#: `renamed`). A sentinel, since None may be a value the caller means.
+MISSING: Any = object()
 
 
 def renamed(where: str, label: str, value: T, *, default: T, other: str, given: T, note: str) -> T:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any, Literal, TypeVar
 
-from ._checks import count, default_threads, function, renamed
+from ._checks import MISSING, count, default_threads, function, renamed
 from ._core._interrupts import GiveUp, atomic
 from ._core._options import TaskOptions
 from ._core._spawn import spawn
@@ -46,7 +46,6 @@ from ._streammap import MapIterator, MapState, cut_off
 __all__ = ("StreamExecutor",)
 
 R = TypeVar("R")
-_MISSING: Any = object()
 
 
 class StreamExecutor(Executor):
@@ -273,7 +272,7 @@ class StreamExecutor(Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffer_size: int | None = 10000,
-        buffersize: int | None = _MISSING,
+        buffersize: int | None = MISSING,
     ) -> Iterator[R]:
         """Return an iterator over ``fn(*items)`` for the zipped inputs, without blocking.
 
@@ -301,7 +300,7 @@ class StreamExecutor(Executor):
                 thread could be started; ``__iter__`` of an input raised `StopIteration`.
         """
         where = "StreamExecutor.map()"
-        if buffersize is not _MISSING:
+        if buffersize is not MISSING:
             buffer_size = renamed(
                 where,
                 "buffer_size",

@@ -24,7 +24,7 @@ import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable
 from typing import Any, TypeVar
 
-from .._checks import count, renamed
+from .._checks import MISSING, count, renamed
 from ._base import END as _END
 from ._base import (
     Stream,
@@ -40,7 +40,6 @@ from ._push import Cursor, Shared
 
 __all__ = ("join_aiters",)
 
-_MISSING: Any = object()  # join_aiters(buffer=) not given
 
 T = TypeVar("T")
 
@@ -217,7 +216,7 @@ def join_aiters(
     *,
     max_active: int | None = None,
     buffer_size: int = 0,
-    buffer: Any = _MISSING,
+    buffer: Any = MISSING,
 ) -> Stream[T]:
     """Merge the (async or sync) iterables that ``aiter_of_aiters`` yields, as items come.
 
@@ -240,7 +239,7 @@ def join_aiters(
         ValueError: ``max_active`` < 1 or ``buffer_size`` < 0.
     """
     where = "join_aiters()"
-    if buffer is not _MISSING:
+    if buffer is not MISSING:
         buffer_size = renamed(
             where,
             "buffer_size",
