@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import inspect
+import types  # MethodType, not inspect.ismethod: inspect imports ast, dis and tokenize
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -119,10 +119,10 @@ def unwrap_task(fn: Callable[..., Any]) -> tuple[Callable[..., Any], TaskOptions
     a task is run once, not forked twice, and keeps its options.
     """
     marker = getattr(fn, TASK_OPTIONS, None)
-    wrapper = fn.__func__ if inspect.ismethod(fn) else fn
+    wrapper = fn.__func__ if isinstance(fn, types.MethodType) else fn
     if not (isinstance(marker, tuple) and marker[0] is wrapper):
         return fn, None  # a plain function, or something wrapping a task
     options: TaskOptions = marker[1]
-    if inspect.ismethod(fn):  # a @task method, bound
+    if isinstance(fn, types.MethodType):  # a @task method, bound
         return functools.partial(fn.__func__.__wrapped__, fn.__self__), options  # type: ignore[attr-defined]
     return fn.__wrapped__, options  # type: ignore[attr-defined]

@@ -31,20 +31,28 @@ The rules every tool keeps:
   and when an ``async with`` block is left; when the stream is dropped (a ``break`` out of
   a plain ``async for``) they are cancelled at once, and finish their cleanup in the loop.
 
-Importing inparallel never imports `asyncio`: only this module and ``inparallel._aio`` do, and
-a `TaskFuture` when it is awaited (by then asyncio is loaded anyway).
+Importing inparallel never imports `asyncio`, nor does importing this module: its names come from
+``inparallel._aio``, imported when one of them is first used. A `TaskFuture` imports asyncio
+when it is awaited (by then asyncio is loaded anyway).
 """
 
 from __future__ import annotations
 
-from ._aio._base import Stream
-from ._aio._fork import parallel_map
-from ._aio._gate import gated_aiter, stoppable_aiter
-from ._aio._join import join_aiters
-from ._aio._map import map_aiter, map_filter_aiter
-from ._aio._push import QueueFull, QueueStopped, push_aiter
-from ._aio._shared import Fork, active_aiter, aiter_forker, preload_aiter, sharable_aiter
-from ._aio._transform import aiter_to_iter, azip, flatten_aiter, iter_to_aiter
+import importlib
+
+# Type checkers treat this name as true: they see the real names below (see inparallel's own
+# ``__init__``, which does the same).
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from ._aio._base import Stream
+    from ._aio._fork import parallel_map
+    from ._aio._gate import gated_aiter, stoppable_aiter
+    from ._aio._join import join_aiters
+    from ._aio._map import map_aiter, map_filter_aiter
+    from ._aio._push import QueueFull, QueueStopped, push_aiter
+    from ._aio._shared import Fork, active_aiter, aiter_forker, preload_aiter, sharable_aiter
+    from ._aio._transform import aiter_to_iter, azip, flatten_aiter, iter_to_aiter
 
 __all__ = (
     "Fork",
@@ -67,3 +75,49 @@ __all__ = (
     "sharable_aiter",
     "stoppable_aiter",
 )
+
+# The module that defines each name (the imports above, for the interpreter). They import
+# asyncio, several times the cost of the aio modules themselves: PEP 562 lets them wait.
+_HOMES = {
+    "Fork": "._aio._shared",
+    "QueueFull": "._aio._push",
+    "QueueStopped": "._aio._push",
+    "Stream": "._aio._base",
+    "active_aiter": "._aio._shared",
+    "aiter_forker": "._aio._shared",
+    "aiter_to_iter": "._aio._transform",
+    "azip": "._aio._transform",
+    "flatten_aiter": "._aio._transform",
+    "gated_aiter": "._aio._gate",
+    "iter_to_aiter": "._aio._transform",
+    "join_aiters": "._aio._join",
+    "map_aiter": "._aio._map",
+    "map_filter_aiter": "._aio._map",
+    "parallel_map": "._aio._fork",
+    "preload_aiter": "._aio._shared",
+    "push_aiter": "._aio._push",
+    "sharable_aiter": "._aio._shared",
+    "stoppable_aiter": "._aio._gate",
+}
+
+if not TYPE_CHECKING:
+    # Hidden from type checkers, which would otherwise accept any misspelt name as ``Any``.
+
+    def __getattr__(name: str) -> object:
+        """Import the module that defines ``name``, and keep the name here (once per name).
+
+        Raises:
+            AttributeError: ``name`` is not a name of this module.
+        """
+        try:
+            home = _HOMES[name]
+        except KeyError:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        value = getattr(importlib.import_module(home, __package__), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    """List the module's names, those not imported yet included."""
+    return sorted({*globals(), *__all__})
