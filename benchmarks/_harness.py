@@ -37,6 +37,7 @@ __all__ = (
     "BenchmarkError",
     "Case",
     "Impl",
+    "Limit",
     "MeasurementTimeout",
     "Plan",
     "Row",
@@ -107,6 +108,26 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Limit:
+    """A SPEC target in absolute terms: the median per call must not exceed ``seconds``.
+
+    For what no peer can be a reference for (``import inparallel`` <= 15 ms); "per call" is
+    the plan's ``per`` (a plan of one job: the whole job).
+    """
+
+    seconds: float
+
+    def describe(self) -> str:
+        """Return the target in words, e.g. ``<= 15 ms``."""
+        return f"<= {self.seconds * 1e3:.3g} ms"
+
+    def judge(self, seconds: float) -> str:
+        """Return the target, the verdict and the measured seconds per call, in milliseconds."""
+        verdict = "met" if seconds <= self.seconds else "MISSED"
+        return f"{self.describe()}: {verdict} ({seconds * 1e3:.3g} ms)"
+
+
+@dataclass(frozen=True)
 class Impl:
     """One implementation of a case's work.
 
@@ -117,7 +138,8 @@ class Impl:
             its own timed region.
         requires: Modules that must import, else the row says "skipped" (never a crash).
         note: Shown in the table, e.g. "pool created outside the timing".
-        targets: SPEC targets this implementation is held to.
+        targets: SPEC targets this implementation is held to: ratios to another row's median
+            (`Target`) or absolute limits (`Limit`).
     """
 
     key: str
@@ -125,7 +147,7 @@ class Impl:
     run: Callable[[], float | None]
     requires: tuple[str, ...] = ()
     note: str = ""
-    targets: tuple[Target, ...] = ()
+    targets: tuple[Target | Limit, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -349,6 +371,9 @@ def _rows(case: Case, plan: Plan, results: list[_Result]) -> list[Row]:
                 row.ratio = f"{median / floor:.2f}x"
             verdicts = []
             for target in impl.targets:
+                if isinstance(target, Limit):
+                    verdicts.append(target.judge(median / plan.per))
+                    continue
                 ref = medians.get(target.ref)
                 verdicts.append(
                     target.judge(median / ref)
