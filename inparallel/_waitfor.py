@@ -3,7 +3,8 @@
 Pure logic over `concurrent.futures.Future` objects (ours, an executor's, or hand-made): no fork,
 no thread, no polling. Each future seen in the list gets one done-callback that appends it to a
 completion queue and notifies a `threading.Condition`; the generator sleeps on that condition
-whenever it has nothing to yield and nothing to ask for::
+whenever it has nothing to yield and nothing to ask for (for tasks, while no supervisor thread
+runs, it watches their children itself instead: see `_Waiter`)::
 
     supervisor / executor thread            iterating thread
     ----------------------------            ----------------
@@ -12,8 +13,8 @@ whenever it has nothing to yield and nothing to ask for::
                                               len(in_flight) < concurrency_factor: yield None
                                               otherwise: register new entries, wait
 
-The callback stays tiny (append + notify under a lock) because for a `TaskFuture` it runs on the
-library's supervisor thread, which serves every child in flight.
+The callback stays tiny (append + notify under a lock) because for a `TaskFuture` it runs in the
+supervisor's role, which serves every child in flight.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar, overload
 
 from inparallel._checks import count
+from inparallel._core._future import Driver, TaskFuture
 from inparallel._progress import Progress, open_progress
 
 __all__ = ("waitfor",)
@@ -39,9 +41,14 @@ class _Waiter:
     Done-callbacks (any thread) push; the iterating thread pops and waits. Once closed, late
     callbacks from futures that finish after the generator ended are dropped, so nothing of a
     finished iteration can leak into a later one.
+
+    While it waits for tasks, the iterating thread watches their children itself when no
+    supervisor thread does (`TaskFuture`'s driver): their callbacks then run right here, and
+    on 3.12+ the loop's next fork has no thread to stop first. A callback from another thread
+    (a future of an executor in the same list) wakes it.
     """
 
-    __slots__ = ("_closed", "_cond", "_done")
+    __slots__ = ("_closed", "_cond", "_done", "_driver", "_driving")
 
     def __init__(self) -> None:
         # An RLock-based condition: cancel() on a pending future runs its callbacks in the
@@ -49,6 +56,16 @@ class _Waiter:
         self._cond = threading.Condition()
         self._done: deque[Future[Any]] = deque()
         self._closed = False
+        self._driver: Driver | None = None  # who finishes the tasks among the futures
+        self._driving: int | None = None  # the thread that drives it now, if any
+
+    def watch(self, future: Future[Any]) -> None:
+        """Call `on_done` when ``future`` finishes (at once if it has)."""
+        if isinstance(future, TaskFuture):
+            self._driver = future._driver  # one per process: every task shares it
+            future._add_driven_callback(self.on_done)
+        else:
+            future.add_done_callback(self.on_done)
 
     def on_done(self, future: Future[Any]) -> None:
         """Queue a finished future and wake the generator (runs on the completing thread)."""
@@ -56,6 +73,9 @@ class _Waiter:
             if not self._closed:
                 self._done.append(future)
                 self._cond.notify()
+            driving = self._driving
+        if self._driver is not None and driving not in (None, threading.get_ident()):
+            self._driver.wake()
 
     def pop(self) -> Future[Any] | None:
         """Return the oldest finished future not yet taken, or None; never blocks."""
@@ -65,8 +85,24 @@ class _Waiter:
     def wait(self) -> None:
         """Block until a finished future is queued (interruptible by a signal such as Ctrl-C)."""
         with self._cond:
-            while not self._done and not self._closed:
-                self._cond.wait()
+            if self._done or self._closed:
+                return
+            driver = self._driver
+            self._driving = threading.get_ident()
+        try:
+            driven = driver is not None and driver.drive(self._ready, None)
+        finally:
+            with self._cond:
+                self._driving = None
+        if not driven:
+            if driver is not None:
+                driver.watch()  # a thread finishes the tasks while we sleep
+            with self._cond:
+                while not self._done and not self._closed:
+                    self._cond.wait()
+
+    def _ready(self) -> bool:
+        return bool(self._done) or self._closed
 
     def close(self) -> None:
         """Drop queued futures and ignore every later callback."""
@@ -231,7 +267,7 @@ def _iterate(
             watched[id(item)] = item
             count += 1
             # Runs on_done right here if the future is already done.
-            item.add_done_callback(waiter.on_done)
+            waiter.watch(item)
         bar.add_total(count)
         return count
 

@@ -1085,6 +1085,17 @@ def run_example(name: str, timeout: float = PATIENCE, *, as_module: bool = False
 # -- the supervisor thread, seen from the tests ----------------------------------------------------
 
 
+def watched(future: Any) -> Any:
+    """Give ``future`` a no-op done-callback, so that the supervisor *thread* watches its child.
+
+    A caller blocked in ``result()`` watches its own children while no thread does; something
+    that waits without calling it (a callback, ``concurrent.futures.wait``) starts the thread.
+    Tests of what happens in the background (a transfer drained while nobody waits) use this.
+    """
+    future.add_done_callback(lambda _: None)
+    return future
+
+
 def supervisor_idle(timeout: float = BOUND) -> bool:
     """Wait up to ``timeout`` seconds for the supervisor thread to exit; True if none runs."""
     from inparallel._core import _supervisor

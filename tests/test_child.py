@@ -320,7 +320,7 @@ def test_a12_killed_while_streaming_a_large_result(beacon: _faults.Beacon, track
         return text
 
     baseline = _faults.bytes_read()
-    fut = big_text()
+    fut = _faults.watched(big_text())  # the thread drains the pipe meanwhile
     tracked.append(fut)
     beacon.receive(1, timeout=PATIENCE)
     try:

@@ -188,7 +188,7 @@ def test_a_supervisor_thread_that_cannot_start_leaves_nothing_registered(
 
     from inparallel._core import _supervisor
 
-    @task
+    @task(timeout=PATIENCE)  # its deadline holds whether anyone waits or not: a thread
     def one() -> int:
         return 1
 

@@ -564,6 +564,8 @@ def test_one_supervisor_for_many_children(gate, started):
     threads0 = set(os.listdir("/proc/self/task"))
     futs = [blocked(i) for i in range(20)]
     started.receive(20)
+    assert set(os.listdir("/proc/self/task")) == threads0  # nothing waits yet: no thread
+    _faults.watched(futs[0])  # one callback: one thread watches every child
     sup = supervisor_thread()
     named = [t for t in threading.enumerate() if t.name == _supervisor.THREAD_NAME]
     assert len(named) == 1, named

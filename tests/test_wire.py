@@ -677,7 +677,7 @@ def test_c2_big_transfer_does_not_starve_small_tasks(beacon: _faults.Beacon, tra
         return i
 
     baseline = _faults.bytes_read()
-    slow = big()
+    slow = _faults.watched(big())  # the thread drains the pipe meanwhile
     tracked.append(slow)
     beacon.receive(1, timeout=PATIENCE)
     latencies = []
@@ -772,7 +772,7 @@ def test_c4_waiting_costs_no_cpu(gate: _faults.Gate, tracked: list) -> None:
         gate.wait(PATIENCE)
         return "done"
 
-    fut = idle()
+    fut = _faults.watched(idle())  # the thread waits for it, not a caller
     tracked.append(fut)
     tid = _faults.supervisor_native_id()
     assert tid is not None

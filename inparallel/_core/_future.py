@@ -21,10 +21,10 @@ that reads the stdlib's state names (``concurrent.futures._base``, stable since 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
@@ -36,14 +36,14 @@ from concurrent.futures._base import (  # the stdlib's state names; stable since
     PENDING,
     RUNNING,
 )
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from ._errors import InheritedFutureError, InParallelError, stray_stop
 
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ("LocalFuture", "Rusage", "TaskFuture", "to_asyncio")
+__all__ = ("Driver", "LocalFuture", "Rusage", "TaskFuture", "to_asyncio")
 
 R = TypeVar("R")
 
@@ -60,6 +60,19 @@ class Rusage(NamedTuple):
     maxrss: int
     utime: float
     stime: float
+
+
+class Driver(Protocol):
+    """Who finishes a task's future: the supervisor (see ``_supervisor``)."""
+
+    def drive(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        """Watch the children from this thread until ``done()``; False if someone else does."""
+
+    def watch(self) -> None:
+        """Have a thread watch the children, for what waits without driving."""
+
+    def wake(self) -> None:
+        """Wake whoever watches the children now."""
 
 
 class LocalFuture(Future[R]):
@@ -125,7 +138,11 @@ class LocalFuture(Future[R]):
                 fork (``fn`` would never be called).
         """
         self._refuse_inherited()  # not _refuse_wait: registering from a callback is fine
+        self._watched()
         super().add_done_callback(fn)
+
+    def _watched(self) -> None:
+        """Called when something will wait for this future without calling ``result()``."""
 
     def cancel(self) -> bool:
         """Cancel the future if it has not started; see `concurrent.futures.Future.cancel`.
@@ -198,6 +215,7 @@ class _Waiters(list[Any]):
         future = self.future()
         if future is not None:
             future._refuse_inherited()
+            future._watched()
         super().append(waiter)
 
 
@@ -259,16 +277,21 @@ class TaskFuture(LocalFuture[R]):
             `cancel`, which resolves the future at once.
         rusage: A `Rusage` once the child has been reaped, else None.
 
-    Done-callbacks run on the supervisor thread: keep them short, and do not block in them on
-    another task (`result` raises `InParallelError` there instead of deadlocking). A forked
+    Done-callbacks run on the supervisor thread (adding one starts it): keep them short, and
+    do not block in them on another task (`result` raises `InParallelError` there instead of
+    deadlocking). ``result()``, ``exception()`` and ``done()`` look at the child from the
+    calling thread while no supervisor thread runs, so a call waited for at once starts none. A forked
     child's copy of an unfinished task refuses to be waited for (`LocalFuture`): pass a child
     the task's value, not its future.
     """
 
-    def __init__(self, pid: int, name: str, send_signal: Callable[[int], bool]) -> None:
+    def __init__(
+        self, pid: int, name: str, send_signal: Callable[[int], bool], driver: Driver
+    ) -> None:
         super().__init__()
         self._state = RUNNING
         self._send_signal = send_signal
+        self._driver = driver
         self.pid = pid
         self.name = name
         self.exitcode: int | None = None
@@ -289,7 +312,10 @@ class TaskFuture(LocalFuture[R]):
         A fatal signal makes the future fail with `WorkerDied`, unless the child had already
         delivered its result. Never blocks.
         """
-        return self._send_signal(sig)
+        sent = self._send_signal(sig)
+        if sent:
+            self._driver.watch()  # its death is reported whether anyone waits or not
+        return sent
 
     def cancel(self) -> bool:
         """Cancel the task, killing its child if it is running.
@@ -302,9 +328,11 @@ class TaskFuture(LocalFuture[R]):
             False if the future had already finished, or if this is a forked child's copy
             of it (see `LocalFuture`); True otherwise.
         """
-        return self._cancel(
-            lambda state: True, functools.partial(self._send_signal, signal.SIGKILL)
-        )
+        return self._cancel(lambda state: True, self._stop)
+
+    def _stop(self) -> None:
+        if self._send_signal(signal.SIGKILL):
+            self._driver.watch()  # the child is reaped whether anyone waits or not
 
     def result(self, timeout: float | None = None) -> R:
         """Return the task's value, waiting up to ``timeout`` seconds (None: for ever).
@@ -317,15 +345,48 @@ class TaskFuture(LocalFuture[R]):
             `InheritedFutureError` in a forked child, for a copy of a task that had not
             finished at the fork (pass the value to the child, not the future).
         """
+        if self._state in _UNFINISHED:
+            self._refuse_wait()
+            timeout = self._drive(timeout)
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Return the task's exception (None if it succeeded), waiting like `result`."""
+        if self._state in _UNFINISHED:
+            self._refuse_wait()
+            timeout = self._drive(timeout)
         return super().exception(timeout)
+
+    def done(self) -> bool:
+        """Return whether the task has finished (looking at its child first, without waiting)."""
+        if self._state in _UNFINISHED and not self._inherited():
+            self._driver.drive(self._finished, 0.0)
+        return super().done()
+
+    def _finished(self) -> bool:
+        return self._state not in _UNFINISHED
+
+    def _drive(self, timeout: float | None) -> float | None:
+        # The waiting thread watches the children itself while no thread does; when it cannot
+        # (a thread or another caller does), it makes sure a thread does, and waits as usual.
+        # Returns what is left of ``timeout``.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._driver.drive(self._finished, timeout) and not self._finished():
+            self._driver.watch()
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _watched(self) -> None:
+        if self._state in _UNFINISHED:
+            self._driver.watch()
+
+    def _add_driven_callback(self, fn: Callable[[Future[R]], object]) -> None:
+        """`add_done_callback` for a caller that will `drive` until the future is done."""
+        self._refuse_inherited()
+        Future.add_done_callback(self, fn)
 
     def _refuse_wait(self) -> None:
         super()._refuse_wait()
-        if getattr(on_supervisor, "active", False) and not self.done():
+        if getattr(on_supervisor, "active", False) and not self._finished():
             raise InParallelError(
                 f"{self!r} is not finished, and waiting for it here would deadlock: done-callbacks"
                 " run on inparallel's supervisor thread, which is the thread that would finish it."

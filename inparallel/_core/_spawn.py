@@ -165,7 +165,7 @@ def _spawn_held(
                 supervisor.fds.add(pidfd)
             child = Child(pid, pidfd, rfd, options, begun)
             future: TaskFuture[R] = TaskFuture(
-                pid, name, functools.partial(supervisor.send_signal, child)
+                pid, name, functools.partial(supervisor.send_signal, child), supervisor
             )
             child.future = future
             supervisor.add(child)  # the last step: once it returns, the supervisor owns it all

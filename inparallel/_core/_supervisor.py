@@ -12,7 +12,7 @@ Data flow::
     fut.result() <-------------------------------------------------- future._resolve()
                                                                       (done-callbacks run here)
 
-The thread blocks in one `selectors` call on: each child's result pipe, each child's pidfd,
+The loop blocks in one `selectors` call on: each child's result pipe, each child's pidfd,
 and a wakeup pipe; its timeout is the nearest deadline. It never polls (except on systems
 without pidfds, where exits are checked every `EXIT_POLL` seconds), never calls
 ``waitpid(-1)`` and installs no SIGCHLD handler, so children the user starts keep their exit
@@ -22,9 +22,20 @@ A future resolves once both its frame has arrived and its child has been reaped,
 ``exitcode`` and ``rusage`` are final when ``result()`` returns. A child that lingers after
 delivering is SIGKILLed after `LINGER_GRACE`; its result still wins.
 
-The thread starts with the first child and exits when none is left. `Supervisor.park` stops
-it so that a fork can run single-threaded (see ``_spawn`` for why). How it is started and
-waited for is ``_thread``'s business.
+**Who runs the loop.** The loop above runs on one thread at a time, whichever holds the
+*role* lock. A caller about to block on its own tasks (``result()``, ``exception()``,
+``done()``, `waitfor`) runs it itself while no supervisor thread does (`Supervisor.drive`):
+a sequential call or a ``waitfor`` loop then starts no thread at all, so each fork copies a
+single-threaded process and, on 3.12+, has no thread to park. The thread starts only for
+what waits without driving (`Supervisor.watch`): a done-callback, `concurrent.futures.wait`,
+an ``await``, a timeout that must hold whoever waits, a cancelled or killed child that must be
+reaped. A caller driving the loop then hands the role over at its next wake-up. Children that
+nobody waits for meanwhile lose nothing: their results wait in their pipes, their exits in
+their pidfds, until someone looks.
+
+The thread exits when no child is left. `Supervisor.park` stops it so that a fork can run
+single-threaded (see ``_spawn`` for why). How it is started and waited for is ``_thread``'s
+business.
 """
 
 from __future__ import annotations
@@ -37,10 +48,11 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _future
+from . import _future, _interrupts
 from ._deadlines import Deadlines
 from ._errors import RemoteError
 from ._future import Rusage
@@ -80,6 +92,9 @@ class Supervisor:
         self._selector: selectors.BaseSelector | None = None
         self._wake_r = self._wake_w = -1
         self._running = False  # a thread is in (or about to enter) its loop
+        self._want_thread = False  # something waits without driving (see `watch`)
+        # Held by whoever runs the loop: the thread, or a caller waiting in `drive`.
+        self._role = threading.Lock()
         self.thread = BareThread(THREAD_NAME)
         self._stop = False
         self._direct = False  # whether other threads may register fds themselves (epoll)
@@ -127,6 +142,8 @@ class Supervisor:
             self._children[child.pid] = child
             self.counts["spawned"] += 1
             self._stop = False  # a park that timed out is called off: the thread carries on
+            if child.options.timeout is not None:
+                self._want_thread = True  # the deadline holds whether anyone waits or not
             if self._running:
                 if self._direct and child.options.timeout is None and child.pidfd is not None:
                     # epoll may be told about new fds while another thread waits on it, and
@@ -138,6 +155,8 @@ class Supervisor:
                     self._wake()
                 return
             self._pending.append(child)
+            if not self._want_thread:
+                return  # whoever waits for it watches it (see `drive`)
             try:
                 self._start()
             except BaseException:  # no thread (interpreter shutdown): the caller abandons it
@@ -156,6 +175,92 @@ class Supervisor:
         except BaseException:
             self._running = False
             raise
+        self._wake()  # a caller driving the loop hands it over (see `drive`)
+
+    def watch(self) -> None:
+        """Have the thread watch the children from now on, until none is left.
+
+        For what waits without driving the loop itself (see `drive`): a done-callback,
+        `concurrent.futures.wait`, a cancelled or killed child that must still be reaped.
+
+        Raises:
+            RuntimeError: No thread could be started (interpreter shutdown).
+        """
+        with self._lock:
+            self._want_thread = True
+            if self._children and not self._running:
+                self._start()
+
+    def wake(self) -> None:
+        """Wake whoever runs the loop now, so that it checks what it is waiting for."""
+        with self._lock:
+            if self._wake_w >= 0:
+                self._wake()
+
+    def drive(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        """Run the loop in the calling thread until ``done()`` is true or ``timeout`` passes.
+
+        A caller about to block on its own children watches them itself while no thread
+        does: nothing runs on another thread, and on 3.12+ the next fork has no thread to
+        park. Results are unpickled and done-callbacks run here, in the supervisor's role
+        (`_future.on_supervisor`), with Ctrl-C held; a Ctrl-C while the loop waits raises
+        `KeyboardInterrupt` with nothing half done. Blocks until one of the returns below.
+
+        Returns:
+            True when ``done()`` is true, ``timeout`` passed or no child is left; False, at
+            once or later, when a thread runs the loop or another caller drives it: the
+            caller then waits as usual (after `watch`, if it is not sure a thread runs).
+        """
+        held = _interrupts.should_hold()
+        previous = getattr(_future.on_supervisor, "active", False)
+        driving = False
+        try:
+            if held:
+                _interrupts.hold()
+            driving = self._role.acquire(blocking=False)
+            if not driving:
+                return False
+            _future.on_supervisor.active = True
+            return self._drive(done, timeout, held)
+        finally:
+            try:
+                if held:
+                    _interrupts.hold()  # again, if the interrupt came while the loop waited
+                if driving:
+                    with self._lock:
+                        if not (self._children or self._running) and self._selector is not None:
+                            self._close()  # an idle process holds no library fd
+            finally:
+                if driving:
+                    _future.on_supervisor.active = previous
+                    self._role.release()
+                if held:
+                    _interrupts.release()
+
+    def _drive(self, done: Callable[[], bool], timeout: float | None, held: bool) -> bool:
+        # The loop of `drive`, with Ctrl-C held (``held``) except while it waits.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done():
+            with self._lock:
+                selector = self._selector
+                if self._running or selector is None:
+                    return selector is None
+                self._register_pending(selector)
+                if not self._children:
+                    return True
+                wait = self._timeout()
+                if deadline is not None:
+                    left = max(0.0, deadline - time.monotonic())
+                    wait = left if wait is None else min(wait, left)
+            if held:
+                _interrupts.release()  # a Ctrl-C now, or while waiting, finds nothing half done
+            events = selector.select(wait)  # level-triggered: what an interrupt skips stays
+            if held:
+                _interrupts.hold()
+            self._handle(events)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        return True
 
     def park(self, timeout: float) -> bool:
         """Stop the thread and wait up to ``timeout`` seconds for it to end.
@@ -172,10 +277,10 @@ class Supervisor:
         return self.thread.wait_ended(timeout)
 
     def resume(self) -> None:
-        """Call off a park when no fork followed it: restart the thread if children remain."""
+        """Call off a park when no fork followed it: restart a wanted thread if children remain."""
         with self._lock:
             self._stop = False
-            if self._children and not self._running:
+            if self._want_thread and self._children and not self._running:
                 self._start()
 
     def idle(self) -> bool:
@@ -215,33 +320,39 @@ class Supervisor:
     def _main(self) -> None:
         _future.on_supervisor.active = True
         try:
-            self._run()
+            with self._role:  # a caller driving the loop hands it over at its next wake-up
+                self._run()
         except BaseException as exc:  # a bug of ours: say so, and let the next add restart us
             _emergency(f"inparallel: the supervisor thread failed: {exc!r}")
             with self._lock:
                 self._running = False
 
     def _run(self) -> None:
-        selector = self._selector
-        assert selector is not None
         while True:
             with self._lock:
-                self._register_pending(selector)
-                if self._stop or not self._children:
+                selector = self._selector
+                if selector is not None:
+                    self._register_pending(selector)
+                if self._stop or not self._children or selector is None:
                     if not self._children:
-                        self._close()
+                        if selector is not None:
+                            self._close()
+                        self._want_thread = False
                     self._running = self._stop = False
                     return
                 timeout = self._timeout()
-            for key, _ in selector.select(timeout):
-                self._guarded(key.data)
-            try:
-                self._expire()
-            except BaseException as exc:  # the supervisor must never die
-                _emergency(f"inparallel: supervisor error while enforcing deadlines: {exc!r}")
-            if self._polled:
-                for child in list(self._polled):
-                    self._guarded((child, False))
+            self._handle(selector.select(timeout))
+
+    def _handle(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        for key, _ in events:
+            self._guarded(key.data)
+        try:
+            self._expire()
+        except BaseException as exc:  # the supervisor must never die
+            _emergency(f"inparallel: supervisor error while enforcing deadlines: {exc!r}")
+        if self._polled:
+            for child in list(self._polled):
+                self._guarded((child, False))
 
     def _register_pending(self, selector: selectors.BaseSelector) -> None:
         # Children added while the thread was not waiting (or was not running).
@@ -418,6 +529,7 @@ class Supervisor:
         the lock new) so that their ``kill()``/``cancel()`` never signal a reused fd number.
         """
         self._lock = threading.Lock()
+        self._role = threading.Lock()
         for child in self._children.values():
             child.reaped, child.pidfd = True, None
         for fd in list(self.fds):

@@ -1,0 +1,260 @@
+"""A caller waiting for its own tasks watches their children itself while no thread does.
+
+``result()``, ``exception()``, ``done()`` and `waitfor` run the supervisor's loop in the
+calling thread; the supervisor thread starts only for what waits without them (a done-callback,
+`concurrent.futures.wait`, a timeout, a cancelled or killed child), and a caller driving the
+loop hands it over to that thread. These tests pin both halves: no thread where none is needed,
+and never a future left unfinished because nobody watches it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import _faults
+import conftest
+import pytest
+from _faults import InterruptAt, child_pids
+from _timing import BOUND, PATIENCE
+
+from inparallel import TaskFuture, WorkerDied, task, waitfor
+from inparallel._core import _supervisor, _thread
+
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@pytest.fixture
+def thread_starts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Names of the supervisor threads started during the test (after earlier ones ended)."""
+    assert _faults.supervisor_idle(BOUND)
+    started: list[str] = []
+    original = _thread.BareThread.start
+
+    def counting(self: _thread.BareThread, target: Any) -> None:
+        started.append(self.name)
+        original(self, target)
+
+    monkeypatch.setattr(_thread.BareThread, "start", counting)
+    yield started
+
+
+def test_sequential_calls_start_no_thread(thread_starts: list[str]) -> None:
+    for i in range(20):
+        assert double(i).result(timeout=BOUND) == 2 * i
+    futures = [double(i) for i in range(5)]
+    assert [f.exception(timeout=BOUND) for f in futures] == [None] * 5
+    assert [f.result() for f in futures] == [0, 2, 4, 6, 8]
+    assert thread_starts == []
+    assert _supervisor.statistics().supervisor_alive is False
+
+
+def test_waitfor_watches_its_tasks_without_a_thread(thread_starts: list[str]) -> None:
+    todo = list(range(30))
+    in_flight: list[TaskFuture[int]] = []
+    got = []
+    for fut in waitfor(in_flight, concurrency_factor=2):
+        if fut is None:
+            if todo:
+                in_flight.append(double(todo.pop()))
+        else:
+            got.append(fut.result())
+    assert sorted(got) == [2 * i for i in range(30)]
+    assert thread_starts == []
+
+
+def test_done_polls_the_child_without_a_thread(thread_starts: list[str]) -> None:
+    fut = double(21)
+    with _faults.deadline(BOUND, "polling done()"):
+        while not fut.done():
+            pass
+    assert fut.result() == 42
+    assert fut.exitcode == 0
+    assert thread_starts == []
+
+
+def test_a_waiter_that_does_not_drive_starts_the_thread(
+    thread_starts: list[str], gate: _faults.Gate, tracked: list[Any]
+) -> None:
+    @task
+    def held(x: int) -> int:
+        gate.wait(PATIENCE)
+        return x
+
+    called = []
+    fut = held(1)
+    tracked.append(fut)
+    assert thread_starts == []
+    fut.add_done_callback(lambda f: called.append(threading.current_thread().name))
+    assert thread_starts == [_supervisor.THREAD_NAME]
+    gate.release()
+    done, _ = cf.wait([fut], timeout=BOUND)  # a waiter of its own: the thread finishes it
+    assert done == {fut}
+    assert called == [_supervisor.THREAD_NAME]
+    assert _faults.supervisor_idle(BOUND)
+
+
+def test_a_caller_driving_hands_over_to_the_thread(
+    gate: _faults.Gate, beacon: _faults.Beacon, tracked: list[Any]
+) -> None:
+    @task
+    def held(x: int) -> int:
+        beacon.send()
+        gate.wait(PATIENCE)
+        return x
+
+    first, second = held(1), held(2)
+    tracked += [first, second]
+    beacon.receive(2)
+    called = threading.Event()
+    outcome: list[int] = []
+
+    def other_thread() -> None:
+        # The main thread is blocked in first.result(), watching both children itself.
+        assert _faults.wait_until(lambda: _supervisor.get()._role.locked(), BOUND)
+        second.add_done_callback(lambda f: called.set())  # starts the thread: it takes over
+        assert _faults.supervisor_native_id(BOUND) is not None
+        gate.release(2)
+        outcome.append(second.result(timeout=BOUND))
+
+    helper = threading.Thread(target=other_thread)
+    helper.start()
+    try:
+        assert first.result(timeout=BOUND) == 1
+    finally:
+        helper.join(BOUND)
+    assert outcome == [2]
+    assert called.wait(BOUND)
+
+
+def test_two_threads_waiting_on_their_own_tasks(
+    gate: _faults.Gate, beacon: _faults.Beacon, tracked: list[Any]
+) -> None:
+    @task
+    def held(x: int) -> int:
+        beacon.send()
+        gate.wait(PATIENCE)
+        return x
+
+    futures = [held(i) for i in range(2)]
+    tracked += futures
+    beacon.receive(2)
+    results: dict[int, int] = {}
+    waiting = threading.Barrier(3)
+
+    def wait_for(i: int) -> None:
+        waiting.wait(BOUND)
+        results[i] = futures[i].result(timeout=BOUND)
+
+    threads = [threading.Thread(target=wait_for, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    waiting.wait(BOUND)
+    gate.release(2)
+    assert _faults.join_all(threads) == []
+    assert results == {0: 0, 1: 1}
+
+
+def test_cancel_and_kill_reap_with_nobody_waiting(
+    gate: _faults.Gate, beacon: _faults.Beacon, thread_starts: list[str]
+) -> None:
+    @task
+    def held() -> None:
+        beacon.send()
+        gate.wait(PATIENCE)
+
+    cancelled, killed = held(), held()
+    beacon.receive(2)
+    pids = {cancelled.pid, killed.pid}
+    assert cancelled.cancel()
+    assert killed.kill()
+    # Nobody waits, yet both children are reaped and the killed one's future finishes.
+    assert _faults.wait_until(lambda: not (pids & child_pids()), BOUND)
+    assert _faults.wait_until(lambda: killed._state == "FINISHED", BOUND)
+    assert isinstance(killed.exception(), WorkerDied)
+    assert thread_starts == [_supervisor.THREAD_NAME]
+    assert _faults.supervisor_idle(BOUND)
+
+
+def test_a_timeout_holds_with_nobody_waiting(gate: _faults.Gate) -> None:
+    @task(timeout=0.2)
+    def hangs() -> None:
+        gate.wait(PATIENCE)
+
+    fut = hangs()
+    pid = fut.pid
+    # The deadline is enforced by the thread: the child dies though nobody waits for it.
+    assert _faults.wait_until(lambda: pid not in child_pids(), BOUND)
+    assert fut.exception(timeout=BOUND).__class__.__name__ == "TaskTimeout"
+
+
+def test_ctrl_c_at_every_check_point_of_a_wait_loses_nothing(sigint_default: None) -> None:
+    double(0).result(timeout=BOUND)  # warm up
+    with InterruptAt(-1) as tracer:
+        assert double(1).result(timeout=BOUND) == 2
+    total = tracer.seen
+    assert total > 10  # the tracer sees the loop's own code
+    interrupted = 0
+    for k in range(2 * total):
+        fds0 = conftest.open_fds()
+        fut = double(k)
+        raised = False
+        try:
+            with InterruptAt(k) as tracer:
+                fut.result(timeout=BOUND)
+        except KeyboardInterrupt:
+            raised = True
+        assert raised == tracer.fired, f"the interrupt at check point {k} was lost"
+        interrupted += raised
+        # Interrupted or not, the outcome is there for the next wait, and nothing leaks.
+        assert fut.result(timeout=BOUND) == 2 * k
+        assert fut.pid not in child_pids()
+        assert _faults.wait_until(lambda: conftest.open_fds() <= fds0, BOUND)
+        assert not _supervisor.get()._role.locked()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        if not tracer.fired:
+            break
+    assert interrupted > 0
+
+
+def test_a_callback_run_by_a_driving_caller_cannot_block_on_another_task(
+    gate: _faults.Gate, tracked: list[Any]
+) -> None:
+    @task
+    def held() -> int:
+        gate.wait(PATIENCE)
+        return 1
+
+    blocked = held()
+    tracked.append(blocked)
+    errors: list[BaseException] = []
+
+    def on_done(done: Any) -> None:
+        try:
+            blocked.result()
+        except BaseException as exc:  # the callback runs in the supervisor's role
+            errors.append(exc)
+
+    fut = double(3)
+    in_flight = [fut]
+    fut._add_driven_callback(on_done)  # as waitfor's own callback: run by the caller
+    for got in waitfor(in_flight):
+        assert got.result() == 6
+    assert len(errors) == 1 and "would deadlock" in str(errors[0])
+    gate.release()
+    assert blocked.result(timeout=BOUND) == 1
+
+
+def test_forked_children_do_not_inherit_the_drive_role() -> None:
+    @task
+    def nested() -> int:
+        return double(5).result(timeout=BOUND) + os.getpid() * 0
+
+    assert nested().result(timeout=BOUND) == 10
