@@ -1,4 +1,4 @@
-"""Iteration-tool cases of SPEC section 6: maps over tiny items, bounded memory, first result.
+"""Map cases of SPEC section 6: tiny items, bounded memory, first result, result types.
 
 Every pool here has 2 workers (the machine the targets were set on has 2 cores), and every pool
 is started and stopped inside the timing, a fresh one per run: ``process_map`` forks its
@@ -25,6 +25,10 @@ exception is the row labelled "warm", which shows ``Pool.imap`` without its star
 ``map-big-results``
     16 calls each returning 20 MB of ``bytes``, each result verified (length, one byte per
     page) as it arrives and then dropped.
+``map-results-<type>``
+    300,000 results of one type each (ints, floats, str, tuples, lists, dicts, small numpy
+    arrays, dataclasses), against ``Pool.map`` at the best chunksize picked in the set-up as
+    for ``Pool.imap`` above; described in ``benchmarks/README.rst``.
 
 The floor: for a list, `benchmarks._floor.run_all` with one child per worker, each computing
 a contiguous share read from its inherited copy; for streamed inputs, `hand_pool` (below), two
@@ -47,6 +51,7 @@ why. The items pulled are read from the ``count()`` itself, warm-up round includ
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import functools
 import importlib
 import itertools
@@ -109,6 +114,49 @@ def inc_slice(items: Sequence[int], start: int, stop: int) -> list[int]:
 def make_bytes(k: int, n: int) -> bytes:
     """Return *n* bytes of value ``65 + k % 26``."""
     return bytes([65 + k % 26]) * n
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Point:
+    """A small dataclass result (`as_point`)."""
+
+    x: int
+    y: float
+
+
+def as_float(x: int) -> float:
+    """Return ``x / 2``."""
+    return x / 2
+
+
+def as_tuple(x: int) -> tuple[int, int]:
+    """Return ``(x, x)``."""
+    return (x, x)
+
+
+def as_list(x: int) -> list[int]:
+    """Return ``[x]``."""
+    return [x]
+
+
+def as_dict(x: int) -> dict[str, int]:
+    """Return ``{"k": x}``."""
+    return {"k": x}
+
+
+def as_array(x: int) -> Any:
+    """Return a 4-element ``numpy.int64`` array of *x* (numpy is imported by the case)."""
+    return sys.modules["numpy"].full(4, x)
+
+
+def as_point(x: int) -> Point:
+    """Return ``Point(x, x / 2)``."""
+    return Point(x, x / 2)
+
+
+def apply_range(fn: Callable[[int], Any], start: int, stop: int) -> list[Any]:
+    """Return ``[fn(x) for x in range(start, stop)]`` (the floor's share of a map)."""
+    return [fn(x) for x in range(start, stop)]
 
 
 # -- the hand-written pool: the floor for streamed inputs --------------------------------------
@@ -250,17 +298,22 @@ def _joblib(items: Iterable[int]) -> list[int]:
 
 def _best_chunksize(source: Callable[[], Iterable[int]], n: int, reps: int) -> tuple[int, str]:
     """Time `_imap` for each candidate chunksize; return the best and the figures in words."""
+    return _fastest("Pool.imap", lambda cs: _imap(source(), cs), n, reps)
+
+
+def _fastest(what: str, run: Callable[[int], object], n: int, reps: int) -> tuple[int, str]:
+    """Time ``run(chunksize)`` for `CHUNKSIZES` and ``n // 8``; return the best, and in words."""
     times: dict[int, list[float]] = {cs: [] for cs in sorted({*CHUNKSIZES, max(1, n // 8)})}
     for _ in range(reps):
         for cs, got in times.items():
             with Stopwatch() as sw:
-                _imap(source(), cs)
+                run(cs)
             got.append(sw.elapsed)
     medians = {cs: statistics.median(t) for cs, t in times.items()}
     best = min(medians, key=medians.__getitem__)
     figures = ", ".join(f"{cs}: {m * 1e3:.0f} ms" for cs, m in medians.items())
-    log(f"Pool.imap chunksize {best} ({figures})")
-    return best, f"Pool.imap chunksize {best}, picked in set-up from {figures} (medians of {reps})"
+    log(f"{what} chunksize {best} ({figures})")
+    return best, f"{what} chunksize {best}, picked in set-up from {figures} (medians of {reps})"
 
 
 class SideTable:
@@ -681,6 +734,66 @@ def _big_results(s: Settings) -> Plan:
     return Plan(impls, detail=f"{count} x {n // 1_000_000} MB bytes, verified as they arrive")
 
 
+# -- 6: result types --------------------------------------------------------------------------
+
+#: map-results-*: the function giving each result type (at module level: pools pickle it).
+RESULT_TYPES: dict[str, Callable[[int], Any]] = {
+    "int": inc,
+    "float": as_float,
+    "str": str,
+    "tuple": as_tuple,
+    "list": as_list,
+    "dict": as_dict,
+    "numpy": as_array,
+    "dataclass": as_point,
+}
+
+
+def _results(s: Settings, *, kind: str) -> Plan:
+    fn = RESULT_TYPES[kind]
+    n = s.pick(100_000, 20_000) if kind == "numpy" else s.pick(300_000, 50_000)
+    same: Callable[[Any], Any] = (lambda a: a.tolist()) if kind == "numpy" else (lambda v: v)
+    if kind == "numpy":
+        try:
+            _peer("numpy")  # in the parent before any pool forks, as in a program using it
+        except ImportError:
+            return Plan([Impl(IP, "inparallel process_map", lambda: None, requires=("numpy",))])
+    expected = [same(fn(x)) for x in range(n)]
+
+    def timed(key: str, label: str, produce: Callable[[], Iterable[Any]], **kw: Any) -> Impl:
+        def run() -> float:
+            with Stopwatch() as sw:
+                got = list(produce())
+            check(list(map(same, got)) == expected, f"{key}: wrong results")
+            return sw.elapsed
+
+        return Impl(key, label, run, **kw)
+
+    def pool_map(chunksize: int) -> list[Any]:
+        with _FORK.Pool(WORKERS) as pool:
+            return pool.map(fn, range(n), chunksize)
+
+    cs, picked = _fastest("Pool.map", pool_map, n, s.pick(3, 1))
+    step = -(-n // WORKERS)
+    shares = [(fn, k * step, min(n, (k + 1) * step)) for k in range(WORKERS)]
+    impls = [
+        timed(
+            "floor",
+            "floor: 2 children, half each",
+            lambda: itertools.chain.from_iterable(_floor.run_all(apply_range, shares)),
+        ),
+        timed(
+            IP,
+            "inparallel process_map",
+            lambda: _pmap(fn, range(n)),
+            requires=(IP,),
+            targets=(Target(1.0, "map"),),
+        ),
+        timed("map", f"Pool(2).map, chunksize={cs}", lambda: pool_map(cs), note=FRESH),
+    ]
+    return Plan(impls, detail=f"{n:,} x {fn.__name__}(x), range input, 2 workers; {picked}")
+
+
 CASES: tuple[Case, ...] = (
     Case(
         "map-tiny-list",
@@ -695,6 +808,14 @@ CASES: tuple[Case, ...] = (
     Case("map-rss-infinite", "Parent memory while mapping over itertools.count()", _rss),
     Case("first-result", "Time to the first result over itertools.count()", _first, warmup=True),
     Case("map-big-results", "process_map with big results", _big_results),
+    *(
+        Case(
+            f"map-results-{kind}",
+            f"process_map returning {kind} results",
+            functools.partial(_results, kind=kind),
+        )
+        for kind in RESULT_TYPES
+    ),
 )
 
 
