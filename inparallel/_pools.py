@@ -17,9 +17,10 @@ made from the consumer's thread (these two also have ``wake()``, for any thread)
 first stops the map reader threads (``_feed.park_readers``) so that the fork is
 single-threaded. For an indexable input a chunk is just ``(start, stop)``: the worker reads
 the items from its own inherited copy of the input, so only results travel. Items of other
-inputs are pickled into the request. A worker that dies fails the chunks it held with
-`WorkerDied` (naming the item range); the other workers go on, so every earlier result is
-still delivered.
+inputs are pickled into the request. A chunk's results come back as one pickle, loaded with
+one ``loads`` whatever their type (``_core._channel.pack_values``). A worker that dies fails
+the chunks it held with `WorkerDied` (naming the item range); the other workers go on, so
+every earlier result is still delivered.
 """
 
 from __future__ import annotations
@@ -35,11 +36,18 @@ from typing import Any
 
 from ._checks import HEAD_START
 from ._chunks import PIPELINE, Chunk, Done, ItemNotPicklable, compute
-from ._core._channel import dumps, load_error, pack_error, recv_message, send_parts, split_parts
+from ._core._channel import (
+    dumps,
+    load_error,
+    pack_error,
+    pack_values,
+    recv_message,
+    send_parts,
+    split_parts,
+    unpack_values,
+)
 from ._core._errors import ResultNotPicklable, WorkerDied
 from ._core._interrupts import atomic
-from ._core._reader import decode
-from ._core._wire import Kind, encode_value
 from ._feed import READER_WAIT, park_readers
 from ._inputs import Indexed
 from ._workers import Waker, Worker, wait_any
@@ -301,18 +309,10 @@ def _unpack_reply(message: bytes | bytearray, held: dict[int, Chunk]) -> Done:
     envelope, *parts = split_parts(message)
     start, whole, layout, error_packed, elapsed = pickle.loads(envelope)
     chunk = held.pop(start)
+    values, failure = unpack_values(whole, layout, parts)
+    if failure is not None:  # the parent lacks a class, or a __reduce__ fails here
+        return Done(chunk, values, failure, elapsed)
     error = None if error_packed is None else load_error(error_packed)
-    values: list[Any] = []
-    index = 0
-    for count in layout:
-        payload, buffers = parts[index], parts[index + 1 : index + 1 + count]
-        index += 1 + count
-        ok, value = decode(Kind.VALUE, payload, buffers, restricted=False)
-        if not ok:  # the parent lacks a class, or a __reduce__ fails here: fail this item
-            return Done(chunk, values, value, elapsed)
-        if whole:
-            return Done(chunk, value, error, elapsed)
-        values.append(value)
     return Done(chunk, values, error, elapsed)
 
 
@@ -330,33 +330,17 @@ def _serve_chunks_factory(
     return serve
 
 
-#: Result types whose pickles always load: a chunk of only these travels as one pickle.
-_PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})
-
-
 def _pack_reply(
     start: int, values: list[Any], error: BaseException | None, elapsed: float
 ) -> list[bytes | memoryview]:
     """Encode a computed chunk (in the worker child) as the parts of one message.
 
-    Plain values go as one pickle. Others go one pickle each, so that a value that will not
-    pickle here, or not load in the parent, fails at its own position and every value before
-    it is still delivered. Big buffers (``bytes``, numpy arrays) travel out of band, as
-    separate parts written from where they are.
+    The values go as one pickle, or one per value when one will not pickle: that one fails
+    at its own position, and every value before it is still delivered (see `pack_values`).
     """
-    whole = _PLAIN.issuperset(map(type, values))
-    parts: list[bytes | memoryview] = []
-    layout = []  # out-of-band buffers per pickle
-    for value in [values] if whole else values:
-        try:
-            encoded = encode_value(value, restricted=False)
-        except ResultNotPicklable as exc:
-            error = ResultNotPicklable(exc.type_name, exc.reason, "the mapped function returned")
-            error.__cause__ = exc.__cause__
-            break
-        parts.append(encoded.payload)
-        parts.extend(encoded.buffers)
-        layout.append(len(encoded.buffers))
-    packed = None if error is None else pack_error(error)
-    envelope = pickle.dumps((start, whole, layout, packed, elapsed), protocol=5)
-    return [envelope, *parts]
+    packed = pack_values(values, "the mapped function returned")
+    if packed.error is not None:
+        error = packed.error
+    failure = None if error is None else pack_error(error)
+    envelope = pickle.dumps((start, packed.whole, packed.layout, failure, elapsed), protocol=5)
+    return [envelope, *packed.parts]

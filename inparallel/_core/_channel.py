@@ -15,30 +15,45 @@ cuts the stream into messages with `MessageBuffer`. Outcomes inside a message ar
 are, and exceptions as ``_wire`` encodes them (traceback, chain and notes, or a `RemoteError`
 surrogate), so a worker's error looks exactly like a task's.
 
+A list of values (a map chunk's results) goes as one pickle when it can (`pack_values`): one
+``dumps`` in the child and one ``loads`` in the parent, whatever the values are. One value that
+will not pickle sends the list one pickle per value instead, up to that value; one that will
+not load in the parent is found in the one pickle afterwards (`unpack_values`). Either way it
+fails alone, and every value before it is delivered.
+
 Everything here is pure encoding over file descriptors: no threads, no process control.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import pickle
 import struct
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import cloudpickle  # type: ignore[import-untyped]
 
 from ._errors import ResultNotPicklable
 from ._reader import decode
-from ._wire import DEFAULT_MAX_RESULT_SIZE, Kind, encode_error, write_all
+from ._wire import BIG_BYTES, DEFAULT_MAX_RESULT_SIZE, Kind, encode_error, encode_value, write_all
+
+if TYPE_CHECKING:
+    from pickletools import OpcodeInfo
 
 __all__ = (
     "MessageBuffer",
+    "PackedValues",
     "dumps",
     "load_error",
     "pack_error",
+    "pack_values",
     "recv_message",
     "send_message",
     "send_parts",
     "split_parts",
+    "unpack_values",
 )
 
 LENGTH = struct.Struct("<Q")
@@ -77,6 +92,202 @@ def load_error(packed: tuple[int, bytes]) -> BaseException:
     assert not ok
     result: BaseException = exc
     return result
+
+
+class PackedValues(NamedTuple):
+    """A list of values pickled by `pack_values`, for `unpack_values` (and a message's parts)."""
+
+    whole: bool  # one pickle of the list; else one pickle per value
+    layout: list[int]  # the out-of-band buffers after each pickle in ``parts``
+    parts: list[bytes | memoryview]  # each pickle, followed by its out-of-band buffers
+    error: ResultNotPicklable | None  # value ``len(layout)`` would not pickle; none after it
+
+
+def pack_values(values: list[Any], what: str) -> PackedValues:
+    """Pickle a list of values (in a worker child) as one pickle, or else one per value.
+
+    A plain pickle of the whole list is tried first. If it fails, each value is encoded as a
+    task's result is (``_wire.encode_value``: cloudpickle for what plain pickle refuses) until
+    one will not pickle; ``what`` starts that error's message ("the mapped function
+    returned"). Values holding big ``bytes`` go one by one too: only there do those travel
+    out of band. Big numpy arrays travel out of band either way.
+    """
+    whole = _pickle_whole(values)
+    if whole is not None:
+        return PackedValues(True, [len(whole) - 1], whole, None)
+    parts: list[bytes | memoryview] = []
+    layout: list[int] = []
+    for value in values:
+        try:
+            encoded = encode_value(value, restricted=False)
+        except ResultNotPicklable as exc:
+            error = ResultNotPicklable(exc.type_name, exc.reason, what)
+            error.__cause__ = exc.__cause__
+            return PackedValues(False, layout, parts, error)
+        parts.append(encoded.payload)
+        parts.extend(encoded.buffers)
+        layout.append(len(encoded.buffers))
+    return PackedValues(False, layout, parts, None)
+
+
+def _pickle_whole(values: list[Any]) -> list[bytes | memoryview] | None:
+    """The pickle of ``values`` and its out-of-band buffers, or None to go one by one."""
+    buffers: list[pickle.PickleBuffer] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        # As for a task's result: small buffers stay in the pickle (a false return sends one
+        # out of band), so a chunk of small arrays is one payload.
+        if buffer.raw().nbytes < BIG_BYTES:
+            return True
+        buffers.append(buffer)
+        return False
+
+    try:
+        payload = pickle.dumps(values, protocol=5, buffer_callback=out_of_band)
+    except BaseException:  # any failure, even SystemExit from a __reduce__: find which value
+        return None
+    if len(payload) >= BIG_BYTES and _holds_big_bytes(values):  # only then can it hold one
+        return None
+    return [payload, *(buffer.raw() for buffer in buffers)]
+
+
+_BYTES = (bytes, bytearray)
+_HOLDERS = frozenset({bytes, bytearray, tuple, list, dict})
+
+
+def _holds_big_bytes(values: list[Any]) -> bool:
+    """Whether a value is, or directly holds, ``bytes`` that ``_wire`` sends out of band."""
+    if _HOLDERS.isdisjoint(map(type, values)):  # at C speed: most chunks stop here
+        return False
+    for value in values:
+        kind = type(value)
+        inner = value.values() if kind is dict else value if kind in (tuple, list) else (value,)
+        for item in inner:
+            if type(item) in _BYTES and len(item) >= BIG_BYTES:
+                return True
+    return False
+
+
+def unpack_values(
+    whole: bool, layout: list[int], parts: list[memoryview]
+) -> tuple[list[Any], BaseException | None]:
+    """Rebuild the values of `pack_values` (in the parent); never raises.
+
+    Returns the values, up to the first that will not load here (the parent lacks its class,
+    or its ``__reduce__`` fails), and that value's `RemoteError` (None if they all load).
+    """
+    index = 0
+    values: list[Any] = []
+    for count in layout:
+        payload, buffers = parts[index], parts[index + 1 : index + 1 + count]
+        index += 1 + count
+        ok, value = decode(Kind.VALUE, payload, buffers, restricted=False)
+        if whole:
+            if ok:
+                return value, None
+            loaded, complete = _load_until_failure(payload, buffers)
+            return loaded, None if complete else value
+        if not ok:
+            return values, value
+        values.append(value)
+    return values, None
+
+
+def _load_until_failure(payload: memoryview, buffers: list[memoryview]) -> tuple[list[Any], bool]:
+    """Load a list's pickle again; return the items before the one that fails, and if none did.
+
+    A list's pickle appends its items a batch (up to 1,000) at a time, and a failing load drops
+    its batch: the pickle is rewritten to append each item once loaded, and the list is read
+    from the unpickler's memo.
+    """
+    import pickletools  # only here: a load failed (rare), and this is slow anyway
+
+    data = bytes(payload)
+    try:
+        stream = _append_each(data, [(op, pos or 0) for op, _, pos in pickletools.genops(data)])
+    except ValueError:  # not a list's pickle as pickle.dumps writes it: keep nothing
+        return [], False
+    unpickler = pickle.Unpickler(io.BytesIO(stream), buffers=buffers)
+    try:
+        loaded: list[Any] = unpickler.load()
+    except BaseException:  # the failure again (even SystemExit from a reducer): the list ends
+        return list(unpickler.memo.copy()[0]), False
+    return loaded, True
+
+
+#: Opcodes that store the top of the stack in the memo, leaving the stack as it is.
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"})
+
+
+def _append_each(payload: bytes, ops: list[tuple[OpcodeInfo, int]]) -> bytes:
+    """Rewrite a list's pickle (``ops`` are its opcodes) to append each item once complete.
+
+    The list must be memo 0, as ``pickle.dumps`` writes it. Frames (optional) go, and so do
+    the list's own marks and ``APPENDS``; an ``APPEND`` follows each item and the opcodes that
+    memoize it. The other opcodes stay, so memo numbers and out-of-band buffers line up. An
+    item fills the stack slot above the items before it, and is complete once no later opcode
+    (before the list's ``APPENDS``) pops that slot: ``TUPLE2`` pops a tuple's first element.
+
+    Raises:
+        ValueError: ``ops`` are not such a pickle's.
+    """
+    names = [op.name for op, _ in ops if op.name not in ("PROTO", "FRAME")]
+    if names[:2] != ["EMPTY_LIST", "MEMOIZE"]:
+        raise ValueError("not the pickle of a list memoized first")
+    ends = [pos for _, pos in ops[1:]] + [ops[-1][1] + 1]  # the last opcode is STOP
+    lows, highs, list_marks = _heights(ops)
+    floor, lowest = [math.inf] * len(ops), math.inf  # how low later opcodes pop, per batch
+    for index in reversed(range(len(ops))):
+        floor[index] = lowest
+        lowest = math.inf if lows[index] == 0 else min(lowest, lows[index])
+    out = bytearray()
+    slot, pending = 1, False  # where the next item goes; an item is complete, not appended
+    for index, (op, pos) in enumerate(ops):
+        if pending and op.name not in _MEMO_PUTS:
+            out += b"a"  # APPEND
+            pending = False
+        if lows[index] == 0 and op.name in ("APPEND", "APPENDS"):  # the list's own
+            slot = 1
+        elif op.name != "FRAME" and index not in list_marks:
+            out += payload[pos : ends[index]]
+            if lows[index] > 0 and highs[index] > slot and floor[index] > slot:
+                pending, slot = True, slot + 1  # an opcode pushes one object at most
+    return bytes(out)
+
+
+def _heights(ops: list[tuple[OpcodeInfo, int]]) -> tuple[list[int], list[int], set[int]]:
+    """Return the stack's lowest and last height at each opcode, and the list's own marks.
+
+    Marks take no slot. The list's marks are those closed by an opcode that pops the list.
+
+    Raises:
+        ValueError: An opcode pushes two objects, or pops more than was pushed.
+    """
+    import pickletools
+
+    mark = pickletools.markobject
+    lows, highs, list_marks = [], [], set()
+    height, marks = 0, list[tuple[int, int]]()  # (height, opcode index) of each open mark
+    for index, (op, _) in enumerate(ops):
+        before, after = ([], []) if op.name in _MEMO_PUTS else (op.stack_before, op.stack_after)
+        if len(after) > 1:  # DUP: pickle.dumps never writes it
+            raise ValueError(f"unexpected opcode {op.name}")
+        if mark in before or (op.name == "POP" and marks and marks[-1][0] == height):
+            height, opened = marks.pop()
+            height -= before.index(mark) if mark in before else 0  # what the mark is above
+            if height == 0:
+                list_marks.add(opened)
+        else:
+            height -= len(before)
+        if height < 0:
+            raise ValueError("the pickle pops more than it pushed")
+        lows.append(height)
+        if mark in after:
+            marks.append((height, index))
+        else:
+            height += len(after)
+        highs.append(height)
+    return lows, highs, list_marks
 
 
 def send_message(fd: int, payload: bytes) -> None:
