@@ -31,6 +31,7 @@ import math
 import os
 import pickle
 import struct
+import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import cloudpickle  # type: ignore[import-untyped]
@@ -143,12 +144,31 @@ def _pickle_whole(values: list[Any]) -> list[bytes | memoryview] | None:
         return False
 
     try:
-        payload = pickle.dumps(values, protocol=5, buffer_callback=out_of_band)
+        if not _arrays_first(values):
+            payload = pickle.dumps(values, protocol=5, buffer_callback=out_of_band)
+        else:
+            out = io.BytesIO()
+            pickler = pickle.Pickler(out, protocol=5, buffer_callback=out_of_band)
+            pickler.dispatch_table = {type(values[0]): _reduce_array}
+            pickler.dump(values)
+            payload = out.getvalue()
     except BaseException:  # any failure, even SystemExit from a __reduce__: find which value
         return None
     if len(payload) >= BIG_BYTES and _holds_big_bytes(values):  # only then can it hold one
         return None
     return [payload, *(buffer.raw() for buffer in buffers)]
+
+
+def _arrays_first(values: list[Any]) -> bool:
+    numpy = sys.modules.get("numpy")  # if a value is an array, numpy is imported
+    return numpy is not None and bool(values) and type(values[0]) is numpy.ndarray
+
+
+def _reduce_array(array: Any) -> Any:
+    # numpy's protocol-5 reduction rebuilds every array through a Python function; its older
+    # one (the data as bytes, like Pool.map's pickles) loads small arrays 1.4x faster, and a
+    # small array's buffer stays in the pickle anyway. Big ones still go out of band.
+    return array.__reduce_ex__(4 if array.nbytes < BIG_BYTES else 5)
 
 
 _BYTES = (bytes, bytearray)
