@@ -280,9 +280,9 @@ class TaskFuture(LocalFuture[R]):
     Done-callbacks run on the supervisor thread (adding one starts it): keep them short, and
     do not block in them on another task (`result` raises `InParallelError` there instead of
     deadlocking). ``result()``, ``exception()`` and ``done()`` look at the child from the
-    calling thread while no supervisor thread runs, so a call waited for at once starts none. A forked
-    child's copy of an unfinished task refuses to be waited for (`LocalFuture`): pass a child
-    the task's value, not its future.
+    calling thread while no supervisor thread runs, so a call waited for at once starts none.
+    A forked child's copy of an unfinished task refuses to be waited for (`LocalFuture`):
+    pass a child the task's value, not its future.
     """
 
     def __init__(

@@ -20,26 +20,51 @@ the release and the caller storing the result, and would lose it.
 
 Only the main thread ever receives ``KeyboardInterrupt``, and only it may change signal
 handlers, so other threads hold nothing. A handler that is not a Python callable (``SIG_IGN``,
-``SIG_DFL``, one installed from C) raises nothing and is left alone. Cost: three calls into
-the ``signal`` module per held section (a few microseconds; a fork takes a millisecond).
+``SIG_DFL``, one installed from C) raises nothing and is left alone. Cost: five calls into
+``_signal`` per held section (about a microsecond).
+
+**The signal calls of the library.** This module also hands the rest of the library
+`getsignal`, `setsignal` and `sigmask`: the C functions of ``_signal``, the stable extension
+module that ``signal`` wraps. The wrappers convert every number and handler to an enum; in a
+freshly forked child one such call costs about 0.1 ms and 50 copied pages (measured), more
+than the rest of the child's start-up. Numbers and handlers are plain ints here (``SIG_DFL``
+is 0, ``SIG_IGN`` 1). This is the library's one use of ``_signal``.
 
 The held section must not block for long: a Ctrl-C cannot end it.
 """
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # no stub: the C module `signal` wraps
 import functools
-import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any, ParamSpec, TypeVar
 
-__all__ = ("GiveUp", "atomic", "give_up_if_pending", "hold", "release", "should_hold")
+__all__ = (
+    "GiveUp",
+    "atomic",
+    "getsignal",
+    "give_up_if_pending",
+    "hold",
+    "release",
+    "setsignal",
+    "should_hold",
+    "sigmask",
+)
+
+#: ``signal.getsignal`` without the enum conversion (see the module docstring).
+getsignal: Callable[[int], Any] = _signal.getsignal
+#: ``signal.signal`` without the enum conversions; returns the previous handler.
+setsignal: Callable[[int, Any], Any] = _signal.signal
+#: ``signal.pthread_sigmask`` without the enum conversions; returns a set of ints.
+sigmask: Callable[[int, Any], set[int]] = _signal.pthread_sigmask
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
+_SIGINT = int(_signal.SIGINT)
 _held: list[int] = []  # signals noted by `_hold` since the section began
 _saved: Any = None  # the program's own handler, put back by `release`
 
@@ -54,10 +79,7 @@ def should_hold() -> bool:
     True in the main thread when no outer section holds it already (sections nest: the
     outermost one holds and releases). Other threads never receive ``KeyboardInterrupt``.
     """
-    return (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is not _hold
-    )
+    return threading.current_thread() is threading.main_thread() and getsignal(_SIGINT) is not _hold
 
 
 def hold() -> None:
@@ -68,12 +90,12 @@ def hold() -> None:
     that `release` undoes, because the saved handler is recorded before ours goes in.
     """
     global _saved
-    current = signal.getsignal(signal.SIGINT)
+    current = getsignal(_SIGINT)
     if current is _hold or not callable(current):
         return
     _held.clear()  # what a previous section held was already delivered
     _saved = current
-    signal.signal(signal.SIGINT, _hold)
+    setsignal(_SIGINT, _hold)
 
 
 class GiveUp(Exception):
@@ -136,10 +158,10 @@ def release() -> None:
         KeyboardInterrupt: A SIGINT arrived while held (with Python's default handler; a
             handler of the program's own does whatever it does).
     """
-    if signal.getsignal(signal.SIGINT) is not _hold:
+    if getsignal(_SIGINT) is not _hold:
         return
     handler = _saved
-    signal.signal(signal.SIGINT, handler)
+    setsignal(_SIGINT, handler)
     if _held:
         signum = _held[0]
         _held.clear()

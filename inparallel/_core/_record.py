@@ -11,6 +11,7 @@ from ._errors import TaskTimeout, WorkerDied
 from ._future import TaskFuture
 from ._options import TaskOptions
 from ._reader import FrameReader
+from ._wire import Kind
 
 __all__ = ("Child", "Phase")
 
@@ -36,6 +37,7 @@ class Child:
     reader: FrameReader = field(init=False)
     phase: Phase = Phase.COMPUTING
     outcome: tuple[bool, Any] | None = None
+    frame: tuple[Kind, bytes, list[Any]] | None = None  # a delivered frame, not yet unpickled
     deadline: float | None = None
     last_progress: float = 0.0
     timed_out: bool = False

@@ -138,10 +138,17 @@ def _spawn_held(
             os.set_blocking(rfd, False)
             prime_lifeline(wfd)
             child_plan = plan()
+            # Everything the parent needs is made before the fork: a page written while the
+            # child lives is copied, and the child starts on the other CPU right away.
+            child = Child(0, None, rfd, options, 0.0)
+            future: TaskFuture[R] = TaskFuture(
+                0, name, functools.partial(supervisor.send_signal, child), supervisor
+            )
+            child.future = future
             if PARK:
                 _park(supervisor)
             _interrupts.give_up_if_pending()  # the last moment to start nothing
-            begun = time.monotonic()
+            child.started = time.monotonic()
             pid = _fork(keep)
         except BaseException as exc:
             supervisor.fds.discard(rfd)
@@ -157,17 +164,14 @@ def _spawn_held(
             # Our own result pipe is a library fd for anything this task forks in turn.
             _inherited_pipe.append(wfd)
             run_child(wfd, call, options, child_plan)
+        child.pid = future.pid = pid
         pidfd = None
         try:
             os.close(wfd)
             pidfd = _pidfd_open(pid)
             if pidfd is not None:
                 supervisor.fds.add(pidfd)
-            child = Child(pid, pidfd, rfd, options, begun)
-            future: TaskFuture[R] = TaskFuture(
-                pid, name, functools.partial(supervisor.send_signal, child), supervisor
-            )
-            child.future = future
+            child.pidfd = pidfd
             supervisor.add(child)  # the last step: once it returns, the supervisor owns it all
         except BaseException as exc:
             # Not registered (`add` undoes its own registration when it fails): nobody else
@@ -290,10 +294,10 @@ def _install_hooks() -> None:
         after_in_parent=_fork_lock.release,
         after_in_child=_after_fork_child,
     )
-    sigint = (signal.SIGINT,)
-    unblock = functools.partial(signal.pthread_sigmask, signal.SIG_UNBLOCK, sigint)
+    sigint = (int(signal.SIGINT),)
+    unblock = functools.partial(_interrupts.sigmask, int(signal.SIG_UNBLOCK), sigint)
     os.register_at_fork(
-        before=functools.partial(signal.pthread_sigmask, signal.SIG_BLOCK, sigint),
+        before=functools.partial(_interrupts.sigmask, int(signal.SIG_BLOCK), sigint),
         after_in_parent=unblock,
         after_in_child=unblock,
     )
@@ -305,17 +309,30 @@ def _after_fork_child() -> None:
     # before-fork hook took it, and `spawn` may hold it too): release it fully, so that every
     # thread this child starts can take it. The same lock object stays, since the hooks above
     # are bound to it.
-    with contextlib.suppress(RuntimeError):
+    # Every page this writes is copied (the child shares them all with the parent), so the
+    # hook does as little as it can: no context managers, nothing freed (see `reset_in_child`).
+    try:
         while True:
             _fork_lock.release()
+    except RuntimeError:
+        pass
     _supervisor.reset_in_child()
     _future.on_supervisor.active = False  # forked from a done-callback: not the supervisor here
     _child.forget_spares()  # the spares may be this process's live streams now
-    for fd in [*_inherited_pipe, *(_private_fds - _keep)]:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+    for fd in _inherited_pipe:
+        _close_quietly(fd)
     _inherited_pipe.clear()
-    _private_fds.intersection_update(_keep)  # still private: this child's own forks close them
+    if _private_fds:
+        for fd in _private_fds - _keep:
+            _close_quietly(fd)
+        _private_fds.intersection_update(_keep)  # still private: this child's forks close them
+
+
+def _close_quietly(fd: int) -> None:
+    try:  # noqa: SIM105 - in a fresh child: no context manager objects (see above)
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def install_hooks() -> None:

@@ -437,10 +437,9 @@ class Supervisor:
             self._close_pipe(child)
             self.send_signal(child, signal.SIGKILL)
             return
-        # Unpickling runs user code (``__reduce__``, imports) here, outside the lock.
-        child.outcome = decode(
-            child.reader.kind, payload, buffers, child.options.restricted_results
-        )
+        # Unpickled once the child is gone (`_finish`): every page written while it lives is
+        # copied, and a small result's child exits right after sending it.
+        child.frame = (child.reader.kind, payload, buffers)
         child.phase = Phase.DELIVERED
         self._close_pipe(child)  # also tells a child waiting on its memfd that it may exit
         if not child.reaped:
@@ -469,6 +468,11 @@ class Supervisor:
     def _finish(self, child: Child, status: int | None, usage: Any) -> None:
         future = child.future
         assert future is not None
+        if child.frame is not None:
+            # Unpickling runs user code (``__reduce__``, imports) here, outside the lock.
+            kind, payload, buffers = child.frame
+            child.frame = None
+            child.outcome = decode(kind, payload, buffers, child.options.restricted_results)
         exitcode = None if status is None else os.waitstatus_to_exitcode(status)
         future.exitcode = exitcode
         if usage is not None:
@@ -527,20 +531,19 @@ class Supervisor:
 
         Futures copied into the child still point at these records: mark them reaped (and
         the lock new) so that their ``kill()``/``cancel()`` never signal a reused fd number.
+        The object itself is never freed (`reset_in_child`), so its selector never closes the
+        epoll fd number again: it is closed here by number.
         """
-        self._lock = threading.Lock()
-        self._role = threading.Lock()
-        for child in self._children.values():
-            child.reaped, child.pidfd = True, None
-        for fd in list(self.fds):
-            with contextlib.suppress(OSError):
+        if self._children:
+            self._lock = threading.Lock()
+            for child in self._children.values():
+                child.reaped, child.pidfd = True, None
+        epoll = getattr(self._selector, "fileno", None)  # None: no selector, or not epoll
+        for fd in [*self.fds, epoll() if epoll is not None else -1]:
+            try:  # noqa: SIM105 - in a fresh child: no context manager objects (see _spawn)
                 os.close(fd)
-        self.fds.clear()
-        if self._selector is not None:
-            # The selector owns its epoll fd: close it through the object so that nothing
-            # closes that number again later, when it may belong to someone else.
-            with contextlib.suppress(OSError):
-                self._selector.close()
+            except (OSError, ValueError):
+                pass
 
     def statistics(self) -> Statistics:
         """Return the counters since this process started, and the current state."""
@@ -585,11 +588,17 @@ def get() -> Supervisor:
     return _SUPERVISOR
 
 
+#: Supervisors inherited by fork, in a child: kept, never freed. Freeing one would write to
+#: pages the child shares with its parent (each write copies a page) and close its selector.
+_INHERITED: list[Supervisor] = []
+
+
 def reset_in_child() -> None:
     """Give a forked child a clean slate: no inherited fds, a fresh supervisor on next use."""
     global _SUPERVISOR
     if _SUPERVISOR is not None:
         _SUPERVISOR.forget_in_child()
+        _INHERITED.append(_SUPERVISOR)
         _SUPERVISOR = None
 
 
