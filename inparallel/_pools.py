@@ -26,6 +26,7 @@ every earlier result is still delivered.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import queue
@@ -321,6 +322,11 @@ def _serve_chunks_factory(
 ) -> Callable[[int, int], None]:
     def serve(requests: int, replies: int) -> None:
         """In the worker child: compute chunks until the parent closes the request pipe."""
+        # What the child inherited is the parent's: leave it out of the collector, or every
+        # full collection (as chunks of results age) walks all of it and copies each page it
+        # touches. This is the use the gc.freeze() docs give; 20% of a worker's time for
+        # results of small objects when the parent holds as many.
+        gc.freeze()
         while (message := recv_message(requests)) is not None:
             start, stop, items = pickle.loads(message)
             chunk = Chunk(start, stop, items)
