@@ -17,8 +17,15 @@ PACKAGE = pathlib.Path(inparallel.__file__).parent
 # Every module of the package is listed (a package's ``__init__`` too): a new module fails
 # `test_every_module_has_a_layer` until it is given its place here.
 LAYERS = [
-    ("_core.__init__", "_core._errors", "_core._interrupts", "_core._tracebacks"),
-    ("_core._wire",),
+    (
+        "_core.__init__",
+        "_core._errors",
+        "_core._interrupts",
+        "_core._tracebacks",
+        "_core._emit",
+        "_core._memfile",
+    ),
+    ("_core._wire", "_core._output"),
     ("_core._reader", "_core._options"),
     ("_core._child", "_core._future", "_core._channel"),
     ("_core._record",),
