@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import types  # MethodType, not inspect.ismethod: inspect imports ast, dis and tokenize
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from ._checks import function
 from ._core._future import TaskFuture
@@ -21,6 +21,9 @@ TASK_OPTIONS = "_inparallel_task_options"
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: Where a task's stdout and stderr go (``output=``).
+Output = Literal["inherit", "capture", "tag", "group"]
+
 
 @overload
 def task(fn: Callable[P, R], /) -> Callable[P, TaskFuture[R]]: ...
@@ -32,9 +35,11 @@ def task(
     timeout: float | None = None,
     memory_limit: int | str | None = None,
     cpu_time: float | None = None,
-    name: str | None = None,
+    name: str | Callable[..., object] | None = None,
     restricted_results: bool = False,
     max_result_size: int | None = None,
+    output: Output = "inherit",
+    max_output: int | str | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, TaskFuture[R]]]: ...
 
 
@@ -45,9 +50,11 @@ def task(
     timeout: float | None = None,
     memory_limit: int | str | None = None,
     cpu_time: float | None = None,
-    name: str | None = None,
+    name: str | Callable[..., object] | None = None,
     restricted_results: bool = False,
     max_result_size: int | None = None,
+    output: Output = "inherit",
+    max_output: int | str | None = None,
 ) -> Any:
     """Make every call of ``fn`` run in a forked child and return a `TaskFuture` at once.
 
@@ -66,20 +73,43 @@ def task(
             task then arrives as `MemoryLimitExceeded`.
         cpu_time: CPU seconds the child may use (rounded up); past it the kernel kills it
             with SIGXCPU and the future fails with `WorkerDied`.
-        name: The name shown in ``repr()`` and errors; defaults to the function's qualname.
+        name: The call's label: ``fut.name``, shown in ``repr()``, in errors and in front of
+            each ``output="tag"`` line. A string, or a callable that makes one from the call's
+            arguments (``name=lambda host: host``; a method's gets ``self`` first), run in the
+            caller before the fork: what it raises is raised by the call, and nothing starts.
+            Defaults to ``qualname:pid``.
         restricted_results: Accept only plain data back (numbers, strings, bytes, and lists,
             tuples, dicts and sets of them): no class is ever looked up while loading the
             result, so a compromised child cannot run code in the parent. Exceptions then
             arrive as `RemoteError`.
         max_result_size: Largest result, in bytes, the parent accepts (default 64 GiB); a
             bigger one fails the future with `RemoteError` before it is allocated.
+        output: Where the child's stdout and stderr (its fds 1 and 2, so also what programs it
+            runs write) go:
+
+            * ``"inherit"`` (default): the parent's own, each line as it ends.
+            * ``"capture"``: private buffers, nothing on screen; after the end, whatever
+              the outcome, ``fut.stdout`` and ``fut.stderr`` hold the text (decoded like the
+              parent's streams, undecodable bytes as backslash escapes). `WorkerDied` and
+              `TaskTimeout` carry the last lines of stderr as a note.
+            * ``"tag"``: each line to the parent's ``sys.stdout``/``sys.stderr`` as it comes,
+              whole, prefixed ``[name] ``. A child printing faster than the parent writes is
+              held back by the pipe.
+            * ``"group"``: each stream as one block when the task ends, never mixed with
+              another task's.
+
+            Forwarded lines go above a progress bar (``progress=True``) without garbling it.
+        max_output: Bytes of each stream the parent keeps, as an int or a string such as
+            ``"1M"`` (default 16 MiB). Beyond it the head is dropped and the text starts with
+            a line saying how much. With ``"tag"``: the longest partial line held back (64 KiB
+            at most; a longer line is forwarded in pieces). Not allowed with ``"inherit"``.
 
     Returns:
         The wrapped function (bare form), or a decorator.
 
     Raises:
         TypeError: ``fn`` is not callable, or an option has the wrong type.
-        ValueError: An option is out of range.
+        ValueError: An option is out of range, or ``output`` is not one of the four modes.
     """
     options = make_options(
         timeout=timeout,
@@ -88,6 +118,8 @@ def task(
         name=name,
         restricted_results=restricted_results,
         max_result_size=max_result_size,
+        output=output,
+        max_output=max_output,
     )
     if fn is None:
         return functools.partial(_wrap, options=options)
