@@ -4,16 +4,23 @@ Every tool that takes ``progress=True`` (``waitfor``, the maps, ``process_parall
 `open_progress`, so they all behave alike: tqdm is imported only when a bar is asked for (importing
 inparallel never imports it), and a missing tqdm costs one `RuntimeWarning` naming the extra to
 install, never an error.
+
+While a tqdm bar is open, task output the library forwards (``output="tag"`` lines,
+``output="group"`` blocks) is written above it through ``tqdm.write``: the bar registers its
+writer with the core's ``_emit`` when it opens and withdraws it when it closes.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
 import warnings
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
+
+from ._core import _emit
 
 __all__ = ("Progress", "open_progress")
 
@@ -58,10 +65,12 @@ class Progress:
 class _TqdmProgress(Progress):
     """A `Progress` drawn by tqdm on stderr."""
 
-    __slots__ = ("_bar",)
+    __slots__ = ("_bar", "_write")
 
     def __init__(self, bar: Any) -> None:
         self._bar = bar
+        self._write: _emit.BarWriter = functools.partial(_write_above, type(bar))
+        _emit.add_bar(self._write)
 
     def update(self, n: int = 1) -> None:
         """Advance the bar by ``n`` finished items (redraws at most every ``mininterval``)."""
@@ -76,10 +85,17 @@ class _TqdmProgress(Progress):
 
     def close(self) -> None:
         """Draw the final state and release the bar; further calls do nothing."""
+        _emit.remove_bar(self._write)
         self._bar.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._bar.n}/{self._bar.total}>"
+
+
+def _write_above(bar_class: Any, text: str, file: TextIO) -> None:
+    # tqdm.write clears the bars on the terminal, writes, and draws them again, under tqdm's
+    # lock (which also serialises it with the bar's own updates from the caller's thread).
+    bar_class.write(text, file=file, end="")
 
 
 _bar_classes: dict[Any, Any] = {}
