@@ -649,6 +649,27 @@ def test_c1_256_mib_results_arrive_intact() -> None:
     assert _faults.digest(text) == _faults.digest(_faults.ascii_blob(size, seed=2))
 
 
+def test_c1_big_writable_buffers_arrive_intact_writable_and_hold_no_fd() -> None:
+    np = pytest.importorskip("numpy")
+    # Sizes that are not multiples of a page: each buffer must start where the reader looks.
+    sizes = [3 * MiB + 1, 5 * MiB + 4095, 2 * MiB]
+
+    @task
+    def arrays() -> list[object]:
+        return [np.full(n, k + 7, dtype=np.uint8) for k, n in enumerate(sizes)]
+
+    fds = len(_faults.fd_table())
+    got = arrays().result(timeout=PATIENCE)
+    assert [a.size for a in got] == sizes
+    for k, array in enumerate(got):
+        assert array.flags.writeable
+        assert int(array.min()) == int(array.max()) == k + 7
+        array[::4096] = 1  # copy-on-write: changes only this process's copy
+        assert int(array[0]) == 1 and int(array[1]) == k + 7
+    assert len(_faults.fd_table()) == fds  # a mapped result keeps no fd open
+    del got
+
+
 @pytest.mark.soak
 def test_c1_one_gib_result_arrives_intact() -> None:
     size = 1 << 30

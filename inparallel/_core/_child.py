@@ -76,7 +76,7 @@ def plan() -> Plan:
         _spare_for("stdout", 1),
         _spare_for("stderr", 2),
         os.getpid(),
-        _prctl() if threading.current_thread() is threading.main_thread() else None,
+        _prctl() if threading.get_ident() == threading.main_thread().ident else None,
     )
 
 

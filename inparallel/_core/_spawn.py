@@ -212,15 +212,16 @@ def _abandon(supervisor: _supervisor.Supervisor, pid: int, rfd: int, pidfd: int 
 _HINT = "too many tasks in flight? throttle them with waitfor(..., concurrency_factor=N)"
 
 
+_PIDFD_OPEN: Callable[[int], int] | None = getattr(os, "pidfd_open", None)
+
+
 def _pidfd_open(pid: int) -> int | None:
-    opener = getattr(os, "pidfd_open", None)
-    if opener is None:
+    if _PIDFD_OPEN is None:
         return None
     try:
-        fd: int = opener(pid)
+        return _PIDFD_OPEN(pid)
     except OSError:  # ENOSYS before Linux 5.3, or a seccomp policy: exits are polled instead
         return None
-    return fd
 
 
 def _flush_std_streams() -> None:

@@ -93,7 +93,8 @@ class BareThread:
         native library's) neither make it wait nor are hidden. Busy-yields: it takes
         microseconds on an idle machine, and a little more when the thread waits for a CPU.
         """
-        wait_gone(self.last_native_id, timeout)
+        if wait_gone(self.last_native_id, timeout):
+            self.last_native_id = None  # gone for good: the next fork need not look again
 
     def started_native_id(self, timeout: float) -> int | None:
         """Return the running thread's OS id once it has one (waits up to ``timeout``)."""
@@ -103,16 +104,20 @@ class BareThread:
         return self.native_id
 
 
-def wait_gone(native_id: int | None, timeout: float) -> None:
+def wait_gone(native_id: int | None, timeout: float) -> bool:
     """Wait up to ``timeout`` seconds for the kernel to drop an ended thread (by OS id).
 
     A thread that has signalled its end (released a lock, been joined) may still be in its
     last instructions, and CPython counts it at a fork. Busy-yields: it takes microseconds on
-    an idle machine. ``None`` (no thread was started) returns at once.
+    an idle machine. ``None`` (no thread was started) returns at once. Returns whether the
+    thread is gone.
     """
     if native_id is None:
-        return
+        return True
     entry = f"/proc/self/task/{native_id}"
     deadline = time.monotonic() + timeout
-    while os.path.exists(entry) and time.monotonic() < deadline:
+    while os.path.exists(entry):
+        if time.monotonic() >= deadline:
+            return False
         os.sched_yield()
+    return True

@@ -9,9 +9,10 @@ A child sends exactly one frame on its private result pipe and nothing else::
 
 The frame is complete at its declared length, so its end never depends on pipe EOF (a grandchild
 may hold a copy of the write end for ever). Large buffers (numpy arrays, big ``bytes`` and
-``bytearray`` values) are written once into a ``memfd`` in the child; the parent maps that file
-copy-on-write instead of pulling the data through a 64 KiB pipe, so a 100 MB result costs one
-memory copy instead of four (pickle, pipe in, pipe out, unpickle).
+``bytearray`` values) are written once into a ``memfd`` in the child, each from a page boundary;
+the parent reads them from that file (or, for writable buffers from 3.13, maps it
+copy-on-write) instead of pulling the data through a 64 KiB pipe, so a 100 MB result costs one
+or two memory copies instead of four (pickle, pipe in, pipe out, unpickle).
 
 This module holds the format and the child's side (encoding and sending); ``_reader`` the
 parent's. Everything here is pure encoding: no threads, no process control.
@@ -254,6 +255,18 @@ def _parent_can_open_our_fds() -> bool:
     return bool(dumpable == 1)
 
 
+def memfd_offsets(sizes: list[int]) -> list[int]:
+    """Where each buffer starts in a result's memfd: at a page boundary, so it can be mapped."""
+    offsets, end = [], 0
+    for size in sizes:
+        offsets.append(end)
+        end = -(-(end + size) // PAGE) * PAGE
+    return offsets
+
+
+PAGE = 4096  # mmap offsets must be multiples of the allocation granularity (mmap.PAGESIZE)
+
+
 def send(fd: int, encoded: Encoded) -> bool:
     """Write one frame to ``fd``; return True if the buffers went into a memfd.
 
@@ -265,7 +278,8 @@ def send(fd: int, encoded: Encoded) -> bool:
     memfd = -1
     if total >= SHM_THRESHOLD and hasattr(os, "memfd_create") and _parent_can_open_our_fds():
         memfd = os.memfd_create("inparallel-result")
-        for buf in buffers:
+        for buf, offset in zip(buffers, memfd_offsets([b.nbytes for b in buffers]), strict=True):
+            os.lseek(memfd, offset, os.SEEK_SET)  # a hole up to the page boundary
             write_all(memfd, buf)
     head = HEADER.pack(MAGIC, encoded.kind, len(encoded.payload), len(buffers), memfd)
     sizes = b"".join(SIZE.pack(b.nbytes | (READONLY if b.readonly else 0)) for b in buffers)
