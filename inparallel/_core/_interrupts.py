@@ -79,7 +79,8 @@ def should_hold() -> bool:
     True in the main thread when no outer section holds it already (sections nest: the
     outermost one holds and releases). Other threads never receive ``KeyboardInterrupt``.
     """
-    return threading.current_thread() is threading.main_thread() and getsignal(_SIGINT) is not _hold
+    main = threading.get_ident() == threading.main_thread().ident
+    return main and getsignal(_SIGINT) is not _hold
 
 
 def hold() -> None:
@@ -110,7 +111,7 @@ def give_up_if_pending() -> None:
             `atomic` frame, which delivers the interrupt (and retries the call if the
             program's handler returns instead of raising).
     """
-    if _held and threading.current_thread() is threading.main_thread():
+    if _held and threading.get_ident() == threading.main_thread().ident:
         raise GiveUp
 
 
