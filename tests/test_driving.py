@@ -258,3 +258,30 @@ def test_forked_children_do_not_inherit_the_drive_role() -> None:
         return double(5).result(timeout=BOUND) + os.getpid() * 0
 
     assert nested().result(timeout=BOUND) == 10
+
+
+def test_a_fork_racing_the_selector_close_is_clean(capfd: pytest.CaptureFixture[str]) -> None:
+    import selectors
+
+    # Another thread forked between the selector's close and its record's reset: the child
+    # finds a closed selector, and must neither fail nor close a number it no longer owns.
+    supervisor = _supervisor.get()
+    assert _faults.supervisor_idle(BOUND) and supervisor._selector is None
+    closed = selectors.DefaultSelector()
+    closed.close()
+    supervisor._selector = closed
+    try:
+
+        @task
+        def inherits() -> int:
+            return 7
+
+        pid = os.fork()
+        if pid == 0:  # the hooks ran; report what they left
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        supervisor._selector = None
+    assert "Exception ignored" not in capfd.readouterr().err
+    assert inherits().result(timeout=BOUND) == 7

@@ -10,7 +10,9 @@ The child is a copy of the caller at the moment of the call. It prepares itself 
 2. ignore SIGINT (the parent owns Ctrl-C), reset the parent's Python signal handlers and its
    wakeup fd, restore SIGCHLD so ``subprocess`` works in the task;
 3. point stdin at ``/dev/null`` and rebind stdout/stderr to fresh objects over fds 1/2, so the
-   parent's buffered bytes (and a lock another thread held at fork) are never touched;
+   parent's buffered bytes (and a lock another thread held at fork) are never touched; they
+   are line-buffered (write-through under ``python -u``), so a task killed at any point has
+   already delivered every complete line it printed;
 4. apply the task's resource limits;
 5. run the function, pickle the outcome, flush stdio, disarm the lifeline, send one frame;
 6. leave with ``os._exit``: never back into the caller's stack, never the parent's atexit hooks.
@@ -36,6 +38,7 @@ from typing import Any, NamedTuple, NoReturn
 from ._errors import MemoryLimitExceeded, ResultNotPicklable
 from ._interrupts import getsignal, setsignal
 from ._options import TaskOptions
+from ._output import Streams
 from ._wire import Encoded, encode_error, encode_value, send
 
 __all__ = ("Plan", "flush_stdio", "forget_spares", "plan", "prime_lifeline", "run_child")
@@ -68,26 +71,40 @@ class Plan(NamedTuple):
     deathsig: Callable[[int, int, int, int, int], int] | None  #: prctl, when it is sound
 
 
-def plan() -> Plan:
-    """Prepare, in the parent, what the next child will need (see `Plan`). Cheap."""
+def plan(redirected: bool = False) -> Plan:
+    """Prepare, in the parent, what the next child will need (see `Plan`). Cheap.
+
+    ``redirected``: the child's fds 1 and 2 will be its own (``output=`` other than
+    ``"inherit"``), so it writes through fresh streams even where the parent's are not over
+    fds 1 and 2 (a capture object, a replacement): what it prints must reach those fds.
+    """
     return Plan(
         _python_handlers(),
         _spare("stdin", 0),
-        _spare_for("stdout", 1),
-        _spare_for("stderr", 2),
+        _spare_for("stdout", 1) or (_spare("stdout", 1) if redirected else None),
+        _spare_for("stderr", 2) or (_spare("stderr", 2) if redirected else None),
         os.getpid(),
         _prctl() if threading.get_ident() == threading.main_thread().ident else None,
     )
 
 
-def run_child(wfd: int, call: Callable[[], object], options: TaskOptions, plan: Plan) -> NoReturn:
+def run_child(
+    wfd: int,
+    call: Callable[[], object],
+    options: TaskOptions,
+    plan: Plan,
+    streams: Streams | None = None,
+) -> NoReturn:
     """Run ``call`` in this freshly forked child and report its outcome on ``wfd``.
 
+    ``streams``: the task's own stdout and stderr (``output=``), put on fds 1 and 2 first.
     Never returns. Exits 0 once a frame is sent (whatever the task did), or `INTERNAL_ERROR`.
     """
     code = INTERNAL_ERROR
     try:
         _arm_lifeline(wfd, plan)
+        if streams is not None:
+            streams.in_child()  # before this process opens any fd of its own
         pipe = _identity(wfd)
         _reset_signals(plan.handlers)
         _isolate_stdio(plan)
@@ -243,17 +260,27 @@ _SPARES: dict[tuple[object, ...], io.TextIOWrapper] = {}
 
 
 def _spare(name: str, fd: int, like: io.TextIOWrapper | None = None) -> io.TextIOWrapper:
+    # An output stream is line-buffered whatever the parent's is (a pipe or a file makes the
+    # parent's block-buffered): each complete line reaches the fd when it ends, so a task
+    # killed later (timeout, cancel(), a signal, os._exit) has lost none of its lines. When
+    # the parent's writes through (python -u, PYTHONUNBUFFERED), so does the child's.
     config: tuple[str, str, bool, bool] = (
-        (like.encoding, like.errors or "strict", like.line_buffering, like.write_through)
+        (like.encoding, like.errors or "strict", True, like.write_through)
         if like is not None
-        else ("utf-8", "strict", False, False)
+        else ("utf-8", "backslashreplace" if fd == 2 else "strict", fd != 0, False)
     )
     key = (name, *config)
     spare = _SPARES.get(key)
     if spare is None:
         encoding, errors, line_buffering, write_through = config
         raw = io.FileIO(fd, "r" if fd == 0 else "w", closefd=False)
-        buffered = io.BufferedReader(raw) if fd == 0 else io.BufferedWriter(raw)
+        buffered: Any  # what TextIOWrapper accepts has no public type
+        if fd == 0:
+            buffered = io.BufferedReader(raw)
+        elif write_through:
+            buffered = raw  # no buffer between the text layer and the fd, as python -u does
+        else:
+            buffered = io.BufferedWriter(raw)
         spare = io.TextIOWrapper(
             buffered,
             encoding=encoding,

@@ -271,11 +271,16 @@ class TaskFuture(LocalFuture[R]):
 
     Attributes:
         pid: The child's process id.
-        name: The task's name (its ``name=`` option or the function's qualified name).
+        name: The call's label: its task's ``name=`` (a string, or what a callable gave for
+            this call's arguments), else ``qualname:pid``.
         exitcode: The child's exit status once it has been reaped (negative: killed by that
             signal), else None. Always set before the future is marked done, except after
             `cancel`, which resolves the future at once.
         rusage: A `Rusage` once the child has been reaped, else None.
+        stdout: With ``output="capture"``, what the task wrote to its stdout (decoded like
+            ``sys.stdout``, ``errors="backslashreplace"``; the last ``max_output`` bytes),
+            once the child has been reaped, whatever its outcome; else None.
+        stderr: The same for its stderr.
 
     Done-callbacks run on the supervisor thread (adding one starts it): keep them short, and
     do not block in them on another task (`result` raises `InParallelError` there instead of
@@ -296,6 +301,8 @@ class TaskFuture(LocalFuture[R]):
         self.name = name
         self.exitcode: int | None = None
         self.rusage: Rusage | None = None
+        self.stdout: str | None = None
+        self.stderr: str | None = None
 
     def __repr__(self) -> str:
         with self._condition:

@@ -10,6 +10,7 @@ from ._child import LOST_PIPE
 from ._errors import TaskTimeout, WorkerDied
 from ._future import TaskFuture
 from ._options import TaskOptions
+from ._output import Streams
 from ._reader import FrameReader
 from ._wire import Kind
 
@@ -38,6 +39,7 @@ class Child:
     phase: Phase = Phase.COMPUTING
     outcome: tuple[bool, Any] | None = None
     frame: tuple[Kind, bytes, list[Any]] | None = None  # a delivered frame, not yet unpickled
+    streams: Streams | None = None  # where its output goes, unless inherited
     deadline: float | None = None
     last_progress: float = 0.0
     timed_out: bool = False

@@ -52,7 +52,8 @@ from . import _child, _future, _interrupts, _supervisor
 from ._child import plan, prime_lifeline, run_child
 from ._errors import SpawnError
 from ._future import TaskFuture
-from ._options import TaskOptions
+from ._options import TaskOptions, call_name, default_label
+from ._output import open_streams
 from ._record import Child
 
 __all__ = ("close_fd", "install_hooks", "open_pipe", "spawn")
@@ -108,19 +109,21 @@ def spawn(
             was started and nothing leaked.
         KeyboardInterrupt: See above.
     """
-    name = options.name or str(getattr(fn, "__qualname__", None) or repr(fn))
+    # A callable name= runs here, in the caller, before anything starts (it may raise).
+    label = call_name(options, fn, args, kwargs)
     call = functools.partial(fn, *args, **kwargs)
     # Not held: a flush into a full pipe (a paused `| less`) blocks until the reader drains
     # it, and a Ctrl-C must be able to end that. No check point lies between the held call's
     # return and ours (a Python function's return runs no signal handler).
     _flush_std_streams()
-    return _spawn_held(call, name, options, keep)
+    return _spawn_held(call, fn, label, options, keep)
 
 
 @_interrupts.atomic
 def _spawn_held(
     call: Callable[[], R],
-    name: str,
+    fn: Callable[..., R],
+    label: str | None,
     options: TaskOptions,
     keep: frozenset[int],
 ) -> TaskFuture[R]:
@@ -134,55 +137,69 @@ def _spawn_held(
         except OSError as exc:
             raise SpawnError(exc.errno, f"could not create a result pipe: {exc}; {_HINT}") from exc
         supervisor.fds.add(rfd)  # so every forked child, this one included, closes it
+        streams = None
         try:
             os.set_blocking(rfd, False)
             prime_lifeline(wfd)
-            child_plan = plan()
+            streams = open_streams(options.output, options.max_output, track=supervisor.fds)
+            child_plan = plan(redirected=streams is not None)
             # Everything the parent needs is made before the fork: a page written while the
             # child lives is copied, and the child starts on the other CPU right away.
             child = Child(0, None, rfd, options, 0.0)
+            child.streams = streams
             future: TaskFuture[R] = TaskFuture(
-                0, name, functools.partial(supervisor.send_signal, child), supervisor
+                0, label or "", functools.partial(supervisor.send_signal, child), supervisor
             )
             child.future = future
             if PARK:
                 _park(supervisor)
             _interrupts.give_up_if_pending()  # the last moment to start nothing
             child.started = time.monotonic()
-            pid = _fork(keep)
+            child.pid = _fork(keep)
         except BaseException as exc:
             supervisor.fds.discard(rfd)
             os.close(rfd)
             os.close(wfd)
+            if streams is not None:
+                streams.close()
             with contextlib.suppress(OSError):
                 supervisor.resume()  # a parked supervisor has other children to watch
             if isinstance(exc, OSError):
                 message = f"could not start the task process: {exc}; {_HINT}"
                 raise SpawnError(exc.errno, message) from exc
             raise
-        if pid == 0:
+        if child.pid == 0:
             # Our own result pipe is a library fd for anything this task forks in turn.
             _inherited_pipe.append(wfd)
-            run_child(wfd, call, options, child_plan)
-        child.pid = future.pid = pid
-        pidfd = None
-        try:
-            os.close(wfd)
-            pidfd = _pidfd_open(pid)
-            if pidfd is not None:
-                supervisor.fds.add(pidfd)
-            child.pidfd = pidfd
-            supervisor.add(child)  # the last step: once it returns, the supervisor owns it all
-        except BaseException as exc:
-            # Not registered (`add` undoes its own registration when it fails): nobody else
-            # knows these fds and this pid, so closing and reaping them here is safe.
-            _abandon(supervisor, pid, rfd, pidfd)
-            if isinstance(exc, OSError):
-                raise SpawnError(
-                    exc.errno, f"could not watch the task process: {exc}; {_HINT}"
-                ) from exc
-            raise
+            run_child(wfd, call, options, child_plan, streams)
+        _register(supervisor, child, wfd, label or default_label(fn, child.pid))
         return future
+
+
+def _register(supervisor: _supervisor.Supervisor, child: Child, wfd: int, label: str) -> None:
+    # In the parent right after the fork: hand the child to the supervisor, or undo it all.
+    future = child.future
+    assert future is not None
+    future.pid, future.name = child.pid, label
+    try:
+        os.close(wfd)
+        if child.streams is not None:
+            child.streams.after_fork_in_parent(label)
+        child.pidfd = _pidfd_open(child.pid)
+        if child.pidfd is not None:
+            supervisor.fds.add(child.pidfd)
+        supervisor.add(child)  # the last step: once it returns, the supervisor owns it all
+    except BaseException as exc:
+        # Not registered (`add` undoes its own registration when it fails): nobody else
+        # knows these fds and this pid, so closing and reaping them here is safe.
+        if child.streams is not None:
+            child.streams.close()
+        assert child.rfd is not None
+        _abandon(supervisor, child.pid, child.rfd, child.pidfd)
+        if isinstance(exc, OSError):
+            message = f"could not watch the task process: {exc}; {_HINT}"
+            raise SpawnError(exc.errno, message) from exc
+        raise
 
 
 def _fork(keep: frozenset[int]) -> int:

@@ -54,8 +54,9 @@ from typing import Any
 
 from . import _future, _interrupts
 from ._deadlines import Deadlines
-from ._errors import RemoteError
-from ._future import Rusage
+from ._emit import last_lines
+from ._errors import RemoteError, TaskTimeout, WorkerDied
+from ._future import Rusage, TaskFuture
 from ._reader import FrameError, decode
 from ._record import Child, Phase
 from ._thread import BareThread
@@ -79,6 +80,10 @@ TRANSFER_STALL = 10.0
 EXIT_POLL = 0.05
 
 THREAD_NAME = "inparallel-supervisor"
+
+# What a watched fd is, beside the child it belongs to (any other value: an output fd).
+RESULT = -1  #: the child's result pipe
+EXIT = -2  #: the child's pidfd (or a poll for its exit)
 
 
 class Supervisor:
@@ -142,8 +147,9 @@ class Supervisor:
             self._children[child.pid] = child
             self.counts["spawned"] += 1
             self._stop = False  # a park that timed out is called off: the thread carries on
-            if child.options.timeout is not None:
-                self._want_thread = True  # the deadline holds whether anyone waits or not
+            if child.options.timeout is not None or child.options.output == "tag":
+                # A deadline holds, and tagged lines flow, whether anyone waits or not.
+                self._want_thread = True
             if self._running:
                 if self._direct and child.options.timeout is None and child.pidfd is not None:
                     # epoll may be told about new fds while another thread waits on it, and
@@ -352,7 +358,7 @@ class Supervisor:
             _emergency(f"inparallel: supervisor error while enforcing deadlines: {exc!r}")
         if self._polled:
             for child in list(self._polled):
-                self._guarded((child, False))
+                self._guarded((child, EXIT))
 
     def _register_pending(self, selector: selectors.BaseSelector) -> None:
         # Children added while the thread was not waiting (or was not running).
@@ -366,11 +372,14 @@ class Supervisor:
     def _watch(self, selector: selectors.BaseSelector, child: Child) -> None:
         try:
             if child.rfd is not None:
-                selector.register(child.rfd, selectors.EVENT_READ, (child, True))
+                selector.register(child.rfd, selectors.EVENT_READ, (child, RESULT))
             if child.pidfd is not None:
-                selector.register(child.pidfd, selectors.EVENT_READ, (child, False))
+                selector.register(child.pidfd, selectors.EVENT_READ, (child, EXIT))
             else:
                 self._polled.add(child)
+            if child.streams is not None:
+                for fd in child.streams.watch_fds():
+                    selector.register(fd, selectors.EVENT_READ, (child, fd))
         except (OSError, ValueError, KeyError) as exc:  # never expected; never fatal
             _emergency(f"inparallel: could not watch task process {child.pid}: {exc!r}")
             self._polled.add(child)  # its exit is still seen, by polling
@@ -381,17 +390,19 @@ class Supervisor:
             timeout = EXIT_POLL if timeout is None else min(timeout, EXIT_POLL)
         return timeout
 
-    def _guarded(self, data: tuple[Child, bool] | None) -> None:
+    def _guarded(self, data: tuple[Child, int] | None) -> None:
         if data is None:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 4096)
             return
-        child, is_pipe = data
+        child, what = data
         try:
-            if is_pipe:
+            if what == RESULT:
                 self._on_readable(child)
-            else:
+            elif what == EXIT:
                 self._on_exit(child)
+            else:
+                self._on_output(child, what)
         except BaseException as exc:
             # A bug of ours, or an OS error we did not foresee: fail this task, keep the rest.
             reason = "inparallel's supervisor failed while handling this task"
@@ -420,6 +431,12 @@ class Supervisor:
             if child.reader.complete:
                 self._deliver(child)
                 return
+
+    def _on_output(self, child: Child, fd: int) -> None:
+        # A tag pipe: forward its complete lines now (``_output`` bounds each read).
+        streams = child.streams
+        if streams is not None and not streams.on_readable(fd):
+            self._unregister(fd)  # end of file; ``finish`` closes it
 
     def _fail(self, child: Child, error: RemoteError) -> None:
         # The outcome is settled as a failure: the child has nothing more to say.
@@ -478,8 +495,22 @@ class Supervisor:
         if usage is not None:
             future.rusage = Rusage(usage.ru_maxrss * 1024, usage.ru_utime, usage.ru_stime)
         ok, outcome, counter = child.conclude(exitcode)
+        if child.streams is not None:
+            self._finish_output(child, future, outcome)
         self.counts[counter] += 1
         future._resolve(ok, outcome)
+
+    def _finish_output(self, child: Child, future: TaskFuture[Any], outcome: Any) -> None:
+        # Before the future resolves: what the task printed comes before what waits for it.
+        streams = child.streams
+        assert streams is not None
+        child.streams = None
+        for fd in streams.watch_fds():
+            self._unregister(fd)
+        out, err = streams.finish()  # writes tag and group output to our stdout/stderr
+        future.stdout, future.stderr = out, err
+        if err and isinstance(outcome, WorkerDied | TaskTimeout):
+            outcome.add_note(f"inparallel: the end of the task's stderr:\n{last_lines(err)}")
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -500,10 +531,13 @@ class Supervisor:
             self._unwatch(child.rfd)
             child.rfd = None
 
-    def _unwatch(self, fd: int) -> None:
+    def _unregister(self, fd: int) -> None:
         if self._selector is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(fd)
+
+    def _unwatch(self, fd: int) -> None:
+        self._unregister(fd)
         self.fds.discard(fd)  # forget it first: the number may be reused as soon as it closes
         os.close(fd)
 
@@ -538,12 +572,16 @@ class Supervisor:
             self._lock = threading.Lock()
             for child in self._children.values():
                 child.reaped, child.pidfd = True, None
-        epoll = getattr(self._selector, "fileno", None)  # None: no selector, or not epoll
-        for fd in [*self.fds, epoll() if epoll is not None else -1]:
+        for fd in self.fds:
             try:  # noqa: SIM105 - in a fresh child: no context manager objects (see _spawn)
                 os.close(fd)
-            except (OSError, ValueError):
+            except OSError:
                 pass
+        fileno = getattr(self._selector, "fileno", None)  # None: no selector, or not epoll
+        if fileno is not None:
+            # ValueError: closed already, by a `_close` that a fork from another thread raced.
+            with contextlib.suppress(OSError, ValueError):
+                os.close(fileno())
 
     def statistics(self) -> Statistics:
         """Return the counters since this process started, and the current state."""
