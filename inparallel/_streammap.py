@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import pickle
 import threading
 import time
 import weakref
@@ -38,11 +39,11 @@ from itertools import islice
 from typing import Any, Protocol
 
 from ._checks import HEAD_START
-from ._core._channel import load_error, pack_error
+from ._core._channel import load_error, pack_error, pack_values, unpack_values
 from ._core._errors import stray_stop
 from ._core._interrupts import atomic
 
-__all__ = ("Host", "MapIterator", "MapState", "cut_off", "run_chunk")
+__all__ = ("Host", "MapIterator", "MapState", "cut_off", "run_chunk", "unpack_chunk")
 
 
 class Host(Protocol):
@@ -57,24 +58,42 @@ class Host(Protocol):
         """Tell a waiting ``shutdown(wait=True)`` that a map may have settled."""
 
 
-def run_chunk(
-    fn: Callable[..., Any], chunk: list[tuple[Any, ...]], pack: bool
-) -> tuple[list[Any], Any]:
+def run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]], pack: bool) -> tuple[Any, Any]:
     """Run a chunk of calls; return the values up to the first error, and that error.
 
     A plain loop, not ``itertools.starmap``: a `StopIteration` from ``fn`` would end starmap in
     silence and lose the rest of the chunk; here it is the item's error like any other. In a
-    child (``pack``) the error travels packed, as a map worker's does, so that the values
-    before it arrive even when the exception itself will not pickle.
+    child (``pack``) values and error travel packed, as a map worker's do (`pack_values`,
+    `pack_error`), so that the values before a value or an exception that will not pickle
+    still arrive; `unpack_chunk` undoes it.
     """
     values: list[Any] = []
     append = values.append
+    error: BaseException | None = None
     try:
         for args in chunk:
             append(fn(*args))
     except BaseException as exc:  # belongs to the item after the last value
-        return values, pack_error(exc) if pack else exc
-    return values, None
+        error = exc
+    if not pack:
+        return values, error
+    packed = pack_values(values, "the mapped function returned")
+    if packed.error is not None:  # an earlier item than the function's error, if any
+        error = packed.error
+    # Out-of-band buffers travel as such again (PickleBuffer), not copied into the pickle.
+    parts = [p if isinstance(p, bytes) else pickle.PickleBuffer(p) for p in packed.parts]
+    return (packed.whole, packed.layout, parts), None if error is None else pack_error(error)
+
+
+def unpack_chunk(result: tuple[Any, Any]) -> tuple[list[Any], BaseException | None]:
+    """Rebuild `run_chunk`'s outcome in the parent: the values, and the error after them."""
+    values, error = result
+    if isinstance(values, tuple):  # packed in a child
+        whole, layout, parts = values
+        values, failure = unpack_values(whole, layout, [memoryview(p) for p in parts])
+        if failure is not None:  # a value that will not load here fails at its position
+            return values, failure
+    return values, load_error(error) if isinstance(error, tuple) else error
 
 
 def cut_off() -> CancelledError:
@@ -306,11 +325,10 @@ class MapIterator(Iterator[Any]):
                 state.cond.notify_all()
         if not state.chunked:
             return result
-        values, error = result
+        values, loaded = unpack_chunk(result)
         state.release(count - len(values))  # items after an error are never delivered
         self._values.extend(values)
-        if error is not None:  # the values before it first, then the error; then the end
-            loaded = load_error(error) if isinstance(error, tuple) else error
+        if loaded is not None:  # the values before it first, then the error; then the end
             if isinstance(loaded, StopIteration):
                 loaded = stray_stop(loaded, state.name)
             self._error = loaded

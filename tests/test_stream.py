@@ -35,7 +35,7 @@ import pytest
 from _faults import InterruptAt, child_pids
 from _timing import BOUND, PATIENCE, PROMPT
 
-from inparallel import StreamExecutor, _stream
+from inparallel import ResultNotPicklable, StreamExecutor, _stream
 from inparallel._streammap import MapState
 
 
@@ -632,6 +632,26 @@ def test_map_item_error_comes_after_every_earlier_result(mode: str, chunksize: i
         assert "fail_at_six" in frame_names(info.value)
         with pytest.raises(StopIteration):
             next(m)  # the error ended the map
+
+
+def lock_at_five(i: int) -> object:
+    return threading.Lock() if i == 5 else i
+
+
+@pytest.mark.parametrize("chunksize", [1, 4])
+def test_map_an_unpicklable_result_fails_alone_after_every_earlier_result(
+    mode: str, chunksize: int
+) -> None:
+    with executor(max_workers=2, mode=mode) as ex:
+        m = ex.map(lock_at_five, range(20), chunksize=chunksize)
+        got = []
+        if mode == "thread":  # nothing is pickled: the lock is a value like the others
+            assert len(list(m)) == 20
+            return
+        with pytest.raises(ResultNotPicklable):
+            for value in m:
+                got.append(value)
+        assert got == [0, 1, 2, 3, 4]  # the rest of the chunk before it arrived
 
 
 @pytest.mark.parametrize("chunksize", [1, 4])
