@@ -24,6 +24,7 @@ LAYERS = [
         "_core._tracebacks",
         "_core._emit",
         "_core._memfile",
+        "_core._salvage",
     ),
     ("_core._wire", "_core._output"),
     ("_core._reader", "_core._options"),

@@ -23,13 +23,8 @@ import pytest
 from _faults import ErrorAtUnpickle
 
 from inparallel import RemoteError, ResultNotPicklable, process_map
-from inparallel._core._channel import (
-    PackedValues,
-    _append_each,
-    _load_until_failure,
-    pack_values,
-    unpack_values,
-)
+from inparallel._core._channel import PackedValues, pack_values, unpack_values
+from inparallel._core._salvage import _append_each, load_until_failure
 from inparallel._core._wire import BIG_BYTES
 from inparallel._pools import _pack_reply
 
@@ -197,7 +192,7 @@ def test_loading_a_list_again_keeps_every_item_before_the_one_that_fails(seed: i
         values[k] = rng.choice(
             [_Refuses(), (1, _Refuses()), [_Refuses()], {"a": _Refuses()}, (_Refuses(), 1, 2, 3)]
         )
-        loaded, complete = _load_until_failure(memoryview(pickle.dumps(values, protocol=5)), [])
+        loaded, complete = load_until_failure(memoryview(pickle.dumps(values, protocol=5)), [])
         assert not complete
         assert repr(loaded) == repr(values[:k])
 
