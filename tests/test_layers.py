@@ -28,6 +28,7 @@ LAYERS = [
     ),
     ("_core._wire", "_core._output"),
     ("_core._reader", "_core._options"),
+    ("_core._limits",),
     ("_core._child", "_core._future", "_core._channel"),
     ("_core._record",),
     ("_core._deadlines", "_core._thread"),

@@ -26,7 +26,6 @@ import contextlib
 import fcntl
 import io
 import os
-import resource
 import select
 import signal
 import sys
@@ -37,6 +36,7 @@ from typing import Any, NamedTuple, NoReturn
 
 from ._errors import MemoryLimitExceeded, ResultNotPicklable
 from ._interrupts import getsignal, setsignal
+from ._limits import apply_limits, lift_memory_limit
 from ._options import TaskOptions
 from ._output import Streams
 from ._wire import Encoded, encode_error, encode_value, send
@@ -127,18 +127,18 @@ def run_child(
 
 def _run(call: Callable[[], object], options: TaskOptions) -> Encoded:
     restricted = options.restricted_results
-    _apply_limits(options)
+    apply_limits(options)
     try:
         value = call()
     except BaseException as exc:
-        _lift_memory_limit(options)
+        lift_memory_limit(options)
         memory = isinstance(exc, MemoryError) and not isinstance(exc, MemoryLimitExceeded)
         if options.memory_limit and memory:
             limit_error = MemoryLimitExceeded(options.memory_limit)
             limit_error.__cause__ = exc
             exc = limit_error
         return encode_error(exc, restricted)
-    _lift_memory_limit(options)
+    lift_memory_limit(options)
     try:
         return encode_value(value, restricted)
     except ResultNotPicklable as exc:
@@ -369,44 +369,3 @@ def _save_coverage() -> None:
         if current is not None:
             current.stop()
             current.save()
-
-
-# -- resource limits -----------------------------------------------------------------------------
-
-
-def _vm_size() -> int:
-    try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _apply_limits(options: TaskOptions) -> None:
-    if options.memory_limit is not None:
-        # Relative to what the child inherited: an absolute RLIMIT_AS below the parent's
-        # mapped size would fail the first allocation (research X12).
-        _, hard = resource.getrlimit(resource.RLIMIT_AS)
-        soft = _vm_size() + options.memory_limit
-        if hard != resource.RLIM_INFINITY:
-            soft = min(soft, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-    if options.cpu_time is not None:
-        # SIGXCPU at the soft limit; SIGKILL one second later if the task handles SIGXCPU.
-        # No core dump: it would be a copy of the parent's memory.
-        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
-        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-        limit = options.cpu_time
-        if hard == resource.RLIM_INFINITY or hard > limit + 1:
-            hard = limit + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (min(limit, hard), hard))
-
-
-def _lift_memory_limit(options: TaskOptions) -> None:
-    # Pickling the outcome needs memory of its own, and a MemoryError must still be reported.
-    if options.memory_limit is not None:
-        _, hard = resource.getrlimit(resource.RLIMIT_AS)
-        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
