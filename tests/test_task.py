@@ -32,7 +32,8 @@ from inparallel import (
     waitfor,
 )
 from inparallel._core import _supervisor
-from inparallel._core._future import LocalFuture, to_asyncio
+from inparallel._core._bridge import to_asyncio
+from inparallel._core._future import LocalFuture
 
 # -- helpers ---------------------------------------------------------------------------------
 

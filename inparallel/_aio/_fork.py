@@ -15,7 +15,7 @@ from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
 from .._checks import HEAD_START, count, function
-from .._core._future import to_asyncio
+from .._core._bridge import to_asyncio
 from .._core._options import TaskOptions
 from .._core._spawn import spawn
 from .._executor import portable, selected
