@@ -33,6 +33,7 @@ LAYERS = [
     ("_core._child", "_core._future", "_core._channel"),
     ("_core._record",),
     ("_core._deadlines", "_core._thread"),
+    ("_core._events",),
     ("_core._supervisor",),
     ("_core._spawn",),
     ("_checks",),
