@@ -13,11 +13,12 @@ used (``from inparallel import task`` imports what `task` needs, and no more).
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 if sys.platform == "win32":  # pragma: no cover - the library is built on fork()
     raise ImportError("inparallel needs a POSIX system with os.fork(); Windows is not supported")
+
+from . import _lazy
 
 # Type checkers treat this name as true. Importing `typing.TYPE_CHECKING` instead would import
 # typing (and re): several times the cost of the rest of this module.
@@ -110,25 +111,4 @@ _HOMES = {
 if not TYPE_CHECKING:
     # Hidden from type checkers: they see the real names above, and a module-level
     # ``__getattr__`` would make them accept any misspelt name as ``Any``.
-
-    def __getattr__(name: str) -> object:
-        """Import the module that defines public ``name``, and keep the name here.
-
-        Runs only for a name not in the module yet, so once per name; the import system's
-        per-module locks make a first use from two threads at once safe.
-
-        Raises:
-            AttributeError: ``name`` is not a public name of the package.
-        """
-        try:
-            home = _HOMES[name]
-        except KeyError:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-        value = getattr(importlib.import_module(home, __package__), name)
-        globals()[name] = value
-        return value
-
-
-def __dir__() -> list[str]:
-    """List the module's names, the public ones not imported yet included."""
-    return sorted({*globals(), *__all__})
+    __getattr__, __dir__ = _lazy.exports(globals(), _HOMES, __all__)

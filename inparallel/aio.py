@@ -38,7 +38,7 @@ when it is awaited (by then asyncio is loaded anyway).
 
 from __future__ import annotations
 
-import importlib
+from . import _lazy
 
 # Type checkers treat this name as true: they see the real names below (see inparallel's own
 # ``__init__``, which does the same).
@@ -101,23 +101,6 @@ _HOMES = {
 }
 
 if not TYPE_CHECKING:
-    # Hidden from type checkers, which would otherwise accept any misspelt name as ``Any``.
-
-    def __getattr__(name: str) -> object:
-        """Import the module that defines ``name``, and keep the name here (once per name).
-
-        Raises:
-            AttributeError: ``name`` is not a name of this module.
-        """
-        try:
-            home = _HOMES[name]
-        except KeyError:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-        value = getattr(importlib.import_module(home, __package__), name)
-        globals()[name] = value
-        return value
-
-
-def __dir__() -> list[str]:
-    """List the module's names, those not imported yet included."""
-    return sorted({*globals(), *__all__})
+    # Hidden from type checkers: they see the real names above, and a module-level
+    # ``__getattr__`` would make them accept any misspelt name as ``Any``.
+    __getattr__, __dir__ = _lazy.exports(globals(), _HOMES, __all__)

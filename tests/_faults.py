@@ -659,6 +659,17 @@ class Beacon:
         self.close()
 
 
+def drain(it: Iterator[Any]) -> tuple[list[Any], BaseException | None]:
+    """Consume ``it``; return the values and the exception that ended it (or None)."""
+    out: list[Any] = []
+    try:
+        for value in it:
+            out.append(value)
+    except BaseException as exc:
+        return out, exc
+    return out, None
+
+
 def wait_until(check: Callable[[], object], timeout: float = BOUND) -> bool:
     """Wait up to ``timeout`` seconds for ``check()`` to be true; return whether it became so.
 

@@ -31,6 +31,18 @@ def double(x: int) -> int:
     return 2 * x
 
 
+def held_task(gate: _faults.Gate, beacon: _faults.Beacon) -> Any:
+    """A task that says it started, then waits for the gate and returns its argument."""
+
+    @task
+    def held(x: int) -> int:
+        beacon.send()
+        gate.wait(PATIENCE)
+        return x
+
+    return held
+
+
 @pytest.fixture
 def thread_starts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Names of the supervisor threads started during the test (after earlier ones ended)."""
@@ -104,12 +116,7 @@ def test_a_waiter_that_does_not_drive_starts_the_thread(
 def test_a_caller_driving_hands_over_to_the_thread(
     gate: _faults.Gate, beacon: _faults.Beacon, tracked: list[Any]
 ) -> None:
-    @task
-    def held(x: int) -> int:
-        beacon.send()
-        gate.wait(PATIENCE)
-        return x
-
+    held = held_task(gate, beacon)
     first, second = held(1), held(2)
     tracked += [first, second]
     beacon.receive(2)
@@ -137,12 +144,7 @@ def test_a_caller_driving_hands_over_to_the_thread(
 def test_two_threads_waiting_on_their_own_tasks(
     gate: _faults.Gate, beacon: _faults.Beacon, tracked: list[Any]
 ) -> None:
-    @task
-    def held(x: int) -> int:
-        beacon.send()
-        gate.wait(PATIENCE)
-        return x
-
+    held = held_task(gate, beacon)
     futures = [held(i) for i in range(2)]
     tracked += futures
     beacon.receive(2)

@@ -18,6 +18,7 @@ PACKAGE = pathlib.Path(inparallel.__file__).parent
 # `test_every_module_has_a_layer` until it is given its place here.
 LAYERS = [
     (
+        "_lazy",
         "_core.__init__",
         "_core._errors",
         "_core._interrupts",

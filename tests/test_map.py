@@ -38,6 +38,7 @@ from _faults import (
     InjectedFault,
     alive,
     child_pids,
+    drain,
     kill_self,
     wait_until,
 )
@@ -133,17 +134,6 @@ def wait_gone(pids: Iterable[int], timeout: float = PROMPT) -> bool:
     """
     pids = set(pids)
     return wait_until(lambda: not any(alive(p) for p in pids), timeout)
-
-
-def drain(it: Iterator[Any]) -> tuple[list[Any], BaseException | None]:
-    """Consume ``it``; return the values and the exception that ended it (or None)."""
-    out: list[Any] = []
-    try:
-        for value in it:
-            out.append(value)
-    except BaseException as exc:
-        return out, exc
-    return out, None
 
 
 def assert_exhausted(it: Iterator[Any]) -> None:

@@ -16,11 +16,10 @@ import pickle
 import pickletools
 import random
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _faults import ErrorAtUnpickle
+from _faults import ErrorAtUnpickle, drain
 
 from inparallel import RemoteError, ResultNotPicklable, process_map
 from inparallel._core._channel import PackedValues, pack_values, unpack_values
@@ -60,16 +59,6 @@ def container(x: int) -> object:
         x / 4,
     ]
     return kinds[x % len(kinds)]
-
-
-def drain(it: Iterator[Any]) -> tuple[list[Any], BaseException | None]:
-    out: list[Any] = []
-    try:
-        for value in it:
-            out.append(value)
-    except BaseException as exc:
-        return out, exc
-    return out, None
 
 
 def unpack(packed: PackedValues) -> tuple[list[Any], BaseException | None]:
