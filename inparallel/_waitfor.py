@@ -94,12 +94,13 @@ class _Waiter:
         finally:
             with self._cond:
                 self._driving = None
-        if not driven:
-            if driver is not None:
-                driver.watch()  # a thread finishes the tasks while we sleep
-            with self._cond:
-                while not self._done and not self._closed:
-                    self._cond.wait()
+        if not driven and driver is not None:
+            driver.watch()  # a thread finishes the tasks while we sleep
+        # Driven to its end without a completion: no child is left, and what is still
+        # awaited finishes on some other thread (an executor's future).
+        with self._cond:
+            while not self._done and not self._closed:
+                self._cond.wait()
 
     def _ready(self) -> bool:
         return bool(self._done) or self._closed

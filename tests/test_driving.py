@@ -13,6 +13,7 @@ import concurrent.futures as cf
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -287,3 +288,39 @@ def test_a_fork_racing_the_selector_close_is_clean(capfd: pytest.CaptureFixture[
         supervisor._selector = None
     assert "Exception ignored" not in capfd.readouterr().err
     assert inherits().result(timeout=BOUND) == 7
+
+
+def test_a_task_started_while_another_thread_drives_is_watched_too(
+    gate: _faults.Gate, beacon: _faults.Beacon, tracked: list[Any]
+) -> None:
+    long = held_task(gate, beacon)(1)
+    tracked.append(long)
+    beacon.receive()
+    driving = threading.Thread(target=lambda: long.result(timeout=PATIENCE))
+    driving.start()
+    try:
+        assert _faults.wait_until(lambda: _supervisor.get()._role.locked(), BOUND)
+        short = double(4)  # the driving thread is blocked on the other child
+        with _faults.deadline(BOUND, "polling done() while another thread drives"):
+            while not short.done():
+                pass
+        assert short.result() == 8
+    finally:
+        gate.release()
+        driving.join(BOUND)
+
+
+def test_waitfor_sleeps_once_its_tasks_are_done_and_an_executor_future_is_left() -> None:
+    release = threading.Event()
+    with cf.ThreadPoolExecutor(1) as pool:
+        in_flight: list[Any] = [double(1), pool.submit(release.wait, BOUND)]
+        got = []
+        for fut in waitfor(in_flight):
+            got.append(fut.result())
+            if len(got) == 1:
+                cpu = time.process_time()
+                timer = threading.Timer(0.5, release.set)  # what waitfor waits for next
+                timer.start()
+        timer.join()
+    assert got == [2, True]
+    assert time.process_time() - cpu < 0.2  # it slept; it did not spin

@@ -146,6 +146,8 @@ class Supervisor(Events):
                 return
             self._pending.append(child)
             if not self._want_thread:
+                if self._role.locked():  # a caller drives the loop: it must watch this one too
+                    self._wake()
                 return  # whoever waits for it watches it (see `drive`)
             try:
                 self._start()
