@@ -324,3 +324,12 @@ def test_waitfor_sleeps_once_its_tasks_are_done_and_an_executor_future_is_left()
         timer.join()
     assert got == [2, True]
     assert time.process_time() - cpu < 0.2  # it slept; it did not spin
+
+
+def test_polling_running_ends_without_a_thread(thread_starts: list[str]) -> None:
+    fut = double(5)
+    with _faults.deadline(BOUND, "polling running()"):
+        while fut.running():
+            pass
+    assert fut.result() == 10
+    assert thread_starts == []

@@ -322,9 +322,20 @@ class TaskFuture(LocalFuture[R]):
 
     def done(self) -> bool:
         """Return whether the task has finished (looking at its child first, without waiting)."""
+        self._look()
+        return super().done()
+
+    def running(self) -> bool:
+        """Return whether the task still runs (looking at its child first, without waiting)."""
+        self._look()
+        return super().running()
+
+    def _look(self) -> None:
+        # A poll (``done()``, ``running()``) watches the children for a moment if nobody else
+        # does, so that a loop polling it ends (else the thread or the caller that does
+        # finishes it).
         if self._state in _UNFINISHED and not self._inherited():
             self._driver.drive(self._finished, 0.0)
-        return super().done()
 
     def _finished(self) -> bool:
         return self._state not in _UNFINISHED
