@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._core._spawn import OS_THREAD_WAIT, PARK
+from ._core._thread import start as start_thread
 from ._core._thread import wait_gone
 
 __all__ = (
@@ -180,7 +181,7 @@ class Feed:
             _running[thread] = self
             _hook()
             try:
-                thread.start()  # under the lock: park() sees it running or not at all
+                start_thread(thread)  # under the lock: park() sees it running or not at all
             except BaseException:
                 self._running = False
                 del _running[thread]

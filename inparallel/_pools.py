@@ -49,6 +49,7 @@ from ._core._channel import (
 )
 from ._core._errors import ResultNotPicklable, WorkerDied
 from ._core._interrupts import atomic
+from ._core._thread import start as start_thread
 from ._feed import READER_WAIT, park_readers
 from ._inputs import Indexed
 from ._workers import Waker, Worker, wait_any
@@ -82,7 +83,7 @@ class ThreadPool:
                 name=f"inparallel-map-{len(self._threads)}",
                 daemon=True,  # a thread stuck in fn must never block interpreter exit
             )
-            thread.start()
+            start_thread(thread)
             self._threads.append(thread)
 
     def wait(self) -> list[Done]:

@@ -30,6 +30,7 @@ from ._core._child import flush_stdio
 from ._core._errors import ResultNotPicklable
 from ._core._interrupts import atomic
 from ._core._reader import decode
+from ._core._thread import start as start_thread
 from ._core._wire import Kind
 from ._feed import READER_WAIT, park_readers
 from ._inputs import iterate
@@ -120,7 +121,7 @@ class _ThreadState:
         self._thread = threading.Thread(
             target=self._fill, args=(source,), name="inparallel-preload", daemon=True
         )
-        self._thread.start()
+        start_thread(self._thread)
 
     def __repr__(self) -> str:
         return f"thread, {len(self._items)} buffered"

@@ -37,6 +37,7 @@ from ._checks import MISSING, count, default_threads, function, renamed
 from ._core._interrupts import GiveUp, atomic
 from ._core._options import TaskOptions
 from ._core._spawn import spawn
+from ._core._thread import start as start_thread
 from ._executor import concurrency, portable, selected
 from ._inputs import iterate
 from ._streamcall import Call
@@ -163,7 +164,7 @@ class StreamExecutor(Executor):
             return
         thread = threading.Thread(target=self._serve, name="inparallel-stream", daemon=True)
         try:
-            thread.start()
+            start_thread(thread)
         except RuntimeError:  # "can't start new thread": the ones alive will take the call
             if not self._threads:
                 raise

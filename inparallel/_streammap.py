@@ -42,6 +42,7 @@ from ._checks import HEAD_START
 from ._core._channel import load_error, pack_error, pack_values, unpack_values
 from ._core._errors import stray_stop
 from ._core._interrupts import atomic
+from ._core._thread import start as start_thread
 
 __all__ = ("Host", "MapIterator", "MapState", "cut_off", "run_chunk", "unpack_chunk")
 
@@ -145,14 +146,15 @@ class MapState:
         Raises:
             RuntimeError: No thread could be started.
         """
-        threading.Thread(
+        feeder = threading.Thread(
             # In a copy of the caller's context: the engine selected by inparallel.use()
             # around map() is the one the feeder submits to.
             target=contextvars.copy_context().run,
             args=(self._feed, fn, items),
             name="inparallel-stream-feeder",
             daemon=True,
-        ).start()
+        )
+        start_thread(feeder)
 
     def _feed(self, fn: Callable[..., Any], items: Iterator[tuple[Any, ...]]) -> None:
         error: BaseException | None = None

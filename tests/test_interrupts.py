@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 
 import _faults
 import conftest
@@ -317,3 +318,49 @@ def test_ctrl_c_ends_a_call_blocked_flushing_stdout_into_a_full_pipe() -> None:
         proc.kill()
         proc.communicate()
     assert line == b"KeyboardInterrupt reached the caller\n", line
+
+
+def _blocks_sigint(native_id: int) -> bool:
+    with open(f"/proc/self/task/{native_id}/status") as status:
+        for line in status:
+            if line.startswith("SigBlk:"):
+                return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+    raise AssertionError("no SigBlk line")
+
+
+def test_every_library_thread_blocks_sigint_from_its_start(gate: _faults.Gate) -> None:
+    # A SIGINT delivered to another thread than the main one flags the handler but leaves
+    # the main thread asleep in a blocking wait: no library thread may ever receive one.
+    from inparallel import StreamExecutor, process_map, thread_preload
+
+    @task(timeout=PATIENCE)  # a deadline: the supervisor thread runs
+    def held() -> int:
+        gate.wait(PATIENCE)
+        return 1
+
+    def slow_source() -> Iterator[int]:
+        yield 1
+        gate.wait(PATIENCE)
+
+    fut = held()
+    preload = thread_preload(iter(slow_source()), 1)
+    executor = StreamExecutor(max_workers=1, mode="thread")
+    call = executor.submit(gate.wait, PATIENCE)
+    mapped = process_map(lambda x: x, slow_source())
+    try:
+        assert next(iter(mapped)) == 1  # its input reader thread is waiting in the source
+        names = {"inparallel-supervisor", "inparallel-preload", "inparallel-stream"}
+        seen = set()
+        for thread in threading.enumerate():
+            if thread.name.startswith("inparallel") and thread.native_id is not None:
+                assert _blocks_sigint(thread.native_id), thread.name
+                seen.add(thread.name)
+        assert names <= seen, seen
+        assert not _blocks_sigint(threading.get_native_id())  # the caller's mask is as it was
+    finally:
+        gate.release(8)
+        assert fut.result(timeout=BOUND) == 1
+        call.result(timeout=BOUND)
+        executor.shutdown()
+        preload.close()
+        mapped.close()

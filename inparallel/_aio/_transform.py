@@ -14,6 +14,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, TypeVar
 
 from .._checks import count
+from .._core._thread import start as start_thread
 from ._base import END, Stream, adopt, close_source, killed, next_of, next_or_end, next_sync
 
 __all__ = ("aiter_to_iter", "azip", "flatten_aiter", "iter_to_aiter")
@@ -155,7 +156,7 @@ class _SyncView(Iterator[T]):
             # Dropped inside another running loop: this thread cannot run ours, one that
             # runs no loop can (for the few steps that closing takes).
             closer = threading.Thread(target=self.close, name="inparallel.aio closer")
-            closer.start()
+            start_thread(closer)
             closer.join()
 
 

@@ -36,9 +36,10 @@ The held section must not block for long: a Ctrl-C cannot end it.
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # no stub: the C module `signal` wraps
+import contextlib
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, ParamSpec, TypeVar
 
@@ -51,6 +52,7 @@ __all__ = (
     "release",
     "setsignal",
     "should_hold",
+    "sigint_blocked",
     "sigmask",
 )
 
@@ -65,6 +67,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _SIGINT = int(_signal.SIGINT)
+_SIG_BLOCK, _SIG_SETMASK = int(_signal.SIG_BLOCK), int(_signal.SIG_SETMASK)
 _held: list[int] = []  # signals noted by `_hold` since the section began
 _saved: Any = None  # the program's own handler, put back by `release`
 
@@ -167,3 +170,21 @@ def release() -> None:
         signum = _held[0]
         _held.clear()
         handler(signum, None)
+
+
+@contextlib.contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread for the block; threads started in it inherit the mask.
+
+    Start every library thread under it. A SIGINT sent to the process goes to one of its
+    threads that does not block it; if that is not the main thread, the main thread's Python
+    handler is flagged but nothing wakes the main thread from a blocking wait (a lock, a
+    condition), and the Ctrl-C waits for an unrelated wake-up. A thread that blocks SIGINT
+    from its first instruction never receives it. While the block runs, a SIGINT for this
+    thread waits in the kernel and is delivered at its end.
+    """
+    previous = sigmask(_SIG_BLOCK, (_SIGINT,))
+    try:
+        yield
+    finally:
+        sigmask(_SIG_SETMASK, previous)

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import _thread
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
 
-__all__ = ("BareThread", "wait_gone")
+from ._interrupts import sigint_blocked
+
+__all__ = ("BareThread", "start", "wait_gone")
 
 
 class BareThread:
@@ -50,15 +51,13 @@ class BareThread:
         self._started.clear()
         self._baton.acquire()  # the previous thread may be in its last instructions
         try:
-            _thread.start_new_thread(self._main, (target,))
+            with sigint_blocked():  # never the thread that receives a Ctrl-C: see start()
+                _thread.start_new_thread(self._main, (target,))
         except BaseException:
             self._baton.release()
             raise
 
     def _main(self, target: Callable[[], None]) -> None:
-        # Never the thread that receives a Ctrl-C: the main thread handles it anyway, and a
-        # fork blocks SIGINT in the forking thread to keep it out of its hooks (see _spawn).
-        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT,))
         self.ident, self.native_id = threading.get_ident(), threading.get_native_id()
         self.last_native_id = self.native_id
         threading.current_thread().name = self.name  # creates the dummy entry
@@ -102,6 +101,21 @@ class BareThread:
             return None
         self._started.wait(timeout)
         return self.native_id
+
+
+def start(thread: threading.Thread) -> None:
+    """Start a library thread that never receives a Ctrl-C (SIGINT blocked from its start).
+
+    The main thread handles Ctrl-C anyway; a SIGINT delivered to another thread would leave
+    the main thread asleep in a blocking wait until something else woke it (see
+    `_interrupts.sigint_blocked`). A fork also blocks SIGINT in the forking thread to keep it
+    out of its hooks (see ``_spawn``).
+
+    Raises:
+        RuntimeError: The thread could not be started.
+    """
+    with sigint_blocked():
+        thread.start()
 
 
 def wait_gone(native_id: int | None, timeout: float) -> bool:
