@@ -232,6 +232,31 @@ def go_pipe() -> Iterator[tuple[int, int, dict[str, str]]]:
 
 # -- inherit -------------------------------------------------------------------------------------
 
+AT_EXIT = """
+mode = sys.argv[1]
+beacon = _faults.Beacon()
+
+@task(output=mode, name="t")
+def work():
+    print("written before the exit")
+    beacon.send()
+    signal.pause()
+
+fut = work()
+beacon.receive(timeout=BOUND)
+print("parent: exiting", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["tag", "group"])
+def test_a_task_killed_at_interpreter_exit_still_shows_its_output(mode: str) -> None:
+    # The exit handler kills the task, then writes what it had printed (tag's lines not yet
+    # forwarded, group's whole block), as its end would have.
+    screen = run(AT_EXIT, mode, terminal=False)
+    line = "[t] written before the exit" if mode == "tag" else "written before the exit"
+    assert sorted(screen.out.splitlines()) == sorted([line, "parent: exiting"]), _show(screen)
+
+
 KILLED_INHERIT = """
 how = sys.argv[1]
 beacon = _faults.Beacon()

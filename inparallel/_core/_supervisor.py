@@ -324,7 +324,10 @@ class Supervisor(Events):
     # -- process lifecycle --------------------------------------------------------------------
 
     def kill_all(self, grace: float) -> None:
-        """Kill every child and reap it (waiting up to ``grace`` seconds in all): for exit."""
+        """Kill every child and reap it (waiting up to ``grace`` seconds in all): for exit.
+
+        The output of tasks with ``output="tag"`` or ``"group"`` is then written out.
+        """
         self.park(grace)
         with self._lock:
             children = list(self._children.values())
@@ -339,6 +342,12 @@ class Supervisor(Events):
                     poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(child.pid, os.WNOHANG)
+        for child in children:
+            # What a killed task printed before the end still reaches the terminal (tag's
+            # last lines, group's block); ``finish`` raises no Exception.
+            streams, child.streams = child.streams, None
+            if streams is not None:
+                streams.finish()
 
     def forget_in_child(self) -> None:
         """In a freshly forked child: close every inherited library fd, drop all state.
