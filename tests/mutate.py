@@ -262,6 +262,38 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_interrupts.py",),
         "a Ctrl-C held during a library call is never delivered",
     ),
+    Mutation(
+        "caller-never-drives",
+        "inparallel/_core/_supervisor.py",
+        "            driving = self._role.acquire(blocking=False)\n",
+        "            driving = False  # mutated\n",
+        ("tests/test_driving.py",),
+        "a caller waiting for its tasks never watches them itself: a thread starts for each",
+    ),
+    Mutation(
+        "child-block-buffered",
+        "inparallel/_core/_child.py",
+        '        (like.encoding, like.errors or "strict", True, like.write_through)\n',
+        '        (like.encoding, like.errors or "strict", like.line_buffering, False)  # mutated\n',
+        ("tests/test_output.py", "-k", "inherit_delivers or unbuffered"),
+        "a task's stdout on a pipe is block-buffered: a killed task loses what it printed",
+    ),
+    Mutation(
+        "threads-take-sigint",
+        "inparallel/_core/_thread.py",
+        "    with sigint_blocked():\n        thread.start()\n",
+        "    thread.start()  # mutated\n",
+        ("tests/test_interrupts.py", "-k", "library_thread"),
+        "a library thread may receive the Ctrl-C, leaving the main thread asleep in a wait",
+    ),
+    Mutation(
+        "output-never-finished",
+        "inparallel/_core/_events.py",
+        "        out, err = streams.finish()  # writes tag and group output to our stdout/stderr\n",
+        "        out, err = None, None  # mutated\n",
+        ("tests/test_output.py", "-k", "capture or group"),
+        "a task's captured or grouped output is never read when it ends",
+    ),
 )
 
 
