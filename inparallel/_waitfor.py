@@ -61,9 +61,11 @@ class _Waiter:
 
     def watch(self, future: Future[Any]) -> None:
         """Call `on_done` when ``future`` finishes (at once if it has)."""
-        if isinstance(future, TaskFuture):
-            self._driver = future._driver  # one per process: every task shares it
+        if isinstance(future, TaskFuture) and not future._finished():
+            # Unfinished, so this process's (a fork's copy refuses): its driver is this
+            # process's supervisor, which every task shares.
             future._add_driven_callback(self.on_done)
+            self._driver = future._driver
         else:
             future.add_done_callback(self.on_done)
 

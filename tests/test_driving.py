@@ -12,6 +12,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -332,4 +334,72 @@ def test_polling_running_ends_without_a_thread(thread_starts: list[str]) -> None
         while fut.running():
             pass
     assert fut.result() == 10
+    assert thread_starts == []
+
+
+def test_fire_and_forget_calls_do_not_pile_up(thread_starts: list[str]) -> None:
+    # Nobody waits for these: each call takes in what earlier ones finished, so zombies and
+    # fds stay bounded by what is still running, with no thread.
+    fds0 = len(conftest.open_fds())
+    futures = []
+    for i in range(200):
+        futures.append(double(i))
+        if i % 50 == 49:
+            running = len(child_pids())
+            assert running < 40, running  # what has not finished yet, not all 50
+            assert len(conftest.open_fds()) - fds0 < 120
+    assert [f.result(timeout=BOUND) for f in futures] == [2 * i for i in range(200)]
+    assert thread_starts == []
+
+
+def test_waitfor_in_a_task_over_its_own_and_an_inherited_finished_future() -> None:
+    finished = double(3)
+    assert finished.result(timeout=BOUND) == 6
+
+    @task
+    def inside() -> list[int]:
+        own = double(4)
+        return sorted(f.result() for f in waitfor([own, finished]))
+
+    assert inside().result(timeout=PATIENCE) == [6, 8]
+
+
+def test_a_parent_with_closed_stdio_keeps_its_result_pipes_off_fds_0_to_2() -> None:
+    script = """
+import os, sys
+report = os.fdopen(os.dup(2), "w", buffering=1)
+for fd in (0, 1, 2):
+    os.close(fd)
+from inparallel import task
+
+@task(output="capture")
+def chatty(x):
+    print("to my own stdout")
+    print("and my stderr", file=sys.stderr)
+    return x
+
+futures = [chatty(i) for i in range(3)]
+report.write(repr([(f.result(timeout=10), f.stdout, f.stderr) for f in futures]) + "\\n")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        env=_faults.python_env(),
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = [(i, "to my own stdout\n", "and my stderr\n") for i in range(3)]
+    assert proc.stderr == repr(expected) + "\n"
+
+
+def test_a_thread_wished_for_after_the_last_child_ended_is_not_started_later(
+    thread_starts: list[str],
+) -> None:
+    fut = double(2)
+    assert fut.result(timeout=BOUND) == 4
+    assert fut.kill() is False  # reaped already: nothing to watch
+    _supervisor.get().watch()  # as a late kill() or cancel() does
+    assert double(3).result(timeout=BOUND) == 6
     assert thread_starts == []

@@ -700,3 +700,14 @@ def test_repr_shows_mode_label_and_state() -> None:
     assert reap(pid) == 0
     streams.finish()
     assert repr(streams) == "<Streams tag label='db' closed fds=()>"
+
+
+def test_a_label_with_control_characters_is_shown_escaped() -> None:
+    streams = open_streams("tag")
+    assert streams is not None
+    try:
+        streams.after_fork_in_parent("two\nlines\x1b[31m")
+        assert streams.label == "two\nlines\x1b[31m"  # fut.name keeps it as it is
+        assert streams._prefix == "[two\\nlines\\x1b[31m] "
+    finally:
+        streams.close()

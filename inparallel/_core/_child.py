@@ -34,6 +34,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NamedTuple, NoReturn
 
+from ._emit import encoding_of
 from ._errors import MemoryLimitExceeded, ResultNotPicklable
 from ._interrupts import getsignal, setsignal
 from ._limits import apply_limits, lift_memory_limit
@@ -64,11 +65,15 @@ class Plan(NamedTuple):
     """
 
     handlers: tuple[int, ...]  #: signals with a Python-level handler to reset to SIG_DFL
-    stdin: io.TextIOWrapper  #: reads fd 0, which the child points at /dev/null
-    stdout: io.TextIOWrapper | None  #: fresh object over fd 1, or None to keep sys.stdout
-    stderr: io.TextIOWrapper | None  #: fresh object over fd 2, or None to keep sys.stderr
+    stdin: io.TextIOWrapper | None  #: reads fd 0 (/dev/null in the child); None: make it there
+    stdout: io.TextIOWrapper | None  #: fresh object over fd 1, or None (see ``encodings``)
+    stderr: io.TextIOWrapper | None  #: fresh object over fd 2, or None (see ``encodings``)
     parent: int  #: the parent's pid, to die at once if it is gone before the child is armed
     deathsig: Callable[[int, int, int, int, int], int] | None  #: prctl, when it is sound
+    #: With output= other than inherit: the encodings of the fresh stdout and stderr the child
+    #: must have (made there if the parent could not: its fd 1 or 2 is closed). Else None:
+    #: a None stream above means keeping the parent's object.
+    encodings: tuple[str, str] | None = None
 
 
 def plan(redirected: bool = False) -> Plan:
@@ -78,13 +83,22 @@ def plan(redirected: bool = False) -> Plan:
     ``"inherit"``), so it writes through fresh streams even where the parent's are not over
     fds 1 and 2 (a capture object, a replacement): what it prints must reach those fds.
     """
+    if redirected:
+        # What the parent decodes the task's output with (a replaced sys.stdout included).
+        encodings = (encoding_of("stdout"), encoding_of("stderr"))
+        stdout = _spare("stdout", 1, encoding=encodings[0])
+        stderr = _spare("stderr", 2, encoding=encodings[1])
+    else:
+        encodings = None
+        stdout, stderr = _spare_for("stdout", 1), _spare_for("stderr", 2)
     return Plan(
         _python_handlers(),
         _spare("stdin", 0),
-        _spare_for("stdout", 1) or (_spare("stdout", 1) if redirected else None),
-        _spare_for("stderr", 2) or (_spare("stderr", 2) if redirected else None),
+        stdout,
+        stderr,
         os.getpid(),
         _prctl() if threading.get_ident() == threading.main_thread().ident else None,
+        encodings,
     )
 
 
@@ -103,9 +117,9 @@ def run_child(
     code = INTERNAL_ERROR
     try:
         _arm_lifeline(wfd, plan)
+        pipe = _identity(wfd)
         if streams is not None:
             streams.in_child()  # before this process opens any fd of its own
-        pipe = _identity(wfd)
         _reset_signals(plan.handlers)
         _isolate_stdio(plan)
         encoded = _run(call, options)
@@ -259,7 +273,11 @@ def _reset_signals(handlers: tuple[int, ...]) -> None:
 _SPARES: dict[tuple[object, ...], io.TextIOWrapper] = {}
 
 
-def _spare(name: str, fd: int, like: io.TextIOWrapper | None = None) -> io.TextIOWrapper:
+def _spare(
+    name: str, fd: int, like: io.TextIOWrapper | None = None, encoding: str = "utf-8"
+) -> io.TextIOWrapper | None:
+    # None when ``fd`` is closed here (a daemon's stdio): the child makes its own, see
+    # `_isolate_stdio`. ``encoding`` when there is no ``like``.
     # An output stream is line-buffered whatever the parent's is (a pipe or a file makes the
     # parent's block-buffered): each complete line reaches the fd when it ends, so a task
     # killed later (timeout, cancel(), a signal, os._exit) has lost none of its lines. When
@@ -267,13 +285,16 @@ def _spare(name: str, fd: int, like: io.TextIOWrapper | None = None) -> io.TextI
     config: tuple[str, str, bool, bool] = (
         (like.encoding, like.errors or "strict", True, like.write_through)
         if like is not None
-        else ("utf-8", "backslashreplace" if fd == 2 else "strict", fd != 0, False)
+        else (encoding, "backslashreplace" if fd == 2 else "strict", fd != 0, False)
     )
     key = (name, *config)
     spare = _SPARES.get(key)
     if spare is None:
         encoding, errors, line_buffering, write_through = config
-        raw = io.FileIO(fd, "r" if fd == 0 else "w", closefd=False)
+        try:
+            raw = io.FileIO(fd, "r" if fd == 0 else "w", closefd=False)
+        except OSError:
+            return None
         buffered: Any  # what TextIOWrapper accepts has no public type
         if fd == 0:
             buffered = io.BufferedReader(raw)
@@ -321,11 +342,15 @@ def _isolate_stdio(plan: Plan) -> None:
     # The replaced objects stay referenced, never flushed or closed: their buffers may hold the
     # parent's unflushed output, and a parent thread may have held their lock at the fork.
     _ABANDONED.append((sys.stdin, sys.stdout, sys.stderr))
-    sys.stdin = plan.stdin
-    if plan.stdout is not None:
-        sys.stdout = plan.stdout
-    if plan.stderr is not None:
-        sys.stderr = plan.stderr
+    sys.stdin = plan.stdin or _spare("stdin", 0)
+    stdout, stderr = plan.stdout, plan.stderr
+    if plan.encodings is not None:  # our own fds 1 and 2: fresh streams, whatever it takes
+        stdout = stdout or _spare("stdout", 1, encoding=plan.encodings[0])
+        stderr = stderr or _spare("stderr", 2, encoding=plan.encodings[1])
+    if stdout is not None:
+        sys.stdout = stdout
+    if stderr is not None:
+        sys.stderr = stderr
 
 
 def flush_stdio() -> None:

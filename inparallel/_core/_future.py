@@ -253,6 +253,9 @@ class TaskFuture(LocalFuture[R]):
         self._state = RUNNING
         self._send_signal = send_signal
         self._driver = driver
+        # Whether something waits for it (or has): the supervisor starts its thread rather
+        # than leave a second child that nothing waits for unwatched.
+        self._claimed = False
         self.pid = pid
         self.name = name
         self.exitcode: int | None = None
@@ -335,6 +338,7 @@ class TaskFuture(LocalFuture[R]):
         # does, so that a loop polling it ends (else the thread or the caller that does
         # finishes it).
         if self._state in _UNFINISHED and not self._inherited():
+            self._claimed = True
             self._driver.drive(self._finished, 0.0)
 
     def _finished(self) -> bool:
@@ -344,6 +348,7 @@ class TaskFuture(LocalFuture[R]):
         # The waiting thread watches the children itself while no thread does; when it cannot
         # (a thread or another caller does), it makes sure a thread does, and waits as usual.
         # Returns what is left of ``timeout``.
+        self._claimed = True
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._driver.drive(self._finished, timeout) and not self._finished():
             self._driver.watch()
@@ -356,6 +361,7 @@ class TaskFuture(LocalFuture[R]):
     def _add_driven_callback(self, fn: Callable[[Future[R]], object]) -> None:
         """`add_done_callback` for a caller that will `drive` until the future is done."""
         self._refuse_inherited()
+        self._claimed = True
         Future.add_done_callback(self, fn)
 
     def _refuse_wait(self) -> None:

@@ -214,7 +214,10 @@ class Streams:
                 in front of each tag line.
         """
         self.label = label
-        self._prefix = f"[{label}] "
+        # Shown as it is, but for what would break the one-prefix-per-line promise or drive
+        # the terminal: control characters (newlines, escapes) appear escaped.
+        shown = label if label.isprintable() else label.encode("unicode_escape").decode("ascii")
+        self._prefix = f"[{shown}] "
         child, self._child = self._child, ()
         _close_all(child)
 

@@ -50,6 +50,10 @@ class Child:
     def __post_init__(self) -> None:
         self.reader = FrameReader(self.options.max_result_size)
 
+    def claimed(self) -> bool:
+        """Whether something has waited for this child's future (``result()``, ``done()``...)."""
+        return self.future is None or self.future._claimed
+
     def fail(self, error: BaseException) -> None:
         """Settle the outcome now, as ``error`` (a bad frame, or a fault of the supervisor's)."""
         self.outcome = (False, error)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import functools
 import os
 import signal
@@ -133,7 +134,7 @@ def _spawn_held(
         _install_hooks()
         supervisor = _supervisor.get()
         try:
-            rfd, wfd = os.pipe()
+            rfd, wfd = _result_pipe()
         except OSError as exc:
             raise SpawnError(exc.errno, f"could not create a result pipe: {exc}; {_HINT}") from exc
         supervisor.fds.add(rfd)  # so every forked child, this one included, closes it
@@ -173,7 +174,9 @@ def _spawn_held(
             _inherited_pipe.append(wfd)
             run_child(wfd, call, options, child_plan, streams)
         _register(supervisor, child, wfd, label or default_label(fn, child.pid))
-        return future
+    # Outside the fork lock (it may unpickle results), still holding Ctrl-C: see `poll`.
+    supervisor.poll()
+    return future
 
 
 def _register(supervisor: _supervisor.Supervisor, child: Child, wfd: int, label: str) -> None:
@@ -200,6 +203,25 @@ def _register(supervisor: _supervisor.Supervisor, child: Child, wfd: int, label:
             message = f"could not watch the task process: {exc}; {_HINT}"
             raise SpawnError(exc.errno, message) from exc
         raise
+
+
+def _result_pipe() -> tuple[int, int]:
+    # Never on fds 0-2 (free in a process that closed its stdio): the child points those at
+    # /dev/null or its output streams, which would overwrite the result pipe.
+    ends = os.pipe()
+    if min(ends) > 2:
+        return ends
+    moved: list[int] = []
+    try:
+        for fd in ends:
+            moved.append(fd if fd > 2 else fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3))
+    except OSError:
+        for fd in {*ends, *moved}:
+            _close_quietly(fd)
+        raise
+    for fd in set(ends) - set(moved):
+        os.close(fd)
+    return moved[0], moved[1]
 
 
 def _fork(keep: frozenset[int]) -> int:

@@ -65,6 +65,9 @@ __all__ = (
 
 THREAD_NAME = "inparallel-supervisor"
 
+#: Output modes whose forwarding the thread does (see `add`).
+_THREADED_OUTPUT = ("tag", "group")
+
 
 class Supervisor(Events):
     """Watches children, enforces deadlines and resolves futures. One per process.
@@ -131,8 +134,9 @@ class Supervisor(Events):
             self._children[child.pid] = child
             self.counts["spawned"] += 1
             self._stop = False  # a park that timed out is called off: the thread carries on
-            if child.options.timeout is not None or child.options.output == "tag":
-                # A deadline holds, and tagged lines flow, whether anyone waits or not.
+            if child.options.timeout is not None or child.options.output in _THREADED_OUTPUT:
+                # A deadline holds, and output flows, whether anyone waits or not (and writing
+                # output, which can block, never holds up a waiting caller's Ctrl-C).
                 self._want_thread = True
             if self._running:
                 if self._direct and child.options.timeout is None and child.pidfd is not None:
@@ -178,10 +182,30 @@ class Supervisor(Events):
         Raises:
             RuntimeError: No thread could be started (interpreter shutdown).
         """
+        held = _interrupts.should_hold()
+        try:  # a Ctrl-C must not land between the thread's start and its record (_running)
+            if held:
+                _interrupts.hold()
+            with self._lock:
+                if self._children:  # else nothing is left to watch: the wish would outlive it
+                    self._want_thread = True
+                    if not self._running:
+                        self._start()
+        finally:
+            if held:
+                _interrupts.release()
+
+    def poll(self) -> None:
+        """Take in what finished among the children nobody has waited for yet; never blocks.
+
+        For the spawning caller, right after a fork: fire-and-forget calls must not pile up
+        unreaped (zombies, open fds, results held in their children) while no thread runs.
+        Does nothing while the thread runs, or when every other child is waited for.
+        """
         with self._lock:
-            self._want_thread = True
-            if self._children and not self._running:
-                self._start()
+            if self._running or all(child.claimed() for child in self._children.values()):
+                return
+        self.drive(_never, 0.0)
 
     def wake(self) -> None:
         """Wake whoever runs the loop now, so that it checks what it is waiting for."""
@@ -220,8 +244,10 @@ class Supervisor(Events):
                     _interrupts.hold()  # again, if the interrupt came while the loop waited
                 if driving:
                     with self._lock:
-                        if not (self._children or self._running) and self._selector is not None:
-                            self._close()  # an idle process holds no library fd
+                        if not (self._children or self._running):
+                            self._want_thread = False  # a wish for a thread ends with them
+                            if self._selector is not None:
+                                self._close()  # an idle process holds no library fd
             finally:
                 if driving:
                     _future.on_supervisor.active = previous
@@ -408,3 +434,7 @@ def reset_in_child() -> None:
 def statistics() -> Statistics:
     """Return the supervisor's counters; all zero before the first task."""
     return (_SUPERVISOR or Supervisor()).statistics()
+
+
+def _never() -> bool:
+    return False
