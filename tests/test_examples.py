@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import platform
 import re
+import subprocess
+import sys
 import time
 
 import _faults
 import pytest
-from _timing import BOUND
+from _timing import BOUND, PATIENCE
 
 SERVERS = [
     "alpha.local", "bravo.local", "charlie.local", "delta.local", "echo.local", "foxtrot.local",
@@ -137,3 +139,23 @@ def test_pipeline_seed_example_writes_one_token_per_line_for_each_call_form() ->
 def test_examples_run_as_modules_from_the_repository_root(name: str) -> None:
     lines = run_example(name, as_module=True)
     assert lines
+
+
+def test_hosts_example_tags_every_line_of_every_host() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "examples/hosts.py"],
+        cwd=_faults.REPO_ROOT,
+        env=_faults.python_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for host in ["alpha", "bravo", "charlie", "delta", "foxtrot", "juliet"]:
+        assert f"[{host}.local] connecting to {host}.local" in lines, proc.stdout
+        assert f"[{host}.local] ok" in lines, proc.stdout
+    assert "[echo.local] no route to host" in proc.stderr.splitlines()
+    assert lines[-1] == "echo.local failed: echo.local: no route to host"
