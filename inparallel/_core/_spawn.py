@@ -175,7 +175,7 @@ def _spawn_held(
             run_child(wfd, call, options, child_plan, streams)
         _register(supervisor, child, wfd, label or default_label(fn, child.pid))
     # Outside the fork lock (it may unpickle results), still holding Ctrl-C: see `poll`.
-    supervisor.poll()
+    supervisor.poll(child)
     return future
 
 

@@ -195,15 +195,18 @@ class Supervisor(Events):
             if held:
                 _interrupts.release()
 
-    def poll(self) -> None:
+    def poll(self, new: Child) -> None:
         """Take in what finished among the children nobody has waited for yet; never blocks.
 
-        For the spawning caller, right after a fork: fire-and-forget calls must not pile up
-        unreaped (zombies, open fds, results held in their children) while no thread runs.
-        Does nothing while the thread runs, or when every other child is waited for.
+        For the spawning caller, right after forking ``new``: fire-and-forget calls must not
+        pile up unreaped (zombies, open fds, results held in their children) while no thread
+        runs. Does nothing while the thread runs, or when every child before ``new`` is waited
+        for (a ``waitfor`` loop's are: its completions are its own to see).
         """
         with self._lock:
-            if self._running or all(child.claimed() for child in self._children.values()):
+            if self._running or all(
+                child.claimed() for child in self._children.values() if child is not new
+            ):
                 return
         self.drive(_never, 0.0)
 
