@@ -65,6 +65,10 @@ __all__ = (
 
 THREAD_NAME = "inparallel-supervisor"
 
+#: How many calls nobody has waited for yet may pile up before a call looks for finished
+#: ones among them (`Supervisor.poll`): at most this many zombies and 2x as many fds.
+POLL_EVERY = 32
+
 #: Output modes whose forwarding the thread does (see `add`).
 _THREADED_OUTPUT = ("tag", "group")
 
@@ -200,15 +204,19 @@ class Supervisor(Events):
 
         For the spawning caller, right after forking ``new``: fire-and-forget calls must not
         pile up unreaped (zombies, open fds, results held in their children) while no thread
-        runs. Does nothing while the thread runs, or when every child before ``new`` is waited
-        for (a ``waitfor`` loop's are: its completions are its own to see).
+        runs. Looks once every `POLL_EVERY` children that nobody has waited for; never while
+        the thread runs, nor for children a caller waits for (a ``waitfor`` loop's: their
+        completions are the loop's to see).
         """
         with self._lock:
-            if self._running or all(
-                child.claimed() for child in self._children.values() if child is not new
-            ):
+            if self._running:
                 return
-        self.drive(_never, 0.0)
+            unclaimed = sum(1 for child in self._children.values() if not child.claimed())
+        # Every POLL_EVERY of them: a look costs the caller about a millisecond while many
+        # children share its pages (each page it writes is copied), and a burst of calls that
+        # are all still running has nothing to take in.
+        if unclaimed > 1 and (unclaimed - 1) % POLL_EVERY == 0:
+            self.drive(_never, 0.0)
 
     def wake(self) -> None:
         """Wake whoever runs the loop now, so that it checks what it is waiting for."""
