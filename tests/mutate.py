@@ -264,7 +264,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "caller-never-drives",
-        "inparallel/_core/_supervisor.py",
+        "inparallel/_core/_drive.py",
         "            driving = self._role.acquire(blocking=False)\n",
         "            driving = False  # mutated\n",
         ("tests/test_driving.py",),

@@ -35,6 +35,7 @@ LAYERS = [
     ("_core._record",),
     ("_core._deadlines", "_core._thread"),
     ("_core._events",),
+    ("_core._drive",),
     ("_core._supervisor",),
     ("_core._spawn",),
     ("_checks",),

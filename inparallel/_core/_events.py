@@ -60,9 +60,35 @@ class Events:
     _deadlines: Deadlines
     _selector: selectors.BaseSelector | None
     _wake_r: int
+    _wake_w: int
+    _direct: bool
     _polled: set[Child]
     fds: set[int]
     counts: Counter[str]
+
+    def _open(self) -> None:
+        # Called under the lock and (via `add`) the fork lock: every library fd is created
+        # under the fork lock. A new selector watches every live child, not just the new one.
+        self._wake_r, self._wake_w = os.pipe()
+        self.fds.update((self._wake_r, self._wake_w))
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._direct = isinstance(self._selector, getattr(selectors, "EpollSelector", ()))
+
+    def _close(self) -> None:
+        # The thread leaves with nothing to watch: an idle process holds no library fd at all.
+        # (A parked thread leaves the selector as it is, with every child still registered.)
+        assert self._selector is not None
+        self._selector.close()
+        self._selector = None
+        for fd in (self._wake_r, self._wake_w):
+            self.fds.discard(fd)
+            os.close(fd)
+        self._wake_r = self._wake_w = -1
+        self._polled.clear()
+        self._deadlines.clear()  # only stale entries are left
 
     def send_signal(self, child: Child, sig: int) -> bool:
         """Signal a child that has not been reaped yet; return whether it was sent."""

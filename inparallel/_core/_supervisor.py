@@ -24,7 +24,7 @@ delivering is SIGKILLed after `LINGER_GRACE`; its result still wins.
 
 **Who runs the loop.** The loop above runs on one thread at a time, whichever holds the
 *role* lock. A caller about to block on its own tasks (``result()``, ``exception()``,
-``done()``, `waitfor`) runs it itself while no supervisor thread does (`Supervisor.drive`):
+``done()``, `waitfor`) runs it itself while no supervisor thread does (``_drive``):
 a sequential call or a ``waitfor`` loop then starts no thread at all, so each fork copies a
 single-threaded process and, on 3.12+, has no thread to park. The thread starts only for
 what waits without driving (`Supervisor.watch`): a done-callback, `concurrent.futures.wait`,
@@ -48,11 +48,11 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 
 from . import _future, _interrupts
 from ._deadlines import Deadlines
-from ._events import COUNTERS, Events, Statistics, emergency
+from ._drive import Driving
+from ._events import COUNTERS, Statistics, emergency
 from ._record import Child
 from ._thread import BareThread
 
@@ -65,15 +65,11 @@ __all__ = (
 
 THREAD_NAME = "inparallel-supervisor"
 
-#: How many calls nobody has waited for yet may pile up before a call looks for finished
-#: ones among them (`Supervisor.poll`): at most this many zombies and 2x as many fds.
-POLL_EVERY = 32
-
 #: Output modes whose forwarding the thread does (see `add`).
 _THREADED_OUTPUT = ("tag", "group")
 
 
-class Supervisor(Events):
+class Supervisor(Driving):
     """Watches children, enforces deadlines and resolves futures. One per process.
 
     Who runs the loop, and when, is decided here; what the loop does with each ready fd is
@@ -100,30 +96,6 @@ class Supervisor(Events):
         self.counts: Counter[str] = Counter()
 
     # -- called by the spawning thread (under the fork lock) ----------------------------------
-
-    def _open(self) -> None:
-        # Called under the lock and (via `add`) the fork lock: every library fd is created
-        # under the fork lock. A new selector watches every live child, not just the new one.
-        self._wake_r, self._wake_w = os.pipe()
-        self.fds.update((self._wake_r, self._wake_w))
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._direct = isinstance(self._selector, getattr(selectors, "EpollSelector", ()))
-
-    def _close(self) -> None:
-        # The thread leaves with nothing to watch: an idle process holds no library fd at all.
-        # (A parked thread leaves the selector as it is, with every child still registered.)
-        assert self._selector is not None
-        self._selector.close()
-        self._selector = None
-        for fd in (self._wake_r, self._wake_w):
-            self.fds.discard(fd)
-            os.close(fd)
-        self._wake_r = self._wake_w = -1
-        self._polled.clear()
-        self._deadlines.clear()  # only stale entries are left
 
     def add(self, child: Child) -> None:
         """Hand a freshly forked child to the thread, starting the thread if needed.
@@ -199,97 +171,11 @@ class Supervisor(Events):
             if held:
                 _interrupts.release()
 
-    def poll(self, new: Child) -> None:
-        """Take in what finished among the children nobody has waited for yet; never blocks.
-
-        For the spawning caller, right after forking ``new``: fire-and-forget calls must not
-        pile up unreaped (zombies, open fds, results held in their children) while no thread
-        runs. Looks once every `POLL_EVERY` children that nobody has waited for; never while
-        the thread runs, nor for children a caller waits for (a ``waitfor`` loop's: their
-        completions are the loop's to see).
-        """
-        with self._lock:
-            if self._running:
-                return
-            unclaimed = sum(1 for child in self._children.values() if not child.claimed())
-        # Every POLL_EVERY of them: a look costs the caller about a millisecond while many
-        # children share its pages (each page it writes is copied), and a burst of calls that
-        # are all still running has nothing to take in.
-        if unclaimed > 1 and (unclaimed - 1) % POLL_EVERY == 0:
-            self.drive(_never, 0.0)
-
     def wake(self) -> None:
         """Wake whoever runs the loop now, so that it checks what it is waiting for."""
         with self._lock:
             if self._wake_w >= 0:
                 self._wake()
-
-    def drive(self, done: Callable[[], bool], timeout: float | None) -> bool:
-        """Run the loop in the calling thread until ``done()`` is true or ``timeout`` passes.
-
-        A caller about to block on its own children watches them itself while no thread
-        does: nothing runs on another thread, and on 3.12+ the next fork has no thread to
-        park. Results are unpickled and done-callbacks run here, in the supervisor's role
-        (`_future.on_supervisor`), with Ctrl-C held; a Ctrl-C while the loop waits raises
-        `KeyboardInterrupt` with nothing half done. Blocks until one of the returns below.
-
-        Returns:
-            True when ``done()`` is true, ``timeout`` passed or no child is left; False, at
-            once or later, when a thread runs the loop or another caller drives it: the
-            caller then waits as usual (after `watch`, if it is not sure a thread runs).
-        """
-        held = _interrupts.should_hold()
-        previous = getattr(_future.on_supervisor, "active", False)
-        driving = False
-        try:
-            if held:
-                _interrupts.hold()
-            driving = self._role.acquire(blocking=False)
-            if not driving:
-                return False
-            _future.on_supervisor.active = True
-            return self._drive(done, timeout, held)
-        finally:
-            try:
-                if held:
-                    _interrupts.hold()  # again, if the interrupt came while the loop waited
-                if driving:
-                    with self._lock:
-                        if not (self._children or self._running):
-                            self._want_thread = False  # a wish for a thread ends with them
-                            if self._selector is not None:
-                                self._close()  # an idle process holds no library fd
-            finally:
-                if driving:
-                    _future.on_supervisor.active = previous
-                    self._role.release()
-                if held:
-                    _interrupts.release()
-
-    def _drive(self, done: Callable[[], bool], timeout: float | None, held: bool) -> bool:
-        # The loop of `drive`, with Ctrl-C held (``held``) except while it waits.
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not done():
-            with self._lock:
-                selector = self._selector
-                if self._running or selector is None:
-                    return selector is None
-                self._register_pending(selector)
-                if not self._children:
-                    return True
-                wait = self._timeout()
-                if deadline is not None:
-                    left = max(0.0, deadline - time.monotonic())
-                    wait = left if wait is None else min(wait, left)
-            if held:
-                _interrupts.release()  # a Ctrl-C now, or while waiting, finds nothing half done
-            events = selector.select(wait)  # level-triggered: what an interrupt skips stays
-            if held:
-                _interrupts.hold()
-            self._handle(events)
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-        return True
 
     def park(self, timeout: float) -> bool:
         """Stop the thread and wait up to ``timeout`` seconds for it to end.
@@ -445,7 +331,3 @@ def reset_in_child() -> None:
 def statistics() -> Statistics:
     """Return the supervisor's counters; all zero before the first task."""
     return (_SUPERVISOR or Supervisor()).statistics()
-
-
-def _never() -> bool:
-    return False
