@@ -74,14 +74,20 @@ class Plan(NamedTuple):
     #: must have (made there if the parent could not: its fd 1 or 2 is closed). Else None:
     #: a None stream above means keeping the parent's object.
     encodings: tuple[str, str] | None = None
+    #: The result pipe's write end as a file (device, inode), read in the parent; the child
+    #: sends its frame only if the fd still leads there (see `run_child`).
+    pipe: tuple[int, int] | None = None
+    #: libc's fcntl, to set the pipe's owner without `fcntl.fcntl`'s cost (see `_libc`).
+    setown: Callable[[int, int, int], int] | None = None
 
 
-def plan(redirected: bool = False) -> Plan:
+def plan(wfd: int, redirected: bool = False) -> Plan:
     """Prepare, in the parent, what the next child will need (see `Plan`). Cheap.
 
-    ``redirected``: the child's fds 1 and 2 will be its own (``output=`` other than
-    ``"inherit"``), so it writes through fresh streams even where the parent's are not over
-    fds 1 and 2 (a capture object, a replacement): what it prints must reach those fds.
+    ``wfd``: the result pipe's write end. ``redirected``: the child's fds 1 and 2 will be its
+    own (``output=`` other than ``"inherit"``), so it writes through fresh streams even where
+    the parent's are not over fds 1 and 2 (a capture object, a replacement): what it prints
+    must reach those fds.
     """
     if redirected:
         # What the parent decodes the task's output with (a replaced sys.stdout included).
@@ -91,14 +97,18 @@ def plan(redirected: bool = False) -> Plan:
     else:
         encodings = None
         stdout, stderr = _spare_for("stdout", 1), _spare_for("stderr", 2)
+    libc = _libc()
+    main = threading.get_ident() == threading.main_thread().ident
     return Plan(
         _python_handlers(),
         _spare("stdin", 0),
         stdout,
         stderr,
         os.getpid(),
-        _prctl() if threading.get_ident() == threading.main_thread().ident else None,
+        libc[0] if libc is not None and main else None,
         encodings,
+        _identity(wfd),
+        libc[1] if libc is not None else None,
     )
 
 
@@ -113,18 +123,35 @@ def run_child(
 
     ``streams``: the task's own stdout and stderr (``output=``), put on fds 1 and 2 first.
     Never returns. Exits 0 once a frame is sent (whatever the task did), or `INTERNAL_ERROR`.
+
+    Each function called, object made or global read here writes a page that the child
+    shares with the parent, and each such page costs a copy (about 3 us, measured): the
+    common case (no limits, a value that pickles) takes the shortest path. The steps are the
+    numbered ones of the module docstring.
     """
     code = INTERNAL_ERROR
     try:
         _arm_lifeline(wfd, plan)
-        pipe = _identity(wfd)
         if streams is not None:
             streams.in_child()  # before this process opens any fd of its own
         _reset_signals(plan.handlers)
         _isolate_stdio(plan)
-        encoded = _run(call, options)
+        limited = options.memory_limit is not None or options.cpu_time is not None
+        if limited:
+            apply_limits(options)
+        try:
+            value = call()
+        except BaseException as exc:
+            encoded = _encode_error(exc, options, limited)
+        else:
+            if limited:
+                lift_memory_limit(options)
+            try:
+                encoded = encode_value(value, options.restricted_results)
+            except ResultNotPicklable as exc:
+                encoded = encode_error(exc, options.restricted_results)
         flush_stdio()  # before the frame: the parent may exit as soon as it has the result
-        if _identity(wfd) != pipe:
+        if _identity(wfd) != plan.pipe:
             _say(f"task process {os.getpid()} closed or replaced its result pipe (fd {wfd})")
             code = LOST_PIPE
         else:
@@ -139,24 +166,17 @@ def run_child(
         os._exit(code)
 
 
-def _run(call: Callable[[], object], options: TaskOptions) -> Encoded:
-    restricted = options.restricted_results
-    apply_limits(options)
-    try:
-        value = call()
-    except BaseException as exc:
+def _encode_error(exc: BaseException, options: TaskOptions, limited: bool) -> Encoded:
+    # The task raised: the memory limit comes off first (pickling needs memory), and a
+    # MemoryError under memory_limit= becomes MemoryLimitExceeded.
+    if limited:
         lift_memory_limit(options)
-        memory = isinstance(exc, MemoryError) and not isinstance(exc, MemoryLimitExceeded)
-        if options.memory_limit and memory:
-            limit_error = MemoryLimitExceeded(options.memory_limit)
-            limit_error.__cause__ = exc
-            exc = limit_error
-        return encode_error(exc, restricted)
-    lift_memory_limit(options)
-    try:
-        return encode_value(value, restricted)
-    except ResultNotPicklable as exc:
-        return encode_error(exc, restricted)
+    memory = isinstance(exc, MemoryError) and not isinstance(exc, MemoryLimitExceeded)
+    if options.memory_limit and memory:
+        limit_error = MemoryLimitExceeded(options.memory_limit)
+        limit_error.__cause__ = exc
+        exc = limit_error
+    return encode_error(exc, options.restricted_results)
 
 
 # -- lifeline ------------------------------------------------------------------------------------
@@ -164,6 +184,8 @@ def _run(call: Callable[[], object], options: TaskOptions) -> Encoded:
 # F_SETSIG is Linux-only; elsewhere the lifeline is absent and the parent's atexit hook (and its
 # normal shutdown) is what ends children.
 _F_SETSIG: int | None = getattr(fcntl, "F_SETSIG", None)
+_F_SETOWN = fcntl.F_SETOWN
+_SIGKILL = int(signal.SIGKILL)
 
 
 def prime_lifeline(wfd: int) -> None:
@@ -183,48 +205,57 @@ def _arm_lifeline(wfd: int, plan: Plan) -> None:
     # From now on we die when the parent does, whichever of its threads forked us. If it died
     # before we got here, the signal has come and gone: the read end is already closed.
     if _F_SETSIG is not None:
-        fcntl.fcntl(wfd, fcntl.F_SETOWN, os.getpid())
+        if plan.setown is None or plan.setown(wfd, _F_SETOWN, os.getpid()) != 0:
+            fcntl.fcntl(wfd, _F_SETOWN, os.getpid())  # raises what went wrong
         # Kept across exec: a program the task execs is this same process, so the owner.
         os.set_inheritable(wfd, True)
-        poller = select.poll()
-        poller.register(wfd, select.POLLERR)
-        if poller.poll(0):
-            os._exit(INTERNAL_ERROR)
     if plan.deathsig is not None:
         # A second lifeline that no fd carries, for a task that closes its fds. Linux sends
         # it when the *thread* that forked us ends (prctl(2)), so only the main thread's
         # children get it: that thread lasts as long as the process. It survives exec (but
-        # not a set-user-ID one).
-        plan.deathsig(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # not a set-user-ID one). A parent that died before it was set has left us to
+        # another parent; one that dies after it kills us, so no need to look at the pipe.
+        plan.deathsig(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
         if os.getppid() != plan.parent:
             os._exit(INTERNAL_ERROR)  # the parent died before the lifeline was set
+    elif _F_SETSIG is not None:
+        # Only the pipe tells: a parent that died before F_SETOWN has closed its read end.
+        poller = select.poll()
+        poller.register(wfd, select.POLLERR)
+        if poller.poll(0):
+            os._exit(INTERNAL_ERROR)
 
 
 _PR_SET_PDEATHSIG = 1
-_PRCTL: list[Callable[[int, int, int, int, int], int] | None] = []
+_LIBC: list[tuple[Callable[..., int], Callable[..., int]] | None] = []
 
 
-def _prctl() -> Callable[[int, int, int, int, int], int] | None:
-    # libc's prctl, looked up once in the parent (so that no child pays for ctypes), or None
-    # where there is none (not Linux).
-    if not _PRCTL:
-        function = None
+def _libc() -> tuple[Callable[..., int], Callable[..., int]] | None:
+    # libc's prctl and fcntl, looked up once in the parent (so that no child pays for ctypes),
+    # or None where there are none (not Linux). fcntl.fcntl with an int argument first tries
+    # it as a buffer and formats a TypeError that it clears again: in a fresh child that is
+    # about fifteen copied pages, three times what the plain C call costs (measured).
+    if not _LIBC:
+        functions = None
         if sys.platform == "linux":
             try:
                 import ctypes
 
-                function = ctypes.CDLL(None, use_errno=True).prctl
+                libc = ctypes.CDLL(None, use_errno=True)
+                functions = (libc.prctl, libc.fcntl)
             except (OSError, AttributeError, ImportError):
-                function = None
-        _PRCTL.append(function)
-    return _PRCTL[0]
+                functions = None
+        _LIBC.append(functions)
+    return _LIBC[0]
 
 
 def _disarm_lifeline(wfd: int) -> None:
     # Must happen before writing: each parent read makes the pipe writable again, which raises
-    # the same signal and would kill us mid-transfer. No owner, no signal.
+    # the same signal and would kill us mid-transfer. No owner, no signal. (The owner argument
+    # is left out: it defaults to 0, and an int argument costs fcntl a formatted TypeError
+    # that it raises and clears inside, about ten copied pages in a fresh child.)
     if _F_SETSIG is not None:
-        fcntl.fcntl(wfd, fcntl.F_SETOWN, 0)
+        fcntl.fcntl(wfd, _F_SETOWN)
 
 
 def _wait_for_parent(wfd: int) -> None:

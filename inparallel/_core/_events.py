@@ -288,8 +288,10 @@ class Events:
 
     def _unregister(self, fd: int) -> None:
         if self._selector is not None:
-            with contextlib.suppress(KeyError, ValueError):
+            try:  # noqa: SIM105 - per call: no context manager object
                 self._selector.unregister(fd)
+            except (KeyError, ValueError):
+                pass
 
     def _unwatch(self, fd: int) -> None:
         self._unregister(fd)

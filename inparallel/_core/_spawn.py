@@ -143,7 +143,7 @@ def _spawn_held(
             os.set_blocking(rfd, False)
             prime_lifeline(wfd)
             streams = open_streams(options.output, options.max_output, track=supervisor.fds)
-            child_plan = plan(redirected=streams is not None)
+            child_plan = plan(wfd, redirected=streams is not None)
             # Everything the parent needs is made before the fork: a page written while the
             # child lives is copied, and the child starts on the other CPU right away.
             child = Child(0, None, rfd, options, 0.0)
@@ -266,9 +266,11 @@ def _pidfd_open(pid: int) -> int | None:
 def _flush_std_streams() -> None:
     # Unflushed parent output would otherwise be copied into the child (and duplicated).
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
+        try:
             if stream is not None:
                 stream.flush()
+        except Exception:
+            pass
 
 
 def _park(supervisor: _supervisor.Supervisor) -> bool:
@@ -357,7 +359,8 @@ def _after_fork_child() -> None:
     except RuntimeError:
         pass
     _supervisor.reset_in_child()
-    _future.on_supervisor.active = False  # forked from a done-callback: not the supervisor here
+    if _future.on_supervisor.__dict__:  # forked from a done-callback: not the supervisor here
+        _future.on_supervisor.active = False
     _child.forget_spares()  # the spares may be this process's live streams now
     for fd in _inherited_pipe:
         _close_quietly(fd)

@@ -292,8 +292,10 @@ class Supervisor(Driving):
         fileno = getattr(self._selector, "fileno", None)  # None: no selector, or not epoll
         if fileno is not None:
             # ValueError: closed already, by a `_close` that a fork from another thread raced.
-            with contextlib.suppress(OSError, ValueError):
+            try:  # noqa: SIM105 - in a fresh child: no context manager objects (see _spawn)
                 os.close(fileno())
+            except (OSError, ValueError):
+                pass
 
     def statistics(self) -> Statistics:
         """Return the counters since this process started, and the current state."""
