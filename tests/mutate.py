@@ -185,7 +185,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "frame-header-check",
         "inparallel/_core/_reader.py",
-        "        if magic != MAGIC or kind not in Kind.__members__.values():\n",
+        "        if magic != MAGIC or kind >= len(_KINDS):  # kind is unsigned\n",
         "        if False:  # mutated\n",
         ("tests/test_wire.py", "-k", "c8 or b12"),
         "a corrupt frame header is read as if it were valid",
@@ -193,7 +193,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "result-pipe-identity",
         "inparallel/_core/_child.py",
-        "        if _identity(wfd) != pipe:\n",
+        "        if _identity(wfd) != plan.pipe:\n",
         "        if False:  # mutated\n",
         ("tests/test_wire.py", "-k", "c8"),
         "a task that replaced its result pipe writes its frame to whatever is on the fd",
@@ -209,7 +209,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "lifeline-owner",
         "inparallel/_core/_child.py",
-        "        fcntl.fcntl(wfd, fcntl.F_SETOWN, os.getpid())\n",
+        "        if plan.setown is None or plan.setown(wfd, _F_SETOWN, os.getpid()) != 0:\n"
+        "            fcntl.fcntl(wfd, _F_SETOWN, os.getpid())  # raises what went wrong\n",
         "        pass  # mutated\n",
         ("tests/test_lifecycle.py",),
         "the result pipe's lifeline has no owner: a SIGKILLed parent's tasks live on",
@@ -217,7 +218,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "lifeline-deathsig",
         "inparallel/_core/_child.py",
-        "        plan.deathsig(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)\n",
+        "        plan.deathsig(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)\n",
         "        pass  # mutated\n",
         ("tests/test_lifecycle.py",),
         "no PR_SET_PDEATHSIG: a task that closed its fds outlives a SIGKILLed parent",

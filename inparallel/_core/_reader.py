@@ -16,7 +16,23 @@ import sys
 from typing import Any
 
 from ._errors import RemoteError
-from ._wire import HEADER, MAGIC, READONLY, SIZE, Kind, format_exception, memfd_offsets, safe_str
+from ._wire import (
+    HEADER,
+    IN_MEMORY,
+    MAGIC,
+    READONLY,
+    SIZE,
+    Kind,
+    allow_memory_reads,
+    format_exception,
+    memfd_offsets,
+    memory_reads_allowed,
+    safe_str,
+)
+
+#: The frame kinds by their value (a tuple: looked up per result, without Enum's call).
+_KINDS = tuple(sorted(Kind))
+assert [int(kind) for kind in _KINDS] == list(range(len(_KINDS)))
 
 __all__ = ("FrameError", "FrameReader", "decode")
 
@@ -36,6 +52,7 @@ class FrameReader:
         self.memfd = -1
         self.sizes: list[int] = []
         self.readonly: list[bool] = []
+        self.addresses: list[int] = []  # where the buffers are in the child (IN_MEMORY)
         self._chunks: list[bytes] = []
         self._payload_len = 0
         self._head: tuple[int, int, int, int] | None = None  # kind, payload, count, memfd
@@ -78,11 +95,12 @@ class FrameReader:
         head = b"".join(self._chunks)
         self._chunks = [head]
         magic, kind, payload_len, count, memfd = HEADER.unpack_from(head)
-        if magic != MAGIC or kind not in Kind.__members__.values():
+        if magic != MAGIC or kind >= len(_KINDS):  # kind is unsigned
             raise FrameError("corrupt result frame (bad header)")
         # The table of sizes is part of the result: the cap bounds it before it is read, so
         # a result of many buffers is fine up to max_size, and a corrupt count is caught.
-        self._table_end = HEADER.size + SIZE.size * count
+        # The table: a size per buffer, and its address in the child if it stays there.
+        self._table_end = HEADER.size + SIZE.size * count * (2 if memfd == IN_MEMORY else 1)
         self._check_size(self._table_end - HEADER.size + payload_len)
         self._head = (kind, payload_len, count, memfd)
 
@@ -92,11 +110,13 @@ class FrameReader:
         data = b"".join(self._chunks)
         self._chunks = [data]
         raw = struct.unpack_from(f"<{count}Q", data, HEADER.size)
+        if memfd == IN_MEMORY:
+            self.addresses = list(struct.unpack_from(f"<{count}Q", data, HEADER.size + 8 * count))
         self.sizes = [size & ~READONLY for size in raw]
         self.readonly = [bool(size & READONLY) for size in raw]
         self._check_size(SIZE.size * count + payload_len + sum(self.sizes))
-        self.kind, self.memfd, self._payload_len = Kind(kind), memfd, payload_len
-        self.expected = self._table_end + payload_len + (sum(self.sizes) if memfd < 0 else 0)
+        self.kind, self.memfd, self._payload_len = _KINDS[kind], memfd, payload_len
+        self.expected = self._table_end + payload_len + (sum(self.sizes) if memfd == -1 else 0)
 
     def _check_size(self, body: int) -> None:
         if body > self.max_size:
@@ -118,17 +138,50 @@ class FrameReader:
         """
         data = memoryview(b"".join(self._chunks))
         self._chunks = []
-        offset = HEADER.size + SIZE.size * len(self.sizes)
+        offset = self._table_end
         payload = bytes(data[offset : offset + self._payload_len])
         offset += self._payload_len
         if self.memfd >= 0:
             return payload, _read_child_file(pid, self.memfd, self.sizes, self.readonly, fds)
+        if self.memfd == IN_MEMORY:
+            kept = _read_child_memory(pid, self.addresses, self.sizes, self.readonly, fds)
+            return payload, kept
         buffers: list[Any] = []
         for size, readonly in zip(self.sizes, self.readonly, strict=True):
             piece = data[offset : offset + size]
             buffers.append(bytes(piece) if readonly else bytearray(piece))
             offset += size
         return payload, buffers
+
+
+def _read_child_memory(
+    pid: int, addresses: list[int], sizes: list[int], readonly: list[bool], fds: set[int]
+) -> list[Any]:
+    # The buffers where the child made them: one copy each, by the kernel, into memory of
+    # our own (read-only ones as bytes, the others writable).
+    try:
+        file = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FrameError(f"could not open the task process's memory: {exc}") from exc
+    fds.add(file)
+    try:
+        return [
+            _read_bytes(file, size, address) if ro else _copy(file, size, address)
+            for size, address, ro in zip(sizes, addresses, readonly, strict=True)
+        ]
+    finally:
+        fds.discard(file)  # forget it first: the number may be reused as soon as it closes
+        os.close(file)
+
+
+def _read_bytes(file: int, size: int, offset: int) -> bytes:
+    # A bytes object owns its memory: one copy, by the kernel, straight into it.
+    if size < _MAX_READ:
+        data = os.pread(file, size, offset)
+        if len(data) < size:
+            raise FrameError("the result's memory ended early")
+        return data
+    return bytes(_copy(file, size, offset))
 
 
 def _read_child_file(
@@ -139,23 +192,19 @@ def _read_child_file(
     except OSError as exc:
         raise FrameError(f"could not open the result's shared memory: {exc}") from exc
     fds.add(file)
+    _probe_memory_reads(pid)
     try:
         offsets = memfd_offsets(sizes)
         if sizes and os.fstat(file).st_size < offsets[-1] + sizes[-1]:
             raise FrameError("the result's shared memory is shorter than its header says")
         buffers: list[Any] = []
         for size, offset, ro in zip(sizes, offsets, readonly, strict=True):
-            if ro and size < _MAX_READ:
-                # A bytes object owns its memory: one copy, by the kernel.
-                data = os.pread(file, size, offset)
-                if len(data) < size:
-                    raise FrameError("the result's shared memory ended early")
-                buffers.append(data)
-            elif not ro and size and _MAP_KEEPS_NO_FD:
+            if ro:
+                buffers.append(_read_bytes(file, size, offset))
+            elif size and _MAP_KEEPS_NO_FD:
                 buffers.append(_map(file, size, offset))
             else:
-                view = _copy(file, size, offset)
-                buffers.append(bytes(view) if ro else view)
+                buffers.append(_copy(file, size, offset))
     finally:
         fds.discard(file)  # forget it first: the number may be reused as soon as it closes
         os.close(file)
@@ -168,6 +217,22 @@ def _read_child_file(
 _MAP_KEEPS_NO_FD = sys.version_info >= (3, 13)
 
 _MADV_POPULATE_READ = 22  # Linux 5.14+: map every page of the range in one call
+
+
+def _probe_memory_reads(pid: int) -> None:
+    # Whether the kernel lets us read a child's memory (ptrace access: Yama, an LSM, a
+    # container's policy may refuse it) is settled when /proc/<pid>/mem opens; once it has,
+    # later children leave big results in their memory (see ``_wire.IN_MEMORY``).
+    if not memory_reads_allowed() and _can_open_memory(pid):
+        allow_memory_reads()
+
+
+def _can_open_memory(pid: int) -> bool:
+    try:
+        os.close(os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError:
+        return False
+    return True
 
 
 def _map(file: int, size: int, offset: int) -> memoryview:

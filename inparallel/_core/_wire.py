@@ -20,6 +20,7 @@ parent's. Everything here is pure encoding: no threads, no process control.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import io
@@ -28,7 +29,6 @@ import pickle
 import struct
 import sys
 import traceback
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -105,12 +105,13 @@ def _wrap_big(obj: object) -> object:
     return obj
 
 
-def _wrap_big_buffers(value: object) -> object:
-    if type(value) in (bytes, bytearray):
+def _wrap_big_buffers(value: Any) -> object:
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
         return _wrap_big(value)
-    if isinstance(value, tuple | list) and type(value) in (tuple, list) and len(value) <= 64:
-        return type(value)(map(_wrap_big, value))
-    if isinstance(value, dict) and type(value) is dict and len(value) <= 64:
+    if (kind is tuple or kind is list) and len(value) <= 64:
+        return kind(map(_wrap_big, value))
+    if kind is dict and len(value) <= 64:
         return {key: _wrap_big(item) for key, item in value.items()}
     return value
 
@@ -131,32 +132,43 @@ def _out_of_band(buffers: list[pickle.PickleBuffer], buffer: pickle.PickleBuffer
     return False
 
 
+#: Result types that pickle whole, in-band, whatever their value.
+_SCALARS = frozenset((int, float, complex, bool, str, type(None)))
+
+
 def encode_value(value: object, restricted: bool) -> Encoded:
     """Pickle a return value: plain pickle first, cloudpickle for what plain pickle refuses.
+
+    Runs in a fresh child, where each page written is a copy: the common case (plain pickle
+    takes it) runs no loop, and a scalar result makes no callback.
 
     Raises:
         ResultNotPicklable: Neither could pickle it; the last pickling error is the cause.
     """
-    dumpers: tuple[Callable[..., bytes], ...] = (pickle.dumps,)
-    if not restricted:  # restricted results are plain data: in-band, no class references
+    buffers: list[pickle.PickleBuffer] = []
+    if restricted or type(value) in _SCALARS:  # no out-of-band buffer can come of these
+        # (Restricted results are plain data: in-band, no class references.)
+        callback = None
+    else:
         value = _wrap_big_buffers(value)
-        dumpers = (pickle.dumps, cloudpickle.dumps)
-    error: BaseException | None = None
-    for dumps in dumpers:
-        buffers: list[pickle.PickleBuffer] = []
-        callback = None if restricted else functools.partial(_out_of_band, buffers)
-        try:
-            payload = dumps(value, protocol=5, buffer_callback=callback)
-        except BaseException as exc:  # any failure, even SystemExit from __reduce__
-            error = exc
-            continue
-        return Encoded(Kind.VALUE, payload, [b.raw() for b in buffers])
-    assert error is not None
-    if isinstance(value, _BigBuffer):
-        value = value.data
-    failure = ResultNotPicklable(type(value).__qualname__, f"{type(error).__name__}: {error}")
-    failure.__cause__ = error
-    raise failure
+        callback = functools.partial(_out_of_band, buffers)
+    try:
+        payload = pickle.dumps(value, protocol=5, buffer_callback=callback)
+    except BaseException as exc:  # any failure, even SystemExit from __reduce__
+        error = exc
+        if not restricted:
+            del buffers[:]
+            try:
+                payload = cloudpickle.dumps(value, protocol=5, buffer_callback=callback)
+            except BaseException as exc:
+                error = exc
+            else:
+                return Encoded(Kind.VALUE, payload, [b.raw() for b in buffers])
+        if isinstance(value, _BigBuffer):
+            value = value.data
+        failure = ResultNotPicklable(type(value).__qualname__, f"{type(error).__name__}: {error}")
+        raise failure from error
+    return Encoded(Kind.VALUE, payload, [b.raw() for b in buffers] if buffers else [])
 
 
 class _ErrorPickler(pickle.Pickler):
@@ -241,9 +253,72 @@ def write_all(fd: int, data: memoryview | bytes | bytearray) -> None:
         view = view[os.write(fd, view) :]
 
 
+#: The ``memfd`` field of a frame whose buffers stay in the child's memory, at the addresses
+#: that follow their sizes: the parent reads them through ``/proc/<pid>/mem``, one copy in
+#: all (a memfd costs the child a second one, and the kernel the file's pages).
+IN_MEMORY = -2
+
+#: Whether this process's parent has shown it can read its children's memory (see
+#: `allow_memory_reads`); children inherit the answer with everything else.
+_MEMORY_READS = [False]
+
+
+def allow_memory_reads() -> None:
+    """In the parent: children forked from now on may leave big results in their memory.
+
+    Called once the parent has opened a child's ``/proc/<pid>/mem`` (which the kernel allows
+    or refuses at open). Until then big results go through a memfd, which needs less.
+    """
+    _MEMORY_READS[0] = True
+
+
+def memory_reads_allowed() -> bool:
+    """Return whether `allow_memory_reads` was called in this process (or its parent)."""
+    return _MEMORY_READS[0]
+
+
+def _reads_memory(buffers: list[memoryview]) -> bool:
+    # Whether the parent should read the buffers from our memory, later, while we wait.
+    if not _MEMORY_READS[0]:
+        return False
+    if all(b.readonly for b in buffers):
+        return True  # bytes: nothing can change them meanwhile
+    if sys.version_info >= (3, 13) and not any(b.readonly for b in buffers):
+        return False  # a memfd maps straight into the parent (mmap keeps no fd): no copy at all
+    # Another thread of the task could still write to them; a memfd is a copy made now.
+    return _only_thread()
+
+
+def _only_thread() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _addresses(buffers: list[memoryview]) -> list[int] | None:
+    # Where each buffer's bytes start in this process, or None if one of them cannot say.
+    import ctypes
+
+    addresses = []
+    for buffer in buffers:
+        address: int | None = None
+        if not buffer.readonly:
+            with contextlib.suppress(TypeError, ValueError):
+                address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+        elif type(buffer.obj) is bytes and len(buffer.obj) == buffer.nbytes:
+            # c_char_p points into the bytes object's own storage (no copy).
+            address = ctypes.cast(ctypes.c_char_p(buffer.obj), ctypes.c_void_p).value
+        if not address:
+            return None  # e.g. a read-only numpy array: the memfd carries the lot
+        addresses.append(address)
+    return addresses
+
+
 def _parent_can_open_our_fds() -> bool:
-    # The parent reads the memfd through /proc/<pid>/fd, which needs ptrace read access: a
-    # task that changed its credentials or made itself non-dumpable must use the pipe.
+    # The parent reads the memfd through /proc/<pid>/fd (or our memory through
+    # /proc/<pid>/mem), which needs ptrace access: a task that changed its credentials or
+    # made itself non-dumpable must use the pipe.
     if sys.platform != "linux":
         return False
     try:
@@ -268,26 +343,35 @@ PAGE = 4096  # mmap offsets must be multiples of the allocation granularity (mma
 
 
 def send(fd: int, encoded: Encoded) -> bool:
-    """Write one frame to ``fd``; return True if the buffers went into a memfd.
+    """Write one frame to ``fd``; return True if the parent reads the buffers from this process.
 
-    When True, the caller must keep the process alive until the parent closes the pipe's read
-    end: the parent opens the memfd through ``/proc/<pid>/fd`` first.
+    When True, the caller must keep the process alive, its memory untouched, until the parent
+    closes the pipe's read end: the parent reads the buffers from this process's memory
+    (`IN_MEMORY`) or opens its memfd through ``/proc/<pid>/fd``.
     """
-    buffers = encoded.buffers
-    total = sum(b.nbytes for b in buffers)
+    buffers, payload = encoded.buffers, encoded.payload
     memfd = -1
-    if total >= SHM_THRESHOLD and hasattr(os, "memfd_create") and _parent_can_open_our_fds():
-        memfd = os.memfd_create("inparallel-result")
-        for buf, offset in zip(buffers, memfd_offsets([b.nbytes for b in buffers]), strict=True):
-            os.lseek(memfd, offset, os.SEEK_SET)  # a hole up to the page boundary
-            write_all(memfd, buf)
-    head = HEADER.pack(MAGIC, encoded.kind, len(encoded.payload), len(buffers), memfd)
-    sizes = b"".join(SIZE.pack(b.nbytes | (READONLY if b.readonly else 0)) for b in buffers)
-    frame = head + sizes + encoded.payload
+    if buffers:
+        table = b"".join(SIZE.pack(b.nbytes | (READONLY if b.readonly else 0)) for b in buffers)
+        if sum(b.nbytes for b in buffers) >= SHM_THRESHOLD and _parent_can_open_our_fds():
+            addresses = _addresses(buffers) if _reads_memory(buffers) else None
+            if addresses is not None:
+                memfd = IN_MEMORY
+                table += b"".join(SIZE.pack(address) for address in addresses)
+            elif hasattr(os, "memfd_create"):
+                memfd = os.memfd_create("inparallel-result")
+                offsets = memfd_offsets([b.nbytes for b in buffers])
+                for buf, offset in zip(buffers, offsets, strict=True):
+                    os.lseek(memfd, offset, os.SEEK_SET)  # a hole up to the page boundary
+                    write_all(memfd, buf)
+        frame = HEADER.pack(MAGIC, encoded.kind, len(payload), len(buffers), memfd) + table
+        frame += payload
+    else:  # the common case, in a fresh child: no generator, no join
+        frame = HEADER.pack(MAGIC, encoded.kind, len(payload), 0, -1) + payload
     written = os.write(fd, frame)  # a small frame goes in one write
     if written < len(frame):
         write_all(fd, memoryview(frame)[written:])
-    if memfd < 0:
+    if memfd == -1:
         for buf in buffers:
             write_all(fd, buf)
-    return memfd >= 0
+    return memfd != -1

@@ -1,0 +1,204 @@
+"""Big results: read from the task process's memory, or from a memfd it fills.
+
+A result whose out-of-band buffers reach ``SHM_THRESHOLD`` does not travel through the pipe.
+Once the parent has shown it may open a child's ``/proc/<pid>/mem`` (`_reader` probes at the
+first memfd result), later children leave the buffers where they are and the parent reads them
+there (``_wire.IN_MEMORY``): one copy instead of two. Writable buffers of a task with other
+threads still running, and every buffer where the probe was refused, go through a memfd,
+which is a copy made when the task returns.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import _faults
+import pytest
+from _timing import PATIENCE
+
+from inparallel import WorkerDied, task
+from inparallel._core import _reader, _wire
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
+    """Count how the parent reads big results: ``memory`` or ``memfd``."""
+    counts: Counter[str] = Counter()
+
+    def counted(name: str, read: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any) -> Any:
+            counts[name] += 1
+            return read(*args)
+
+        return wrapper
+
+    monkeypatch.setattr(
+        _reader, "_read_child_memory", counted("memory", _reader._read_child_memory)
+    )
+    monkeypatch.setattr(_reader, "_read_child_file", counted("memfd", _reader._read_child_file))
+    yield counts
+
+
+def _allow(monkeypatch: pytest.MonkeyPatch, allowed: bool) -> None:
+    # The answer of the probe, as if it had run; refused, it stays refused.
+    monkeypatch.setattr(_wire, "_MEMORY_READS", [allowed])
+    if not allowed:
+        monkeypatch.setattr(_reader, "_can_open_memory", lambda pid: False)
+
+
+@pytest.mark.parametrize("path", ["memory", "memfd"])
+def test_big_bytes_arrive_exact(
+    path: str, reads: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _allow(monkeypatch, path == "memory")
+    sizes = [MiB, 3 * MiB + 1, 2 * MiB - 7]
+
+    @task
+    def blobs() -> tuple[bytes, ...]:
+        return tuple(_faults.blob(n, seed=n) for n in sizes)
+
+    fds = len(_faults.fd_table())
+    got = blobs().result(timeout=PATIENCE)
+    assert [type(b) for b in got] == [bytes] * 3
+    for n, data in zip(sizes, got, strict=True):
+        assert _faults.digest(data) == _faults.digest(_faults.blob(n, seed=n))
+    assert reads == Counter({path: 1})
+    assert len(_faults.fd_table()) == fds  # the child's memory or file is closed again
+
+
+@pytest.mark.parametrize("path", ["memory", "memfd"])
+def test_mixed_buffers_arrive_exact_with_their_types(
+    path: str, reads: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    np = pytest.importorskip("numpy")
+    _allow(monkeypatch, path == "memory")
+
+    @task
+    def mixed() -> tuple[Any, ...]:
+        return (b"b" * (2 * MiB), np.arange(MiB, dtype=np.int32), bytearray(b"y" * (3 * MiB)), "s")
+
+    data, array, mutable, text = mixed().result(timeout=PATIENCE)
+    assert data == b"b" * (2 * MiB) and type(data) is bytes
+    assert array.dtype == np.int32 and (array == np.arange(MiB, dtype=np.int32)).all()
+    assert array.flags.writeable
+    assert type(mutable) is bytearray and mutable == bytearray(b"y" * (3 * MiB))
+    assert text == "s"
+    assert reads == Counter({path: 1})
+
+
+def test_the_first_memfd_result_allows_memory_reads(
+    reads: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_wire, "_MEMORY_READS", [False])
+
+    @task
+    def big(k: int) -> bytes:
+        return bytes([k]) * (2 * MiB)
+
+    assert big(1).result(timeout=PATIENCE) == b"\x01" * (2 * MiB)
+    assert reads == Counter({"memfd": 1})  # not proven yet when this child was forked
+    assert _wire.memory_reads_allowed()  # the parent opened that child's memory
+    assert big(2).result(timeout=PATIENCE) == b"\x02" * (2 * MiB)
+    assert reads == Counter({"memfd": 1, "memory": 1})
+
+
+def test_a_refused_probe_keeps_the_memfd(
+    reads: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ptrace access denied (Yama, an LSM, a container policy): the memfd needs less of it.
+    _allow(monkeypatch, False)
+
+    @task
+    def big(k: int) -> bytes:
+        return bytes([k]) * (2 * MiB)
+
+    for k in range(3):
+        assert big(k).result(timeout=PATIENCE) == bytes([k]) * (2 * MiB)
+    assert reads == Counter({"memfd": 3})
+    assert not _wire.memory_reads_allowed()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_writable_buffers_of_a_task_with_threads_are_copied_when_it_returns(
+    threads: int, reads: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read later from the task's memory, a buffer that another of its threads still writes to
+    # would arrive torn: with a second thread alive the memfd takes a copy at the return.
+    _allow(monkeypatch, True)
+
+    @task
+    def buffer() -> bytearray:
+        if threads == 2:
+            threading.Thread(target=threading.Event().wait, daemon=True).start()
+        return bytearray(b"w" * (3 * MiB))
+
+    assert buffer().result(timeout=PATIENCE) == bytearray(b"w" * (3 * MiB))
+    if threads == 2 or sys.version_info >= (3, 13):  # 3.13+: mapped from the memfd, no copy
+        assert reads == Counter({"memfd": 1})
+    else:
+        assert reads == Counter({"memory": 1})
+
+
+def _wchan(pid: int) -> str:
+    with open(f"/proc/{pid}/wchan") as f:
+        return f.read()
+
+
+def test_killed_before_its_memory_is_read_is_worker_died(monkeypatch: pytest.MonkeyPatch) -> None:
+    _allow(monkeypatch, True)
+    in_callback, release = threading.Event(), threading.Event()
+
+    @task
+    def quick() -> int:
+        return 1
+
+    @task
+    def big() -> bytes:
+        return b"x" * (3 * MiB)
+
+    first = quick()
+
+    def hold(_: object) -> None:
+        in_callback.set()
+        release.wait(PATIENCE)
+
+    first.add_done_callback(hold)
+    try:
+        assert in_callback.wait(PATIENCE)  # the supervisor thread is busy in the callback
+        fut = big()
+        # Sent its frame, and waits in poll() for the parent to have read its memory.
+        reached = _faults.wait_until(lambda: "poll" in _wchan(fut.pid), PATIENCE)
+        assert reached, "the child never reached its wait"
+        assert fut.kill()
+        assert _faults.wait_state(fut.pid, "Z", PATIENCE), "the child did not die"
+    finally:
+        release.set()
+    exc = fut.exception(timeout=PATIENCE)
+    assert isinstance(exc, WorkerDied), repr(exc)
+    assert exc.signal == signal.SIGKILL
+    assert "result was lost" in str(exc)
+    assert first.result() == 1
+
+
+def test_a_non_dumpable_task_sends_through_the_pipe(
+    reads: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No ptrace access to a hardened task at all: neither its memory nor its fds.
+    _allow(monkeypatch, True)
+
+    @task
+    def hardened() -> bytes:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+        return b"h" * (3 * MiB)
+
+    assert hardened().result(timeout=PATIENCE) == b"h" * (3 * MiB)
+    assert reads == Counter()
