@@ -6,7 +6,8 @@ The child is a copy of the caller at the moment of the call. It prepares itself 
 1. arm the lifelines (see `prime_lifeline` and `_arm_lifeline`): the kernel SIGKILLs this
    process when the parent's read end of the result pipe closes, i.e. when the parent dies,
    also after the task ``exec``s; and, when the main thread forked us, when the parent dies
-   even if the task closed every fd (``PR_SET_PDEATHSIG``);
+   even if the task closed every fd (``PR_SET_PDEATHSIG``); a parent that died before the
+   lifelines were armed is seen at once (its pid is gone, or its end of the pipe is);
 2. ignore SIGINT (the parent owns Ctrl-C), reset the parent's Python signal handlers and its
    wakeup fd, restore SIGCHLD so ``subprocess`` works in the task;
 3. point stdin at ``/dev/null`` and rebind stdout/stderr to fresh objects over fds 1/2, so the
@@ -259,8 +260,9 @@ def _disarm_lifeline(wfd: int) -> None:
 
 
 def _wait_for_parent(wfd: int) -> None:
-    # The result's buffers are in a memfd that the parent opens through /proc/<pid>/fd; stay
-    # alive until it closes its read end (POLLERR on our write end), or dies.
+    # The result's buffers are in our memory or in a memfd, which the parent reads through
+    # /proc/<pid>/mem or /proc/<pid>/fd: stay alive, touching nothing, until it closes its
+    # read end (POLLERR on our write end), or dies.
     poller = select.poll()
     poller.register(wfd, select.POLLERR)
     while not poller.poll():

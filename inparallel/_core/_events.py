@@ -203,7 +203,7 @@ class Events:
         try:
             payload, buffers = child.reader.parts(child.pid, self.fds)
         except FrameError as exc:
-            # The shared memory went with the child (killed before we could open it): the
+            # The child's memory or memfd went with it (killed before we read it): the
             # result is lost, which is a death, not a bad frame.
             child.detail = f"its result was lost: {exc}"
             self._close_pipe(child)
@@ -213,7 +213,7 @@ class Events:
         # copied, and a small result's child exits right after sending it.
         child.frame = (child.reader.kind, payload, buffers)
         child.phase = Phase.DELIVERED
-        self._close_pipe(child)  # also tells a child waiting on its memfd that it may exit
+        self._close_pipe(child)  # also tells a child holding its buffers that it may exit
         if not child.reaped:
             self._deadlines.set(child, time.monotonic() + LINGER_GRACE)
 

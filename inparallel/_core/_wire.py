@@ -2,17 +2,21 @@
 
 A child sends exactly one frame on its private result pipe and nothing else::
 
-    header  : magic b"IPR1" | kind u8 | 3 pad | payload length u64 | buffer count u32 | memfd i32
-    sizes   : one u64 per out-of-band buffer
-    payload : pickle protocol 5 bytes
-    buffers : the out-of-band buffers, back to back (only when memfd == -1)
+    header    : magic b"IPR1" | kind u8 | 3 pad | payload length u64 | buffer count u32 | memfd i32
+    sizes     : one u64 per out-of-band buffer
+    addresses : one u64 per buffer, where it is in the child (only when memfd == IN_MEMORY)
+    payload   : pickle protocol 5 bytes
+    buffers   : the out-of-band buffers, back to back (only when memfd == -1)
 
 The frame is complete at its declared length, so its end never depends on pipe EOF (a grandchild
 may hold a copy of the write end for ever). Large buffers (numpy arrays, big ``bytes`` and
-``bytearray`` values) are written once into a ``memfd`` in the child, each from a page boundary;
-the parent reads them from that file (or, for writable buffers from 3.13, maps it
-copy-on-write) instead of pulling the data through a 64 KiB pipe, so a 100 MB result costs one
-or two memory copies instead of four (pickle, pipe in, pipe out, unpickle).
+``bytearray`` values) do not go through the 64 KiB pipe. Once the parent has shown that it may
+read a child's memory, the child leaves them where they are and the parent reads them through
+``/proc/<pid>/mem`` (`IN_MEMORY`): one copy in all. Otherwise, and for writable buffers that a
+thread of the task could still change, or that the parent maps without a copy (3.13+), the
+child writes them once into a ``memfd``, each from a page boundary, and the parent reads or
+maps that file. Either way a 100 MB result costs one or two memory copies instead of four
+(pickle, pipe in, pipe out, unpickle).
 
 This module holds the format and the child's side (encoding and sending); ``_reader`` the
 parent's. Everything here is pure encoding: no threads, no process control.
