@@ -10,6 +10,9 @@ which is a copy made when the task returns.
 
 from __future__ import annotations
 
+import mmap
+import os
+import pickle
 import signal
 import sys
 import threading
@@ -21,8 +24,8 @@ import _faults
 import pytest
 from _timing import PATIENCE
 
-from inparallel import WorkerDied, task
-from inparallel._core import _reader, _wire
+from inparallel import RemoteError, WorkerDied, task
+from inparallel._core import _reader, _spawn, _wire
 
 MiB = 1 << 20
 
@@ -202,3 +205,103 @@ def test_a_non_dumpable_task_sends_through_the_pipe(
 
     assert hardened().result(timeout=PATIENCE) == b"h" * (3 * MiB)
     assert reads == Counter()
+
+
+def _blocked(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("SigBlk:"):
+                mask = int(line.split()[1], 16)
+                return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+    raise AssertionError("no SigBlk line")
+
+
+def test_no_signal_handler_runs_while_the_parent_reads_writable_buffers(
+    reads: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A handler of the task's could change a buffer between the frame and the parent's read.
+    _allow(monkeypatch, True)
+    in_callback, release = threading.Event(), threading.Event()
+
+    @task
+    def quick() -> int:
+        return 1
+
+    @task
+    def mixed() -> tuple[bytes, bytearray]:
+        signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+        return b"r" * (2 * MiB), bytearray(b"w" * (2 * MiB))
+
+    def hold(_: object) -> None:
+        in_callback.set()
+        release.wait(PATIENCE)
+
+    first = quick()
+    first.add_done_callback(hold)
+    try:
+        assert in_callback.wait(PATIENCE)  # the supervisor thread waits: nobody reads yet
+        fut = mixed()
+        assert _faults.wait_until(lambda: "poll" in _wchan(fut.pid), PATIENCE)
+        blocked = _blocked(fut.pid)
+    finally:
+        release.set()
+    assert fut.result(timeout=PATIENCE) == (b"r" * (2 * MiB), bytearray(b"w" * (2 * MiB)))
+    assert {signal.SIGUSR1, signal.SIGTERM, signal.SIGALRM, signal.SIGCHLD} <= blocked
+    assert reads == Counter({"memory": 1})
+
+
+def test_buffers_in_memory_another_process_shares_are_copied_at_the_return(
+    reads: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A MAP_SHARED mapping can change under a child waiting for its parent to read it.
+    np = pytest.importorskip("numpy")
+    _allow(monkeypatch, True)
+
+    @task
+    def shared() -> tuple[bytes, Any]:
+        memory = mmap.mmap(-1, 4 * MiB)  # MAP_SHARED
+        array = np.frombuffer(memory, dtype=np.uint8)
+        array[:] = 1
+        return b"r" * (2 * MiB), array
+
+    data, array = shared().result(timeout=PATIENCE)
+    assert data == b"r" * (2 * MiB) and int(array.min()) == int(array.max()) == 1
+    assert reads == Counter({"memfd": 1})
+
+
+def test_a_frame_with_an_unknown_memory_field_fails_only_its_task() -> None:
+    @task
+    def forged() -> None:  # writes a frame of its own whose memfd field means nothing
+        wfd = _spawn._inherited_pipe[-1]
+        data = bytearray(b"A" * 100_000)
+        payload = pickle.dumps(pickle.PickleBuffer(data), protocol=5, buffer_callback=lambda b: 0)
+        head = _wire.HEADER.pack(_wire.MAGIC, 0, len(payload), 1, _wire.IN_MEMORY - 1)
+        os.write(wfd, head + _wire.SIZE.pack(len(data)) + payload + bytes(data))
+        os._exit(0)
+
+    exc = forged().exception(timeout=PATIENCE)
+    assert isinstance(exc, RemoteError), repr(exc)
+    assert "corrupt result frame" in str(exc)
+
+
+def test_memory_refused_after_the_probe_loses_one_result_then_uses_the_memfd(
+    reads: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ptrace access withdrawn after the probe (the parent changed its credentials): that
+    # child's result is lost, as if it had died; the next children fill a memfd again.
+    _allow(monkeypatch, True)
+
+    def refused(pid: int) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(_reader, "_open_memory", refused)
+
+    @task
+    def big(k: int) -> bytes:
+        return bytes([k]) * (2 * MiB)
+
+    exc = big(1).exception(timeout=PATIENCE)
+    assert isinstance(exc, WorkerDied) and "result was lost" in str(exc), repr(exc)
+    assert not _wire.memory_reads_allowed()
+    assert big(2).result(timeout=PATIENCE) == b"\x02" * (2 * MiB)
+    assert reads == Counter({"memory": 1, "memfd": 1})

@@ -681,3 +681,37 @@ def test_user_fork_while_tasks_in_flight_gets_a_clean_library(gate, beacon):
     assert report["values"] == [0, 2, 4]
     gate.release(3)
     assert [f.result(timeout=BOUND) for f in futs] == [0, 1, 2]
+
+
+PARENT_EXECS = """
+import os, sys
+from inparallel import task
+
+@task
+def job():
+    os.write(1, b"the task ran\\n")
+    return 1
+
+@task
+def noop():
+    return 0
+
+noop().result(timeout=10)  # the library's at-fork hooks go first, then this gate:
+gate_r, gate_w = os.pipe()
+os.set_inheritable(gate_w, True)
+os.register_at_fork(after_in_child=lambda: os.read(gate_r, 1))
+fut = job()  # its child waits at the gate, its lifeline not armed yet
+program = (
+    f"import os; os.write({gate_w}, b'x'); "
+    f"print('exit', os.waitstatus_to_exitcode(os.waitpid({fut.pid}, 0)[1]))"
+)
+os.execv(sys.executable, [sys.executable, "-c", program])  # our read end closes; we live on
+"""
+
+
+def test_a_task_whose_parent_execs_before_it_is_armed_does_not_run() -> None:
+    # No death signal reports an exec, and no owner was set yet: the closed pipe tells.
+    out = _faults.run_python(PARENT_EXECS)
+    assert out.returncode == 0, out.stderr.decode()
+    assert b"the task ran" not in out.stdout
+    assert out.stdout.strip().endswith(b"exit 70"), out.stdout  # INTERNAL_ERROR, at once

@@ -214,13 +214,13 @@ def _arm_lifeline(wfd: int, plan: Plan) -> None:
         # A second lifeline that no fd carries, for a task that closes its fds. Linux sends
         # it when the *thread* that forked us ends (prctl(2)), so only the main thread's
         # children get it: that thread lasts as long as the process. It survives exec (but
-        # not a set-user-ID one). A parent that died before it was set has left us to
-        # another parent; one that dies after it kills us, so no need to look at the pipe.
+        # not a set-user-ID one).
         plan.deathsig(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
         if os.getppid() != plan.parent:
             os._exit(INTERNAL_ERROR)  # the parent died before the lifeline was set
-    elif _F_SETSIG is not None:
-        # Only the pipe tells: a parent that died before F_SETOWN has closed its read end.
+    if _F_SETSIG is not None:
+        # A parent that closed its read end before F_SETOWN (it died, or it exec'd and lives
+        # on, which no death signal reports) sent no signal: the pipe tells.
         poller = select.poll()
         poller.register(wfd, select.POLLERR)
         if poller.poll(0):

@@ -24,6 +24,7 @@ from ._wire import (
     SIZE,
     Kind,
     allow_memory_reads,
+    forbid_memory_reads,
     format_exception,
     memfd_offsets,
     memory_reads_allowed,
@@ -95,7 +96,7 @@ class FrameReader:
         head = b"".join(self._chunks)
         self._chunks = [head]
         magic, kind, payload_len, count, memfd = HEADER.unpack_from(head)
-        if magic != MAGIC or kind >= len(_KINDS):  # kind is unsigned
+        if magic != MAGIC or kind >= len(_KINDS) or memfd < IN_MEMORY:  # kind is unsigned
             raise FrameError("corrupt result frame (bad header)")
         # The table of sizes is part of the result: the cap bounds it before it is read, so
         # a result of many buffers is fine up to max_size, and a corrupt count is caught.
@@ -160,8 +161,10 @@ def _read_child_memory(
     # The buffers where the child made them: one copy each, by the kernel, into memory of
     # our own (read-only ones as bytes, the others writable).
     try:
-        file = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        file = _open_memory(pid)
     except OSError as exc:
+        if isinstance(exc, PermissionError):
+            forbid_memory_reads()  # no longer allowed (credentials changed): memfds again
         raise FrameError(f"could not open the task process's memory: {exc}") from exc
     fds.add(file)
     try:
@@ -169,6 +172,8 @@ def _read_child_memory(
             _read_bytes(file, size, address) if ro else _copy(file, size, address)
             for size, address, ro in zip(sizes, addresses, readonly, strict=True)
         ]
+    except OSError as exc:  # EIO: a page that is not there (the child is gone)
+        raise FrameError(f"could not read the task process's memory: {exc}") from exc
     finally:
         fds.discard(file)  # forget it first: the number may be reused as soon as it closes
         os.close(file)
@@ -192,8 +197,8 @@ def _read_child_file(
     except OSError as exc:
         raise FrameError(f"could not open the result's shared memory: {exc}") from exc
     fds.add(file)
-    _probe_memory_reads(pid)
     try:
+        _probe_memory_reads(pid)
         offsets = memfd_offsets(sizes)
         if sizes and os.fstat(file).st_size < offsets[-1] + sizes[-1]:
             raise FrameError("the result's shared memory is shorter than its header says")
@@ -229,10 +234,14 @@ def _probe_memory_reads(pid: int) -> None:
 
 def _can_open_memory(pid: int) -> bool:
     try:
-        os.close(os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC))
+        os.close(_open_memory(pid))
     except OSError:
         return False
     return True
+
+
+def _open_memory(pid: int) -> int:
+    return os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
 
 
 def _map(file: int, size: int, offset: int) -> memoryview:
@@ -265,7 +274,7 @@ def _copy(file: int, size: int, offset: int) -> memoryview:
     while done < size:
         got = os.preadv(file, [view[done:]], offset + done)
         if got <= 0:
-            raise FrameError("the result's shared memory ended early")
+            raise FrameError("the result's memory ended early")
         done += got
     return view
 

@@ -30,6 +30,7 @@ import functools
 import io
 import os
 import pickle
+import signal
 import struct
 import sys
 import traceback
@@ -41,6 +42,7 @@ from tblib import pickling_support  # type: ignore[import-untyped]
 
 from . import _tracebacks
 from ._errors import ResultNotPicklable
+from ._interrupts import sigmask
 
 HEADER = struct.Struct("<4sB3xQIi")
 SIZE = struct.Struct("<Q")
@@ -267,6 +269,18 @@ IN_MEMORY = -2
 _MEMORY_READS = [False]
 
 
+_SIG_BLOCK, _SIG_SETMASK = int(signal.SIG_BLOCK), int(signal.SIG_SETMASK)
+_ALL_SIGNALS = tuple(int(signum) for signum in signal.valid_signals())
+
+
+def forbid_memory_reads() -> None:
+    """In the parent: a child's memory could not be opened after all (see `allow_memory_reads`).
+
+    Children forked from now on send big results through a memfd again.
+    """
+    _MEMORY_READS[0] = False
+
+
 def allow_memory_reads() -> None:
     """In the parent: children forked from now on may leave big results in their memory.
 
@@ -281,16 +295,19 @@ def memory_reads_allowed() -> bool:
     return _MEMORY_READS[0]
 
 
-def _reads_memory(buffers: list[memoryview]) -> bool:
-    # Whether the parent should read the buffers from our memory, later, while we wait.
+def _reads_memory(buffers: list[memoryview], addresses: list[int]) -> bool:
+    # Whether the parent should read the buffers from our memory, later, while we wait: only
+    # if they still hold what the task returned when it does.
     if not _MEMORY_READS[0]:
         return False
     if all(b.readonly for b in buffers):
-        return True  # bytes: nothing can change them meanwhile
+        return True  # bytes objects (see `_addresses`): immutable, in our own heap
     if sys.version_info >= (3, 13) and not any(b.readonly for b in buffers):
         return False  # a memfd maps straight into the parent (mmap keeps no fd): no copy at all
-    # Another thread of the task could still write to them; a memfd is a copy made now.
-    return _only_thread()
+    # A writable buffer could change meanwhile: through another thread of the task, a signal
+    # handler (none runs: `send` has blocked them all), or another process sharing its pages
+    # (a MAP_SHARED mapping, a file's). Else a memfd takes a copy now.
+    return _only_thread() and _private_anonymous(buffers, addresses)
 
 
 def _only_thread() -> bool:
@@ -298,6 +315,33 @@ def _only_thread() -> bool:
         return len(os.listdir("/proc/self/task")) == 1
     except OSError:
         return False
+
+
+def _private_anonymous(buffers: list[memoryview], addresses: list[int]) -> bool:
+    # Whether every buffer lies in private anonymous memory (the heap, malloc's mappings):
+    # pages that no other process can write.
+    spans: list[tuple[int, int]] = []
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            for line in maps:
+                fields = line.split()
+                if fields[1][3:4] == b"p" and fields[4] == b"0":  # private, no inode
+                    low, high = fields[0].split(b"-")
+                    spans.append((int(low, 16), int(high, 16)))
+    except (OSError, IndexError, ValueError):
+        return False
+    for buffer, address in zip(buffers, addresses, strict=True):
+        if buffer.readonly:
+            continue
+        position, end = address, address + buffer.nbytes
+        for start, stop in spans:  # in address order, as the kernel lists them
+            if start <= position < stop:
+                position = stop
+                if position >= end:
+                    break
+        if position < end:
+            return False
+    return True
 
 
 def _addresses(buffers: list[memoryview]) -> list[int] | None:
@@ -357,9 +401,15 @@ def send(fd: int, encoded: Encoded) -> bool:
     memfd = -1
     if buffers:
         table = b"".join(SIZE.pack(b.nbytes | (READONLY if b.readonly else 0)) for b in buffers)
-        if sum(b.nbytes for b in buffers) >= SHM_THRESHOLD and _parent_can_open_our_fds():
-            addresses = _addresses(buffers) if _reads_memory(buffers) else None
-            if addresses is not None:
+        big = sum(b.nbytes for b in buffers) >= SHM_THRESHOLD
+        mask = None
+        if big and _MEMORY_READS[0] and not all(b.readonly for b in buffers):
+            # No signal handler runs from here on (as early as a memfd would take its copy),
+            # so none can change a writable buffer that the parent reads later.
+            mask = sigmask(_SIG_BLOCK, _ALL_SIGNALS)
+        if big and _parent_can_open_our_fds():
+            addresses = _addresses(buffers) if _MEMORY_READS[0] else None
+            if addresses is not None and _reads_memory(buffers, addresses):
                 memfd = IN_MEMORY
                 table += b"".join(SIZE.pack(address) for address in addresses)
             elif hasattr(os, "memfd_create"):
@@ -368,6 +418,8 @@ def send(fd: int, encoded: Encoded) -> bool:
                 for buf, offset in zip(buffers, offsets, strict=True):
                     os.lseek(memfd, offset, os.SEEK_SET)  # a hole up to the page boundary
                     write_all(memfd, buf)
+        if mask is not None and memfd != IN_MEMORY:
+            sigmask(_SIG_SETMASK, mask)
         frame = HEADER.pack(MAGIC, encoded.kind, len(payload), len(buffers), memfd) + table
         frame += payload
     else:  # the common case, in a fresh child: no generator, no join
