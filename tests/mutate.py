@@ -95,7 +95,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "exit-by-polling",
         "inparallel/_core/_events.py",
-        "                selector.register(child.pidfd, selectors.EVENT_READ, (child, EXIT))\n",
+        "                selector.register(child.pidfd, (child, EXIT))\n",
         "                self._polled.add(child)  # mutated\n",
         ("tests/test_supervisor.py", "tests/test_wire.py", "-k", "sleeps or reaped or c4"),
         "the supervisor polls for exits instead of blocking on the pidfd",

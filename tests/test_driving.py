@@ -266,13 +266,13 @@ def test_forked_children_do_not_inherit_the_drive_role() -> None:
 
 
 def test_a_fork_racing_the_selector_close_is_clean(capfd: pytest.CaptureFixture[str]) -> None:
-    import selectors
+    from inparallel._core._poller import Poller
 
     # Another thread forked between the selector's close and its record's reset: the child
     # finds a closed selector, and must neither fail nor close a number it no longer owns.
     supervisor = _supervisor.get()
     assert _faults.supervisor_idle(BOUND) and supervisor._selector is None
-    closed = selectors.DefaultSelector()
+    closed = Poller()
     closed.close()
     supervisor._selector = closed
     try:

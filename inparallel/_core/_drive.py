@@ -109,10 +109,10 @@ class Driving(Events):
                     wait = left if wait is None else min(wait, left)
             if held:
                 _interrupts.release()  # a Ctrl-C now, or while waiting, finds nothing half done
-            events = selector.select(wait)  # level-triggered: what an interrupt skips stays
+            ready = selector.wait(wait)  # level-triggered: what an interrupt skips stays
             if held:
                 _interrupts.hold()
-            self._handle(events)
+            self._handle(ready)
             if deadline is not None and time.monotonic() >= deadline:
                 break
         return True

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import selectors
 import signal
 import threading
 import time
@@ -30,6 +29,7 @@ from ._deadlines import Deadlines
 from ._emit import last_lines
 from ._errors import RemoteError, TaskTimeout, WorkerDied
 from ._future import Rusage, TaskFuture
+from ._poller import Poller
 from ._reader import FrameError, decode
 from ._record import Child, Phase
 
@@ -58,10 +58,9 @@ class Events:
     _children: dict[int, Child]
     _pending: list[Child]
     _deadlines: Deadlines
-    _selector: selectors.BaseSelector | None
+    _selector: Poller | None
     _wake_r: int
     _wake_w: int
-    _direct: bool
     _polled: set[Child]
     fds: set[int]
     counts: Counter[str]
@@ -73,9 +72,8 @@ class Events:
         self.fds.update((self._wake_r, self._wake_w))
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._direct = isinstance(self._selector, getattr(selectors, "EpollSelector", ()))
+        self._selector = Poller()
+        self._selector.register(self._wake_r, None)
 
     def _close(self) -> None:
         # The thread leaves with nothing to watch: an idle process holds no library fd at all.
@@ -104,9 +102,9 @@ class Events:
                 return False
             return True
 
-    def _handle(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
-        for key, _ in events:
-            self._guarded(key.data)
+    def _handle(self, ready: list[tuple[Child, int] | None]) -> None:
+        for data in ready:
+            self._guarded(data)
         try:
             self._expire()
         except BaseException as exc:  # the supervisor must never die
@@ -115,7 +113,7 @@ class Events:
             for child in list(self._polled):
                 self._guarded((child, EXIT))
 
-    def _register_pending(self, selector: selectors.BaseSelector) -> None:
+    def _register_pending(self, selector: Poller) -> None:
         # Children added while the thread was not waiting (or was not running).
         for child in self._pending:
             self._watch(selector, child)
@@ -124,17 +122,17 @@ class Events:
                 self._deadlines.set(child, child.started + child.options.timeout)
         self._pending.clear()
 
-    def _watch(self, selector: selectors.BaseSelector, child: Child) -> None:
+    def _watch(self, selector: Poller, child: Child) -> None:
         try:
             if child.rfd is not None:
-                selector.register(child.rfd, selectors.EVENT_READ, (child, RESULT))
+                selector.register(child.rfd, (child, RESULT))
             if child.pidfd is not None:
-                selector.register(child.pidfd, selectors.EVENT_READ, (child, EXIT))
+                selector.register(child.pidfd, (child, EXIT))
             else:
                 self._polled.add(child)
             if child.streams is not None:
                 for fd in child.streams.watch_fds():
-                    selector.register(fd, selectors.EVENT_READ, (child, fd))
+                    selector.register(fd, (child, fd))
         except (OSError, ValueError, KeyError) as exc:  # never expected; never fatal
             emergency(f"inparallel: could not watch task process {child.pid}: {exc!r}")
             self._polled.add(child)  # its exit is still seen, by polling

@@ -12,7 +12,7 @@ Data flow::
     fut.result() <-------------------------------------------------- future._resolve()
                                                                       (done-callbacks run here)
 
-The loop blocks in one `selectors` call on: each child's result pipe, each child's pidfd,
+The loop blocks in one `Poller` wait (epoll) on: each child's result pipe, each child's pidfd,
 and a wakeup pipe; its timeout is the nearest deadline. It never polls (except on systems
 without pidfds, where exits are checked every `EXIT_POLL` seconds), never calls
 ``waitpid(-1)`` and installs no SIGCHLD handler, so children the user starts keep their exit
@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import selectors
 import signal
 import threading
 import time
@@ -53,6 +52,7 @@ from . import _future, _interrupts
 from ._deadlines import Deadlines
 from ._drive import Driving
 from ._events import COUNTERS, Statistics, emergency
+from ._poller import Poller
 from ._record import Child
 from ._thread import BareThread
 
@@ -81,7 +81,7 @@ class Supervisor(Driving):
         self._children: dict[int, Child] = {}
         self._pending: list[Child] = []
         self._deadlines = Deadlines()  # the thread's own
-        self._selector: selectors.BaseSelector | None = None
+        self._selector: Poller | None = None
         self._wake_r = self._wake_w = -1
         self._running = False  # a thread is in (or about to enter) its loop
         self._want_thread = False  # something waits without driving (see `watch`)
@@ -89,7 +89,6 @@ class Supervisor(Driving):
         self._role = threading.Lock()
         self.thread = BareThread(THREAD_NAME)
         self._stop = False
-        self._direct = False  # whether other threads may register fds themselves (epoll)
         self._polled: set[Child] = set()  # children without a pidfd
         #: Every fd the library holds open; the at-fork hook closes them in every child.
         self.fds: set[int] = set()
@@ -115,7 +114,8 @@ class Supervisor(Driving):
                 # output, which can block, never holds up a waiting caller's Ctrl-C).
                 self._want_thread = True
             if self._running:
-                if self._direct and child.options.timeout is None and child.pidfd is not None:
+                threadsafe = self._selector is not None and self._selector.threadsafe_register
+                if threadsafe and child.options.timeout is None and child.pidfd is not None:
                     # epoll may be told about new fds while another thread waits on it, and
                     # the thread needs no new deadline: spare it a wake-up per task.
                     assert self._selector is not None
@@ -242,7 +242,7 @@ class Supervisor(Driving):
                     self._running = self._stop = False
                     return
                 timeout = self._timeout()
-            self._handle(selector.select(timeout))
+            self._handle(selector.wait(timeout))
 
     # -- process lifecycle --------------------------------------------------------------------
 
@@ -289,11 +289,12 @@ class Supervisor(Driving):
                 os.close(fd)
             except OSError:
                 pass
-        fileno = getattr(self._selector, "fileno", None)  # None: no selector, or not epoll
-        if fileno is not None:
+        if self._selector is not None:
             # ValueError: closed already, by a `_close` that a fork from another thread raced.
-            try:  # noqa: SIM105 - in a fresh child: no context manager objects (see _spawn)
-                os.close(fileno())
+            try:  # in a fresh child: no context manager objects (see _spawn)
+                fileno = self._selector.fileno()  # None: not epoll (poll has no fd)
+                if fileno is not None:
+                    os.close(fileno)
             except (OSError, ValueError):
                 pass
 
