@@ -3,7 +3,7 @@
 A result whose out-of-band buffers reach ``SHM_THRESHOLD`` does not travel through the pipe.
 Once the parent has shown it may open a child's ``/proc/<pid>/mem`` (`_reader` probes at the
 first memfd result), later children leave the buffers where they are and the parent reads them
-there (``_wire.IN_MEMORY``): one copy instead of two. Writable buffers of a task with other
+there (``_lend.IN_MEMORY``): one copy instead of two. Writable buffers of a task with other
 threads still running, and every buffer where the probe was refused, go through a memfd,
 which is a copy made when the task returns.
 """
@@ -25,7 +25,7 @@ import pytest
 from _timing import PATIENCE
 
 from inparallel import RemoteError, WorkerDied, task
-from inparallel._core import _reader, _spawn, _wire
+from inparallel._core import _lend, _reader, _spawn, _wire
 
 MiB = 1 << 20
 
@@ -51,7 +51,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
 
 def _allow(monkeypatch: pytest.MonkeyPatch, allowed: bool) -> None:
     # The answer of the probe, as if it had run; refused, it stays refused.
-    monkeypatch.setattr(_wire, "_MEMORY_READS", [allowed])
+    monkeypatch.setattr(_lend, "_MEMORY_READS", [allowed])
     if not allowed:
         monkeypatch.setattr(_reader, "_can_open_memory", lambda pid: False)
 
@@ -99,7 +99,7 @@ def test_mixed_buffers_arrive_exact_with_their_types(
 def test_the_first_memfd_result_allows_memory_reads(
     reads: Counter[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_wire, "_MEMORY_READS", [False])
+    monkeypatch.setattr(_lend, "_MEMORY_READS", [False])
 
     @task
     def big(k: int) -> bytes:
@@ -107,7 +107,7 @@ def test_the_first_memfd_result_allows_memory_reads(
 
     assert big(1).result(timeout=PATIENCE) == b"\x01" * (2 * MiB)
     assert reads == Counter({"memfd": 1})  # not proven yet when this child was forked
-    assert _wire.memory_reads_allowed()  # the parent opened that child's memory
+    assert _lend.memory_reads_allowed()  # the parent opened that child's memory
     assert big(2).result(timeout=PATIENCE) == b"\x02" * (2 * MiB)
     assert reads == Counter({"memfd": 1, "memory": 1})
 
@@ -125,7 +125,7 @@ def test_a_refused_probe_keeps_the_memfd(
     for k in range(3):
         assert big(k).result(timeout=PATIENCE) == bytes([k]) * (2 * MiB)
     assert reads == Counter({"memfd": 3})
-    assert not _wire.memory_reads_allowed()
+    assert not _lend.memory_reads_allowed()
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -275,7 +275,7 @@ def test_a_frame_with_an_unknown_memory_field_fails_only_its_task() -> None:
         wfd = _spawn._inherited_pipe[-1]
         data = bytearray(b"A" * 100_000)
         payload = pickle.dumps(pickle.PickleBuffer(data), protocol=5, buffer_callback=lambda b: 0)
-        head = _wire.HEADER.pack(_wire.MAGIC, 0, len(payload), 1, _wire.IN_MEMORY - 1)
+        head = _wire.HEADER.pack(_wire.MAGIC, 0, len(payload), 1, _lend.IN_MEMORY - 1)
         os.write(wfd, head + _wire.SIZE.pack(len(data)) + payload + bytes(data))
         os._exit(0)
 
@@ -302,6 +302,6 @@ def test_memory_refused_after_the_probe_loses_one_result_then_uses_the_memfd(
 
     exc = big(1).exception(timeout=PATIENCE)
     assert isinstance(exc, WorkerDied) and "result was lost" in str(exc), repr(exc)
-    assert not _wire.memory_reads_allowed()
+    assert not _lend.memory_reads_allowed()
     assert big(2).result(timeout=PATIENCE) == b"\x02" * (2 * MiB)
     assert reads == Counter({"memory": 1, "memfd": 1})

@@ -36,9 +36,10 @@ from typing import Any, NamedTuple
 import cloudpickle  # type: ignore[import-untyped]
 
 from ._errors import ResultNotPicklable
+from ._lend import write_all
 from ._reader import decode
 from ._salvage import load_until_failure
-from ._wire import BIG_BYTES, DEFAULT_MAX_RESULT_SIZE, Kind, encode_error, encode_value, write_all
+from ._wire import BIG_BYTES, DEFAULT_MAX_RESULT_SIZE, Kind, encode_error, encode_value
 
 __all__ = (
     "MessageBuffer",

@@ -185,7 +185,7 @@ def _encode_error(exc: BaseException, options: TaskOptions, limited: bool) -> En
 # F_SETSIG is Linux-only; elsewhere the lifeline is absent and the parent's atexit hook (and its
 # normal shutdown) is what ends children.
 _F_SETSIG: int | None = getattr(fcntl, "F_SETSIG", None)
-_F_SETOWN = fcntl.F_SETOWN
+_F_SETOWN, _F_SETFL, _ASYNC = fcntl.F_SETOWN, fcntl.F_SETFL, getattr(os, "O_ASYNC", 0)
 _SIGKILL = int(signal.SIGKILL)
 
 
@@ -198,8 +198,11 @@ def prime_lifeline(wfd: int) -> None:
     nothing is signalled. PR_SET_PDEATHSIG would instead follow the thread that forked us.
     """
     if _F_SETSIG is not None:
-        fcntl.fcntl(wfd, _F_SETSIG, signal.SIGKILL)
-        fcntl.fcntl(wfd, fcntl.F_SETFL, fcntl.fcntl(wfd, fcntl.F_GETFL) | os.O_ASYNC)
+        # A fresh pipe's write end has no file status flag but O_WRONLY, which F_SETFL keeps.
+        libc = _libc()
+        if libc is None or libc[1](wfd, _F_SETSIG, _SIGKILL) or libc[1](wfd, _F_SETFL, _ASYNC):
+            fcntl.fcntl(wfd, _F_SETSIG, signal.SIGKILL)  # raises what went wrong
+            fcntl.fcntl(wfd, fcntl.F_SETFL, fcntl.fcntl(wfd, fcntl.F_GETFL) | os.O_ASYNC)
 
 
 def _arm_lifeline(wfd: int, plan: Plan) -> None:

@@ -16,20 +16,14 @@ import sys
 from typing import Any
 
 from ._errors import RemoteError
-from ._wire import (
-    HEADER,
+from ._lend import (
     IN_MEMORY,
-    MAGIC,
-    READONLY,
-    SIZE,
-    Kind,
     allow_memory_reads,
     forbid_memory_reads,
-    format_exception,
     memfd_offsets,
     memory_reads_allowed,
-    safe_str,
 )
+from ._wire import HEADER, MAGIC, READONLY, SIZE, Kind, format_exception, safe_str
 
 #: The frame kinds by their value (a tuple: looked up per result, without Enum's call).
 _KINDS = tuple(sorted(Kind))
@@ -89,7 +83,7 @@ class FrameReader:
             return
         if self._head is None and self.received >= HEADER.size:
             self._parse_header()
-        if self._head is not None and self.received >= self._table_end:
+        if self.expected is None and self._head is not None and self.received >= self._table_end:
             self._parse_sizes()
 
     def _parse_header(self) -> None:
@@ -104,6 +98,9 @@ class FrameReader:
         self._table_end = HEADER.size + SIZE.size * count * (2 if memfd == IN_MEMORY else 1)
         self._check_size(self._table_end - HEADER.size + payload_len)
         self._head = (kind, payload_len, count, memfd)
+        if not count:  # no buffers (most results): no table to wait for
+            self.kind, self.memfd, self._payload_len = _KINDS[kind], memfd, payload_len
+            self.expected = HEADER.size + payload_len
 
     def _parse_sizes(self) -> None:
         assert self._head is not None
@@ -227,7 +224,7 @@ _MADV_POPULATE_READ = 22  # Linux 5.14+: map every page of the range in one call
 def _probe_memory_reads(pid: int) -> None:
     # Whether the kernel lets us read a child's memory (ptrace access: Yama, an LSM, a
     # container's policy may refuse it) is settled when /proc/<pid>/mem opens; once it has,
-    # later children leave big results in their memory (see ``_wire.IN_MEMORY``).
+    # later children leave big results in their memory (see ``_lend.IN_MEMORY``).
     if not memory_reads_allowed() and _can_open_memory(pid):
         allow_memory_reads()
 

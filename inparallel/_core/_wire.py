@@ -4,19 +4,15 @@ A child sends exactly one frame on its private result pipe and nothing else::
 
     header    : magic b"IPR1" | kind u8 | 3 pad | payload length u64 | buffer count u32 | memfd i32
     sizes     : one u64 per out-of-band buffer
-    addresses : one u64 per buffer, where it is in the child (only when memfd == IN_MEMORY)
+    addresses : one u64 per buffer, where it is in the child (only when memfd is IN_MEMORY)
     payload   : pickle protocol 5 bytes
     buffers   : the out-of-band buffers, back to back (only when memfd == -1)
 
 The frame is complete at its declared length, so its end never depends on pipe EOF (a grandchild
 may hold a copy of the write end for ever). Large buffers (numpy arrays, big ``bytes`` and
-``bytearray`` values) do not go through the 64 KiB pipe. Once the parent has shown that it may
-read a child's memory, the child leaves them where they are and the parent reads them through
-``/proc/<pid>/mem`` (`IN_MEMORY`): one copy in all. Otherwise, and for writable buffers that a
-thread of the task could still change, or that the parent maps without a copy (3.13+), the
-child writes them once into a ``memfd``, each from a page boundary, and the parent reads or
-maps that file. Either way a 100 MB result costs one or two memory copies instead of four
-(pickle, pipe in, pipe out, unpickle).
+``bytearray`` values) do not go through the 64 KiB pipe: ``_lend`` leaves them in the child's
+memory or copies them into a memfd, so a 100 MB result costs one or two memory copies instead
+of four (pickle, pipe in, pipe out, unpickle).
 
 This module holds the format and the child's side (encoding and sending); ``_reader`` the
 parent's. Everything here is pure encoding: no threads, no process control.
@@ -24,15 +20,12 @@ parent's. Everything here is pure encoding: no threads, no process control.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import functools
 import io
 import os
 import pickle
-import signal
 import struct
-import sys
 import traceback
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -42,17 +35,12 @@ from tblib import pickling_support  # type: ignore[import-untyped]
 
 from . import _tracebacks
 from ._errors import ResultNotPicklable
-from ._interrupts import sigmask
+from ._lend import lend, write_all
 
 HEADER = struct.Struct("<4sB3xQIi")
 SIZE = struct.Struct("<Q")
 READONLY = 1 << 63  # flag in a buffer's size: it came from a read-only object (bytes)
 MAGIC = b"IPR1"
-
-#: Results whose out-of-band buffers add up to at least this many bytes travel through shared
-#: memory. Below it, the pipe is cheaper than creating and mapping a file (measured: the two
-#: cross near 512 KiB on a 2-core VM; 1 MiB leaves a margin for slower ``mmap`` set-up).
-SHM_THRESHOLD = 1 << 20
 
 #: ``bytes``/``bytearray`` objects at least this large are sent out-of-band, like numpy arrays.
 BIG_BYTES = 64 << 10
@@ -252,176 +240,20 @@ def safe_str(exc: BaseException) -> str:
         return f"<unprintable {type(exc).__name__}>"
 
 
-def write_all(fd: int, data: memoryview | bytes | bytearray) -> None:
-    """Write every byte to a blocking fd, resuming after partial writes."""
-    view = memoryview(data).cast("B")
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-#: The ``memfd`` field of a frame whose buffers stay in the child's memory, at the addresses
-#: that follow their sizes: the parent reads them through ``/proc/<pid>/mem``, one copy in
-#: all (a memfd costs the child a second one, and the kernel the file's pages).
-IN_MEMORY = -2
-
-#: Whether this process's parent has shown it can read its children's memory (see
-#: `allow_memory_reads`); children inherit the answer with everything else.
-_MEMORY_READS = [False]
-
-
-_SIG_BLOCK, _SIG_SETMASK = int(signal.SIG_BLOCK), int(signal.SIG_SETMASK)
-_ALL_SIGNALS = tuple(int(signum) for signum in signal.valid_signals())
-
-
-def forbid_memory_reads() -> None:
-    """In the parent: a child's memory could not be opened after all (see `allow_memory_reads`).
-
-    Children forked from now on send big results through a memfd again.
-    """
-    _MEMORY_READS[0] = False
-
-
-def allow_memory_reads() -> None:
-    """In the parent: children forked from now on may leave big results in their memory.
-
-    Called once the parent has opened a child's ``/proc/<pid>/mem`` (which the kernel allows
-    or refuses at open). Until then big results go through a memfd, which needs less.
-    """
-    _MEMORY_READS[0] = True
-
-
-def memory_reads_allowed() -> bool:
-    """Return whether `allow_memory_reads` was called in this process (or its parent)."""
-    return _MEMORY_READS[0]
-
-
-def _reads_memory(buffers: list[memoryview], addresses: list[int]) -> bool:
-    # Whether the parent should read the buffers from our memory, later, while we wait: only
-    # if they still hold what the task returned when it does.
-    if not _MEMORY_READS[0]:
-        return False
-    if all(b.readonly for b in buffers):
-        return True  # bytes objects (see `_addresses`): immutable, in our own heap
-    if sys.version_info >= (3, 13) and not any(b.readonly for b in buffers):
-        return False  # a memfd maps straight into the parent (mmap keeps no fd): no copy at all
-    # A writable buffer could change meanwhile: through another thread of the task, a signal
-    # handler (none runs: `send` has blocked them all), or another process sharing its pages
-    # (a MAP_SHARED mapping, a file's). Else a memfd takes a copy now.
-    return _only_thread() and _private_anonymous(buffers, addresses)
-
-
-def _only_thread() -> bool:
-    try:
-        return len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        return False
-
-
-def _private_anonymous(buffers: list[memoryview], addresses: list[int]) -> bool:
-    # Whether every buffer lies in private anonymous memory (the heap, malloc's mappings):
-    # pages that no other process can write.
-    spans: list[tuple[int, int]] = []
-    try:
-        with open("/proc/self/maps", "rb") as maps:
-            for line in maps:
-                fields = line.split()
-                if fields[1][3:4] == b"p" and fields[4] == b"0":  # private, no inode
-                    low, high = fields[0].split(b"-")
-                    spans.append((int(low, 16), int(high, 16)))
-    except (OSError, IndexError, ValueError):
-        return False
-    for buffer, address in zip(buffers, addresses, strict=True):
-        if buffer.readonly:
-            continue
-        position, end = address, address + buffer.nbytes
-        for start, stop in spans:  # in address order, as the kernel lists them
-            if start <= position < stop:
-                position = stop
-                if position >= end:
-                    break
-        if position < end:
-            return False
-    return True
-
-
-def _addresses(buffers: list[memoryview]) -> list[int] | None:
-    # Where each buffer's bytes start in this process, or None if one of them cannot say.
-    import ctypes
-
-    addresses = []
-    for buffer in buffers:
-        address: int | None = None
-        if not buffer.readonly:
-            with contextlib.suppress(TypeError, ValueError):
-                address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
-        elif type(buffer.obj) is bytes and len(buffer.obj) == buffer.nbytes:
-            # c_char_p points into the bytes object's own storage (no copy).
-            address = ctypes.cast(ctypes.c_char_p(buffer.obj), ctypes.c_void_p).value
-        if not address:
-            return None  # e.g. a read-only numpy array: the memfd carries the lot
-        addresses.append(address)
-    return addresses
-
-
-def _parent_can_open_our_fds() -> bool:
-    # The parent reads the memfd through /proc/<pid>/fd (or our memory through
-    # /proc/<pid>/mem), which needs ptrace access: a task that changed its credentials or
-    # made itself non-dumpable must use the pipe.
-    if sys.platform != "linux":
-        return False
-    try:
-        import ctypes
-
-        dumpable = ctypes.CDLL(None, use_errno=True).prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
-    except (OSError, AttributeError):
-        return False
-    return bool(dumpable == 1)
-
-
-def memfd_offsets(sizes: list[int]) -> list[int]:
-    """Where each buffer starts in a result's memfd: at a page boundary, so it can be mapped."""
-    offsets, end = [], 0
-    for size in sizes:
-        offsets.append(end)
-        end = -(-(end + size) // PAGE) * PAGE
-    return offsets
-
-
-PAGE = 4096  # mmap offsets must be multiples of the allocation granularity (mmap.PAGESIZE)
-
-
 def send(fd: int, encoded: Encoded) -> bool:
     """Write one frame to ``fd``; return True if the parent reads the buffers from this process.
 
     When True, the caller must keep the process alive, its memory untouched, until the parent
     closes the pipe's read end: the parent reads the buffers from this process's memory
-    (`IN_MEMORY`) or opens its memfd through ``/proc/<pid>/fd``.
+    (``_lend.IN_MEMORY``) or opens its memfd through ``/proc/<pid>/fd``.
     """
     buffers, payload = encoded.buffers, encoded.payload
     memfd = -1
     if buffers:
         table = b"".join(SIZE.pack(b.nbytes | (READONLY if b.readonly else 0)) for b in buffers)
-        big = sum(b.nbytes for b in buffers) >= SHM_THRESHOLD
-        mask = None
-        if big and _MEMORY_READS[0] and not all(b.readonly for b in buffers):
-            # No signal handler runs from here on (as early as a memfd would take its copy),
-            # so none can change a writable buffer that the parent reads later.
-            mask = sigmask(_SIG_BLOCK, _ALL_SIGNALS)
-        if big and _parent_can_open_our_fds():
-            addresses = _addresses(buffers) if _MEMORY_READS[0] else None
-            if addresses is not None and _reads_memory(buffers, addresses):
-                memfd = IN_MEMORY
-                table += b"".join(SIZE.pack(address) for address in addresses)
-            elif hasattr(os, "memfd_create"):
-                memfd = os.memfd_create("inparallel-result")
-                offsets = memfd_offsets([b.nbytes for b in buffers])
-                for buf, offset in zip(buffers, offsets, strict=True):
-                    os.lseek(memfd, offset, os.SEEK_SET)  # a hole up to the page boundary
-                    write_all(memfd, buf)
-        if mask is not None and memfd != IN_MEMORY:
-            sigmask(_SIG_SETMASK, mask)
+        memfd, addresses = lend(buffers)
         frame = HEADER.pack(MAGIC, encoded.kind, len(payload), len(buffers), memfd) + table
-        frame += payload
+        frame += b"".join(SIZE.pack(address) for address in addresses) + payload
     else:  # the common case, in a fresh child: no generator, no join
         frame = HEADER.pack(MAGIC, encoded.kind, len(payload), 0, -1) + payload
     written = os.write(fd, frame)  # a small frame goes in one write
