@@ -13,6 +13,7 @@ import os
 import pickle
 import struct
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ._errors import RemoteError
@@ -178,6 +179,9 @@ def _read_child_memory(
 
 def _read_bytes(file: int, size: int, offset: int) -> bytes:
     # A bytes object owns its memory: one copy, by the kernel, straight into it.
+    madvise = _madvise() if size >= _HUGE else None
+    if madvise is not None:
+        return _read_bytes_prefaulted(file, size, offset, madvise)
     if size < _MAX_READ:
         data = os.pread(file, size, offset)
         if len(data) < size:
@@ -219,6 +223,55 @@ def _read_child_file(
 _MAP_KEEPS_NO_FD = sys.version_info >= (3, 13)
 
 _MADV_POPULATE_READ = 22  # Linux 5.14+: map every page of the range in one call
+_MADV_POPULATE_WRITE = 23  # the same, writable
+
+
+def _read_bytes_prefaulted(
+    file: int, size: int, offset: int, madvise: Callable[[int, int, int], int]
+) -> bytes:
+    # Filled in place before anyone sees it, as C code fills a new bytes object. bytes(size)
+    # is calloc'd memory nobody has touched yet: mapping all of it in one call first saves
+    # the kernel a fault per page while it copies (measured 52 ms instead of 76 per 100 MB).
+    # (Huge pages would save more on average, but on this kind of VM they now and then take
+    # several times as long to come.)
+    import ctypes
+
+    data = bytes(size)
+    address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+    assert address is not None
+    start = address - address % mmap.PAGESIZE
+    madvise(start, address + size - start, _MADV_POPULATE_WRITE)  # a hint: EINVAL before 5.14
+    view = memoryview((ctypes.c_char * size).from_address(address)).cast("B")
+    try:
+        done = 0
+        while done < size:
+            got = os.preadv(file, [view[done:]], offset + done)
+            if got <= 0:
+                raise FrameError("the result's memory ended early")
+            done += got
+    finally:
+        view.release()
+    return data
+
+
+_MADVISE: list[Callable[[int, int, int], int] | None] = []
+
+
+def _madvise() -> Callable[[int, int, int], int] | None:
+    # libc's madvise (for memory that no mmap object owns), looked up on first use; None where
+    # there is none, or on an interpreter whose bytes objects may not be filled in place.
+    if not _MADVISE:
+        function = None
+        if sys.platform == "linux" and sys.implementation.name == "cpython":
+            try:
+                import ctypes
+
+                function = ctypes.CDLL(None, use_errno=True).madvise
+                function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+            except (OSError, AttributeError, ImportError):
+                function = None
+        _MADVISE.append(function)
+    return _MADVISE[0]
 
 
 def _probe_memory_reads(pid: int) -> None:
