@@ -179,7 +179,7 @@ def _read_child_memory(
 
 def _read_bytes(file: int, size: int, offset: int) -> bytes:
     # A bytes object owns its memory: one copy, by the kernel, straight into it.
-    madvise = _madvise() if size >= _HUGE else None
+    madvise = _madvise() if size >= _PREFAULT else None
     if madvise is not None:
         return _read_bytes_prefaulted(file, size, offset, madvise)
     if size < _MAX_READ:
@@ -231,9 +231,8 @@ def _read_bytes_prefaulted(
 ) -> bytes:
     # Filled in place before anyone sees it, as C code fills a new bytes object. bytes(size)
     # is calloc'd memory nobody has touched yet: mapping all of it in one call first saves
-    # the kernel a fault per page while it copies (measured 52 ms instead of 76 per 100 MB).
-    # (Huge pages would save more on average, but on this kind of VM they now and then take
-    # several times as long to come.)
+    # the kernel a fault per page while it copies (measured 52 ms instead of 76 per 100 MB;
+    # huge pages, see `_copy`, are not steady enough).
     import ctypes
 
     data = bytes(size)
@@ -313,12 +312,14 @@ def _map(file: int, size: int, offset: int) -> memoryview:
 
 
 def _copy(file: int, size: int, offset: int) -> memoryview:
-    # Private, not the default MAP_SHARED: later forks must copy it on write. Huge pages take
-    # one fault per 2 MiB instead of per 4 KiB (measured 0.03 s instead of 0.07 s per 100 MB).
+    # Private, not the default MAP_SHARED: later forks must copy it on write. Its pages are
+    # mapped in one call first, not one fault each while the kernel copies (4 x 100 MB
+    # numpy results: 0.27 s, steady). Huge pages did better on average but came late now
+    # and then, by up to 0.9 s (measured on a 2-CPU VM).
     target = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if size >= _HUGE and hasattr(mmap, "MADV_HUGEPAGE"):
-        with contextlib.suppress(OSError):
-            target.madvise(mmap.MADV_HUGEPAGE)
+    if size >= _PREFAULT:
+        with contextlib.suppress(OSError):  # EINVAL before Linux 5.14
+            target.madvise(_MADV_POPULATE_WRITE)
     view = memoryview(target)[:size]
     done = 0
     while done < size:
@@ -329,7 +330,7 @@ def _copy(file: int, size: int, offset: int) -> memoryview:
     return view
 
 
-_HUGE = 2 << 20
+_PREFAULT = 2 << 20  # buffers this big get their pages mapped in one call first
 
 
 _MAX_READ = 0x7FFFF000  # Linux transfers at most this much in one read(2)
