@@ -684,6 +684,45 @@ def wait_until(check: Callable[[], object], timeout: float = BOUND) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def supervisor_held() -> Iterator[None]:
+    """Keep the supervisor thread busy in a done-callback for the block: no result is read.
+
+    A task called in the block sends its frame and then waits (see `waits_for_parent`) until
+    the block ends. The callback's own task must have succeeded.
+    """
+    from inparallel import task
+
+    in_callback, release = threading.Event(), threading.Event()
+
+    @task
+    def quick() -> int:
+        return 1
+
+    def hold(_: object) -> None:
+        in_callback.set()
+        release.wait(PATIENCE)
+
+    first = quick()
+    first.add_done_callback(hold)
+    try:
+        assert in_callback.wait(PATIENCE), "the supervisor never ran the callback"
+        yield
+    finally:
+        release.set()
+    assert first.result(timeout=PATIENCE) == 1
+
+
+def waits_for_parent(pid: int, timeout: float = PATIENCE) -> bool:
+    """Whether task process ``pid`` reaches its wait for the parent to read its big result."""
+
+    def waiting() -> bool:
+        with open(f"/proc/{pid}/wchan") as f:
+            return "poll" in f.read()
+
+    return wait_until(waiting, timeout)
+
+
 def wait_exception(fut: Any, timeout: float = PATIENCE) -> tuple[BaseException, float]:
     """Return the future's exception and the seconds it took to arrive from now.
 

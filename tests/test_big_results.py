@@ -149,47 +149,6 @@ def test_writable_buffers_of_a_task_with_threads_are_copied_when_it_returns(
         assert reads == Counter({"memory": 1})
 
 
-def _wchan(pid: int) -> str:
-    with open(f"/proc/{pid}/wchan") as f:
-        return f.read()
-
-
-def test_killed_before_its_memory_is_read_is_worker_died(monkeypatch: pytest.MonkeyPatch) -> None:
-    _allow(monkeypatch, True)
-    in_callback, release = threading.Event(), threading.Event()
-
-    @task
-    def quick() -> int:
-        return 1
-
-    @task
-    def big() -> bytes:
-        return b"x" * (3 * MiB)
-
-    first = quick()
-
-    def hold(_: object) -> None:
-        in_callback.set()
-        release.wait(PATIENCE)
-
-    first.add_done_callback(hold)
-    try:
-        assert in_callback.wait(PATIENCE)  # the supervisor thread is busy in the callback
-        fut = big()
-        # Sent its frame, and waits in poll() for the parent to have read its memory.
-        reached = _faults.wait_until(lambda: "poll" in _wchan(fut.pid), PATIENCE)
-        assert reached, "the child never reached its wait"
-        assert fut.kill()
-        assert _faults.wait_state(fut.pid, "Z", PATIENCE), "the child did not die"
-    finally:
-        release.set()
-    exc = fut.exception(timeout=PATIENCE)
-    assert isinstance(exc, WorkerDied), repr(exc)
-    assert exc.signal == signal.SIGKILL
-    assert "result was lost" in str(exc)
-    assert first.result() == 1
-
-
 def test_a_non_dumpable_task_sends_through_the_pipe(
     reads: Counter[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -221,30 +180,16 @@ def test_no_signal_handler_runs_while_the_parent_reads_writable_buffers(
 ) -> None:
     # A handler of the task's could change a buffer between the frame and the parent's read.
     _allow(monkeypatch, True)
-    in_callback, release = threading.Event(), threading.Event()
-
-    @task
-    def quick() -> int:
-        return 1
 
     @task
     def mixed() -> tuple[bytes, bytearray]:
         signal.signal(signal.SIGUSR1, lambda signum, frame: None)
         return b"r" * (2 * MiB), bytearray(b"w" * (2 * MiB))
 
-    def hold(_: object) -> None:
-        in_callback.set()
-        release.wait(PATIENCE)
-
-    first = quick()
-    first.add_done_callback(hold)
-    try:
-        assert in_callback.wait(PATIENCE)  # the supervisor thread waits: nobody reads yet
+    with _faults.supervisor_held():  # nobody reads the result meanwhile
         fut = mixed()
-        assert _faults.wait_until(lambda: "poll" in _wchan(fut.pid), PATIENCE)
+        assert _faults.waits_for_parent(fut.pid), "the child never reached its wait"
         blocked = _blocked(fut.pid)
-    finally:
-        release.set()
     assert fut.result(timeout=PATIENCE) == (b"r" * (2 * MiB), bytearray(b"w" * (2 * MiB)))
     assert {signal.SIGUSR1, signal.SIGTERM, signal.SIGALRM, signal.SIGCHLD} <= blocked
     assert reads == Counter({"memory": 1})

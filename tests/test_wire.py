@@ -32,6 +32,7 @@ from inparallel import (
     task,
     waitfor,
 )
+from inparallel._core import _lend
 
 MiB = 1 << 20
 
@@ -939,38 +940,27 @@ def test_result_pipe_frames_carry_exact_values() -> None:
         assert fut.result(timeout=PATIENCE) == _faults.blob(n, seed=n), n
 
 
-def _wchan(pid: int) -> str:
-    with open(f"/proc/{pid}/wchan") as f:
-        return f.read()
+@pytest.mark.parametrize("memory", [False, True], ids=["memfd", "memory"])
+def test_a12_killed_before_its_shared_memory_is_read_is_worker_died(
+    memory: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child killed after sending its frame, before the parent read its buffers, lost them.
 
-
-def test_a12_killed_before_its_shared_memory_is_read_is_worker_died() -> None:
-    """A child killed after sending a memfd frame, before the parent opened it, lost its result."""
-    in_callback, release = threading.Event(), threading.Event()
-
-    @task
-    def quick() -> int:
-        return 1
+    The buffers wait in a memfd, or in the child's own memory (see ``_lend``).
+    """
+    monkeypatch.setattr(_lend, "_MEMORY_READS", [memory])
 
     @task
     def big() -> bytes:
         return b"x" * (3 << 20)  # over the shared-memory threshold
 
-    first = quick()
-    first.add_done_callback(lambda f: (in_callback.set(), release.wait(PATIENCE)))
-    try:
-        assert in_callback.wait(PATIENCE)  # the supervisor thread is busy in the callback
+    with _faults.supervisor_held():
         fut = big()
-        # Wait until the child has sent its frame and sleeps in poll() for the parent's go.
-        reached = _faults.wait_until(lambda: "poll" in _wchan(fut.pid), PATIENCE)
-        assert reached, "the child never reached its wait"
+        assert _faults.waits_for_parent(fut.pid), "the child never reached its wait"
         assert fut.kill()
-        # Dead, not yet reaped (the supervisor is still held): its memfd is gone.
+        # Dead, not yet reaped (the supervisor is still held): its buffers are gone.
         assert _faults.wait_state(fut.pid, "Z", PATIENCE), "the child did not die"
-    finally:
-        release.set()
     exc = fut.exception(timeout=PATIENCE)
     assert isinstance(exc, WorkerDied), repr(exc)
     assert exc.signal == signal.SIGKILL
     assert "result was lost" in str(exc)
-    assert first.result() == 1

@@ -242,12 +242,7 @@ def _read_bytes_prefaulted(
     madvise(start, address + size - start, _MADV_POPULATE_WRITE)  # a hint: EINVAL before 5.14
     view = memoryview((ctypes.c_char * size).from_address(address)).cast("B")
     try:
-        done = 0
-        while done < size:
-            got = os.preadv(file, [view[done:]], offset + done)
-            if got <= 0:
-                raise FrameError("the result's memory ended early")
-            done += got
+        _fill(view, file, offset)
     finally:
         view.release()
     return data
@@ -321,13 +316,18 @@ def _copy(file: int, size: int, offset: int) -> memoryview:
         with contextlib.suppress(OSError):  # EINVAL before Linux 5.14
             target.madvise(_MADV_POPULATE_WRITE)
     view = memoryview(target)[:size]
+    _fill(view, file, offset)
+    return view
+
+
+def _fill(view: memoryview, file: int, offset: int) -> None:
+    # Read ``len(view)`` bytes of ``file`` from ``offset`` into ``view`` (a few calls at most).
     done = 0
-    while done < size:
+    while done < len(view):
         got = os.preadv(file, [view[done:]], offset + done)
         if got <= 0:
             raise FrameError("the result's memory ended early")
         done += got
-    return view
 
 
 _PREFAULT = 2 << 20  # buffers this big get their pages mapped in one call first
