@@ -403,3 +403,22 @@ def test_a_thread_wished_for_after_the_last_child_ended_is_not_started_later(
     _supervisor.get().watch()  # as a late kill() or cancel() does
     assert double(3).result(timeout=BOUND) == 6
     assert thread_starts == []
+
+
+@pytest.mark.parametrize("timeout", [1e7, float("inf")])
+def test_waits_and_deadlines_far_in_the_future_are_plain_waits(timeout: float) -> None:
+    # Longer than the kernel's longest wait (about 24.8 days): no OverflowError, no hang,
+    # whether the caller drives the loop (result's timeout) or the thread does (the task's,
+    # which must be finite).
+    @task
+    def brief() -> int:
+        time.sleep(0.05)  # so that the caller really waits
+        return 7
+
+    @task(timeout=min(timeout, 1e7))
+    def deadline() -> int:
+        time.sleep(0.05)
+        return 8
+
+    assert brief().result(timeout=timeout) == 7
+    assert deadline().result() == 8

@@ -98,3 +98,14 @@ def test_fileno_after_close_is_a_value_error() -> None:
     if fd is not None:
         with pytest.raises(ValueError):
             poller.fileno()
+
+
+@pytest.mark.parametrize("timeout", [1e7, 1e12, float("inf")])
+def test_a_timeout_beyond_the_kernel_limit_waits_like_a_long_one(
+    poller: Poller, pipe: tuple[int, int], timeout: float
+) -> None:
+    # epoll takes at most 2**31 ms: a longer wait is cut, never an OverflowError.
+    r, w = pipe
+    poller.register(r, "ready")
+    os.write(w, b"x")
+    assert poller.wait(timeout) == ["ready"]

@@ -17,6 +17,9 @@ __all__ = ("Poller",)
 
 _EPOLL = hasattr(select, "epoll")
 
+#: The longest single wait, in seconds (see `Poller.wait`).
+MAX_WAIT = 86400.0
+
 
 class Poller:
     """Watch fds for reading; each carries a piece of data that `wait` hands back.
@@ -70,7 +73,9 @@ class Poller:
             seconds = -1.0
         elif timeout > 0:
             # Rounded up to the kernel's millisecond: rounding down would spin until it is due.
-            seconds = math.ceil(timeout * 1e3) * 1e-3
+            # At most a day: the kernel takes no more than 2**31 ms (nor infinity); the loop
+            # works out what is left when it wakes.
+            seconds = math.ceil(min(timeout, MAX_WAIT) * 1e3) * 1e-3
         else:
             seconds = 0.0
         if _EPOLL:
