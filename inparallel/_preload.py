@@ -26,10 +26,10 @@ from typing import Any, TypeVar
 
 from ._checks import count
 from ._core._channel import dumps, load_error, pack_error, recv_message, send_message
-from ._core._child import flush_stdio
 from ._core._errors import ResultNotPicklable
 from ._core._interrupts import atomic
 from ._core._reader import decode
+from ._core._stdio import flush_stdio
 from ._core._thread import start as start_thread
 from ._core._wire import Kind
 from ._feed import READER_WAIT, park_readers

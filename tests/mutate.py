@@ -62,7 +62,7 @@ class Mutation:
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "stdin-redirect",
-        "inparallel/_core/_child.py",
+        "inparallel/_core/_stdio.py",
         "    os.dup2(null, 0)\n",
         "    os.dup2(0, 0)  # mutated\n",
         ("tests/test_child.py",),
@@ -87,7 +87,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "at-fork-forgets-spares",
         "inparallel/_core/_spawn.py",
-        "    _child.forget_spares()  # the spares may be this process's live streams now\n",
+        "    _stdio.forget_spares()  # the spares may be this process's live streams now\n",
         "    pass  # mutated\n",
         ("tests/test_regressions.py",),
         "a nested task reuses its parent task's live stdout/stderr objects",

@@ -33,7 +33,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
-from typing import Any, NamedTuple, NoReturn
+from typing import NamedTuple, NoReturn
 
 from ._emit import encoding_of
 from ._errors import MemoryLimitExceeded, ResultNotPicklable
@@ -41,9 +41,10 @@ from ._interrupts import getsignal, setsignal
 from ._limits import apply_limits, lift_memory_limit
 from ._options import TaskOptions
 from ._output import Streams
+from ._stdio import flush_stdio, isolate_stdio, spare, spare_for
 from ._wire import Encoded, encode_error, encode_value, send
 
-__all__ = ("Plan", "flush_stdio", "forget_spares", "plan", "prime_lifeline", "run_child")
+__all__ = ("Plan", "plan", "prime_lifeline", "run_child")
 
 #: Exit status of a child whose own machinery failed (EX_SOFTWARE); the parent reports it as
 #: WorkerDied with this code.
@@ -52,9 +53,6 @@ INTERNAL_ERROR = 70
 #: Exit status of a child whose task closed or replaced its result pipe (EX_OSERR): the
 #: outcome cannot be reported, and writing it to whatever the fd is now could block for ever.
 LOST_PIPE = 71
-
-# Stream objects replaced in the child (see `_isolate_stdio`).
-_ABANDONED: list[Any] = []
 
 
 class Plan(NamedTuple):
@@ -93,16 +91,16 @@ def plan(wfd: int, redirected: bool = False) -> Plan:
     if redirected:
         # What the parent decodes the task's output with (a replaced sys.stdout included).
         encodings = (encoding_of("stdout"), encoding_of("stderr"))
-        stdout = _spare("stdout", 1, encoding=encodings[0])
-        stderr = _spare("stderr", 2, encoding=encodings[1])
+        stdout = spare("stdout", 1, encoding=encodings[0])
+        stderr = spare("stderr", 2, encoding=encodings[1])
     else:
         encodings = None
-        stdout, stderr = _spare_for("stdout", 1), _spare_for("stderr", 2)
+        stdout, stderr = spare_for("stdout", 1), spare_for("stderr", 2)
     libc = _libc()
     main = threading.get_ident() == threading.main_thread().ident
     return Plan(
         _python_handlers(),
-        _spare("stdin", 0),
+        spare("stdin", 0),
         stdout,
         stderr,
         os.getpid(),
@@ -136,7 +134,7 @@ def run_child(
         if streams is not None:
             streams.in_child()  # before this process opens any fd of its own
         _reset_signals(plan.handlers)
-        _isolate_stdio(plan)
+        isolate_stdio(plan.stdin, plan.stdout, plan.stderr, plan.encodings)
         limited = options.memory_limit is not None or options.cpu_time is not None
         if limited:
             apply_limits(options)
@@ -272,7 +270,7 @@ def _wait_for_parent(wfd: int) -> None:
         pass
 
 
-# -- signals and stdio ---------------------------------------------------------------------------
+# -- signals and the rest --------------------------------------------------------------------------
 
 _SIGINT, _SIGCHLD = int(signal.SIGINT), int(signal.SIGCHLD)
 _SIG_DFL, _SIG_IGN = int(signal.SIG_DFL), int(signal.SIG_IGN)
@@ -302,101 +300,6 @@ def _reset_signals(handlers: tuple[int, ...]) -> None:
     for signum in handlers:
         setsignal(signum, _SIG_DFL)
     setsignal(_SIGINT, _SIG_IGN)
-
-
-# Spare stream objects, built once in the parent and never used there: their buffers are
-# empty and no parent thread ever holds their locks. Keyed by stream name and configuration.
-_SPARES: dict[tuple[object, ...], io.TextIOWrapper] = {}
-
-
-def _spare(
-    name: str, fd: int, like: io.TextIOWrapper | None = None, encoding: str = "utf-8"
-) -> io.TextIOWrapper | None:
-    # None when ``fd`` is closed here (a daemon's stdio): the child makes its own, see
-    # `_isolate_stdio`. ``encoding`` when there is no ``like``.
-    # An output stream is line-buffered whatever the parent's is (a pipe or a file makes the
-    # parent's block-buffered): each complete line reaches the fd when it ends, so a task
-    # killed later (timeout, cancel(), a signal, os._exit) has lost none of its lines. When
-    # the parent's writes through (python -u, PYTHONUNBUFFERED), so does the child's.
-    config: tuple[str, str, bool, bool] = (
-        (like.encoding, like.errors or "strict", True, like.write_through)
-        if like is not None
-        else (encoding, "backslashreplace" if fd == 2 else "strict", fd != 0, False)
-    )
-    key = (name, *config)
-    spare = _SPARES.get(key)
-    if spare is None:
-        encoding, errors, line_buffering, write_through = config
-        try:
-            raw = io.FileIO(fd, "r" if fd == 0 else "w", closefd=False)
-        except OSError:
-            return None
-        buffered: Any  # what TextIOWrapper accepts has no public type
-        if fd == 0:
-            buffered = io.BufferedReader(raw)
-        elif write_through:
-            buffered = raw  # no buffer between the text layer and the fd, as python -u does
-        else:
-            buffered = io.BufferedWriter(raw)
-        spare = io.TextIOWrapper(
-            buffered,
-            encoding=encoding,
-            errors=errors,
-            line_buffering=line_buffering,
-            write_through=write_through,
-        )
-        _SPARES[key] = spare
-    return spare
-
-
-def forget_spares() -> None:
-    """In a forked child: drop the spares, which may now be this process's sys.stdout etc.
-
-    They are set aside, not freed: freeing writes to pages shared with the parent.
-    """
-    global _SPARES
-    _ABANDONED.append(_SPARES)
-    _SPARES = {}
-
-
-def _spare_for(name: str, fd: int) -> io.TextIOWrapper | None:
-    current = getattr(sys, name)
-    if type(current) is not io.TextIOWrapper:
-        return None  # a capture object or a user replacement: leave it alone
-    try:
-        if current.fileno() != fd:
-            return None
-    except (OSError, ValueError):
-        return None
-    return _spare(name, fd, current)
-
-
-def _isolate_stdio(plan: Plan) -> None:
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    # The replaced objects stay referenced, never flushed or closed: their buffers may hold the
-    # parent's unflushed output, and a parent thread may have held their lock at the fork.
-    _ABANDONED.append((sys.stdin, sys.stdout, sys.stderr))
-    sys.stdin = plan.stdin or _spare("stdin", 0)
-    stdout, stderr = plan.stdout, plan.stderr
-    if plan.encodings is not None:  # our own fds 1 and 2: fresh streams, whatever it takes
-        stdout = stdout or _spare("stdout", 1, encoding=plan.encodings[0])
-        stderr = stderr or _spare("stderr", 2, encoding=plan.encodings[1])
-    if stdout is not None:
-        sys.stdout = stdout
-    if stderr is not None:
-        sys.stderr = stderr
-
-
-def flush_stdio() -> None:
-    """In a child: flush ``sys.stdout`` and ``sys.stderr``, whatever fails (never raises)."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except BaseException:
-            pass
 
 
 def _identity(fd: int) -> tuple[int, int] | None:

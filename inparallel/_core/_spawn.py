@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import _child, _future, _interrupts, _supervisor
+from . import _future, _interrupts, _stdio, _supervisor
 from ._child import plan, prime_lifeline, run_child
 from ._errors import SpawnError
 from ._future import TaskFuture
@@ -361,7 +361,7 @@ def _after_fork_child() -> None:
     _supervisor.reset_in_child()
     if _future.on_supervisor.__dict__:  # forked from a done-callback: not the supervisor here
         _future.on_supervisor.active = False
-    _child.forget_spares()  # the spares may be this process's live streams now
+    _stdio.forget_spares()  # the spares may be this process's live streams now
     for fd in _inherited_pipe:
         _close_quietly(fd)
     _inherited_pipe.clear()
