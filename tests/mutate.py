@@ -185,7 +185,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "frame-header-check",
         "inparallel/_core/_reader.py",
-        "        if magic != MAGIC or kind >= len(_KINDS):  # kind is unsigned\n",
+        "        if magic != MAGIC or kind >= len(_KINDS) or memfd < IN_MEMORY:"
+        "  # kind is unsigned\n",
         "        if False:  # mutated\n",
         ("tests/test_wire.py", "-k", "c8 or b12"),
         "a corrupt frame header is read as if it were valid",
