@@ -279,6 +279,9 @@ FULL_PIPE = r"""
 import fcntl, os, signal, sys, threading
 from inparallel import task
 
+# A shell's background job starts with SIGINT ignored, and then Python installs no handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 @task
 def f():
     return 1
