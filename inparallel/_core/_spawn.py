@@ -116,7 +116,7 @@ def spawn(
     # Not held: a flush into a full pipe (a paused `| less`) blocks until the reader drains
     # it, and a Ctrl-C must be able to end that. No check point lies between the held call's
     # return and ours (a Python function's return runs no signal handler).
-    _flush_std_streams()
+    _stdio.flush_stdio(Exception)  # else the child would copy (and repeat) our output
     return _spawn_held(call, fn, label, options, keep)
 
 
@@ -261,16 +261,6 @@ def _pidfd_open(pid: int) -> int | None:
         return _PIDFD_OPEN(pid)
     except OSError:  # ENOSYS before Linux 5.3, or a seccomp policy: exits are polled instead
         return None
-
-
-def _flush_std_streams() -> None:
-    # Unflushed parent output would otherwise be copied into the child (and duplicated).
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except Exception:
-            pass
 
 
 def _park(supervisor: _supervisor.Supervisor) -> bool:

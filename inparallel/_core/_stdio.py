@@ -117,11 +117,15 @@ def isolate_stdio(
         sys.stderr = stderr
 
 
-def flush_stdio() -> None:
-    """In a child: flush ``sys.stdout`` and ``sys.stderr``, whatever fails (never raises)."""
+def flush_stdio(ignored: type[BaseException] = BaseException) -> None:
+    """Flush ``sys.stdout`` and ``sys.stderr``; what either raises of ``ignored`` is ignored.
+
+    In a child everything is (it never raises); in the parent, before a fork, ``Exception``:
+    a flush that blocks on a full pipe must still end with the caller's Ctrl-C.
+    """
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
                 stream.flush()
-        except BaseException:
+        except ignored:
             pass
