@@ -26,6 +26,7 @@ LAYERS = [
         "_core._emit",
         "_core._memfile",
         "_core._salvage",
+        "_core._native",
     ),
     ("_core._bridge", "_core._lend", "_core._poller", "_core._stdio"),
     ("_core._wire", "_core._output"),

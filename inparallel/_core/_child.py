@@ -39,6 +39,7 @@ from ._emit import encoding_of
 from ._errors import MemoryLimitExceeded, ResultNotPicklable
 from ._interrupts import getsignal, setsignal
 from ._limits import apply_limits, lift_memory_limit
+from ._native import libc
 from ._options import TaskOptions
 from ._output import Streams
 from ._stdio import flush_stdio, isolate_stdio, spare, spare_for
@@ -76,7 +77,9 @@ class Plan(NamedTuple):
     #: The result pipe's write end as a file (device, inode), read in the parent; the child
     #: sends its frame only if the fd still leads there (see `run_child`).
     pipe: tuple[int, int] | None = None
-    #: libc's fcntl, to set the pipe's owner without `fcntl.fcntl`'s cost (see `_libc`).
+    #: libc's fcntl, to set the pipe's owner without the cost of `fcntl.fcntl`, which with an
+    #: int argument first tries it as a buffer and formats a TypeError that it then drops:
+    #: about fifteen copied pages in a fresh child, three times the plain C call (measured).
     setown: Callable[[int, int, int], int] | None = None
 
 
@@ -96,7 +99,6 @@ def plan(wfd: int, redirected: bool = False) -> Plan:
     else:
         encodings = None
         stdout, stderr = spare_for("stdout", 1), spare_for("stderr", 2)
-    libc = _libc()
     main = threading.get_ident() == threading.main_thread().ident
     return Plan(
         _python_handlers(),
@@ -104,10 +106,10 @@ def plan(wfd: int, redirected: bool = False) -> Plan:
         stdout,
         stderr,
         os.getpid(),
-        libc[0] if libc is not None and main else None,
+        libc("prctl") if main else None,
         encodings,
         _identity(wfd),
-        libc[1] if libc is not None else None,
+        libc("fcntl"),
     )
 
 
@@ -197,8 +199,8 @@ def prime_lifeline(wfd: int) -> None:
     """
     if _F_SETSIG is not None:
         # A fresh pipe's write end has no file status flag but O_WRONLY, which F_SETFL keeps.
-        libc = _libc()
-        if libc is None or libc[1](wfd, _F_SETSIG, _SIGKILL) or libc[1](wfd, _F_SETFL, _ASYNC):
+        c_fcntl = libc("fcntl")
+        if c_fcntl is None or c_fcntl(wfd, _F_SETSIG, _SIGKILL) or c_fcntl(wfd, _F_SETFL, _ASYNC):
             fcntl.fcntl(wfd, _F_SETSIG, signal.SIGKILL)  # raises what went wrong
             fcntl.fcntl(wfd, fcntl.F_SETFL, fcntl.fcntl(wfd, fcntl.F_GETFL) | os.O_ASYNC)
 
@@ -229,26 +231,6 @@ def _arm_lifeline(wfd: int, plan: Plan) -> None:
 
 
 _PR_SET_PDEATHSIG = 1
-_LIBC: list[tuple[Callable[..., int], Callable[..., int]] | None] = []
-
-
-def _libc() -> tuple[Callable[..., int], Callable[..., int]] | None:
-    # libc's prctl and fcntl, looked up once in the parent (so that no child pays for ctypes),
-    # or None where there are none (not Linux). fcntl.fcntl with an int argument first tries
-    # it as a buffer and formats a TypeError that it clears again: in a fresh child that is
-    # about fifteen copied pages, three times what the plain C call costs (measured).
-    if not _LIBC:
-        functions = None
-        if sys.platform == "linux":
-            try:
-                import ctypes
-
-                libc = ctypes.CDLL(None, use_errno=True)
-                functions = (libc.prctl, libc.fcntl)
-            except (OSError, AttributeError, ImportError):
-                functions = None
-        _LIBC.append(functions)
-    return _LIBC[0]
 
 
 def _disarm_lifeline(wfd: int) -> None:

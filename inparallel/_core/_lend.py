@@ -26,6 +26,7 @@ import signal
 import sys
 
 from ._interrupts import sigmask
+from ._native import bytes_address, libc
 
 __all__ = (
     "IN_MEMORY",
@@ -89,17 +90,15 @@ def memory_reads_allowed() -> bool:
     return _MEMORY_READS[0]
 
 
-def _reads_memory(buffers: list[memoryview], addresses: list[int]) -> bool:
-    # Whether the parent should read the buffers from our memory, later, while we wait: only
-    # if they still hold what the task returned when it does.
-    if not _MEMORY_READS[0]:
-        return False
-    if all(b.readonly for b in buffers):
+def _stays_put(buffers: list[memoryview], addresses: list[int], writable: bool) -> bool:
+    # Whether the parent may read the buffers from our memory, later, while we wait: only if
+    # they still hold then what the task returned.
+    if not writable:
         return True  # bytes objects (see `_addresses`): immutable, in our own heap
     if sys.version_info >= (3, 13) and not any(b.readonly for b in buffers):
         return False  # a memfd maps straight into the parent (mmap keeps no fd): no copy at all
     # A writable buffer could change meanwhile: through another thread of the task, a signal
-    # handler (none runs: `send` has blocked them all), or another process sharing its pages
+    # handler (none runs: `lend` has blocked them all), or another process sharing its pages
     # (a MAP_SHARED mapping, a file's). Else a memfd takes a copy now.
     return _only_thread() and _private_anonymous(buffers, addresses)
 
@@ -149,8 +148,7 @@ def _addresses(buffers: list[memoryview]) -> list[int] | None:
             with contextlib.suppress(TypeError, ValueError):
                 address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
         elif type(buffer.obj) is bytes and len(buffer.obj) == buffer.nbytes:
-            # c_char_p points into the bytes object's own storage (no copy).
-            address = ctypes.cast(ctypes.c_char_p(buffer.obj), ctypes.c_void_p).value
+            address = bytes_address(buffer.obj)
         if not address:
             return None  # e.g. a read-only numpy array: the memfd carries the lot
         addresses.append(address)
@@ -161,15 +159,11 @@ def _parent_can_open_our_fds() -> bool:
     # The parent reads the memfd through /proc/<pid>/fd (or our memory through
     # /proc/<pid>/mem), which needs ptrace access: a task that changed its credentials or
     # made itself non-dumpable must use the pipe.
-    if sys.platform != "linux":
-        return False
-    try:
-        import ctypes
+    prctl = libc("prctl")  # looked up by the parent already (see ``_child.plan``)
+    return prctl is not None and prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0) == 1
 
-        dumpable = ctypes.CDLL(None, use_errno=True).prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
-    except (OSError, AttributeError):
-        return False
-    return bool(dumpable == 1)
+
+_PR_GET_DUMPABLE = 3
 
 
 def memfd_offsets(sizes: list[int]) -> list[int]:
@@ -195,15 +189,17 @@ def lend(buffers: list[memoryview]) -> tuple[int, list[int]]:
     """
     if sum(b.nbytes for b in buffers) < SHM_THRESHOLD:
         return -1, []
+    in_memory = _MEMORY_READS[0]
+    writable = not all(b.readonly for b in buffers)
     mask = None
-    if _MEMORY_READS[0] and not all(b.readonly for b in buffers):
+    if in_memory and writable:
         # No signal handler runs from here on (as early as a memfd would take its copy),
         # so none can change a writable buffer that the parent reads later.
         mask = sigmask(_SIG_BLOCK, _ALL_SIGNALS)
     memfd = -1
     if _parent_can_open_our_fds():
-        addresses = _addresses(buffers) if _MEMORY_READS[0] else None
-        if addresses is not None and _reads_memory(buffers, addresses):
+        addresses = _addresses(buffers) if in_memory else None
+        if addresses is not None and _stays_put(buffers, addresses, writable):
             return IN_MEMORY, addresses  # the signals stay blocked until this process ends
         if hasattr(os, "memfd_create"):
             memfd = os.memfd_create("inparallel-result")

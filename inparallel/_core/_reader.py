@@ -24,6 +24,7 @@ from ._lend import (
     memfd_offsets,
     memory_reads_allowed,
 )
+from ._native import bytes_address, libc
 from ._wire import HEADER, MAGIC, READONLY, SIZE, Kind, format_exception, safe_str
 
 #: The frame kinds by their value (a tuple: looked up per result, without Enum's call).
@@ -179,7 +180,7 @@ def _read_child_memory(
 
 def _read_bytes(file: int, size: int, offset: int) -> bytes:
     # A bytes object owns its memory: one copy, by the kernel, straight into it.
-    madvise = _madvise() if size >= _PREFAULT else None
+    madvise = libc("madvise") if size >= _PREFAULT and _CPYTHON else None
     if madvise is not None:
         return _read_bytes_prefaulted(file, size, offset, madvise)
     if size < _MAX_READ:
@@ -225,6 +226,9 @@ _MAP_KEEPS_NO_FD = sys.version_info >= (3, 13)
 _MADV_POPULATE_READ = 22  # Linux 5.14+: map every page of the range in one call
 _MADV_POPULATE_WRITE = 23  # the same, writable
 
+#: Whether a new bytes object may be filled in place (CPython's bytes own their storage).
+_CPYTHON = sys.implementation.name == "cpython"
+
 
 def _read_bytes_prefaulted(
     file: int, size: int, offset: int, madvise: Callable[[int, int, int], int]
@@ -236,8 +240,7 @@ def _read_bytes_prefaulted(
     import ctypes
 
     data = bytes(size)
-    address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
-    assert address is not None
+    address = bytes_address(data)
     start = address - address % mmap.PAGESIZE
     madvise(start, address + size - start, _MADV_POPULATE_WRITE)  # a hint: EINVAL before 5.14
     view = memoryview((ctypes.c_char * size).from_address(address)).cast("B")
@@ -246,26 +249,6 @@ def _read_bytes_prefaulted(
     finally:
         view.release()
     return data
-
-
-_MADVISE: list[Callable[[int, int, int], int] | None] = []
-
-
-def _madvise() -> Callable[[int, int, int], int] | None:
-    # libc's madvise (for memory that no mmap object owns), looked up on first use; None where
-    # there is none, or on an interpreter whose bytes objects may not be filled in place.
-    if not _MADVISE:
-        function = None
-        if sys.platform == "linux" and sys.implementation.name == "cpython":
-            try:
-                import ctypes
-
-                function = ctypes.CDLL(None, use_errno=True).madvise
-                function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-            except (OSError, AttributeError, ImportError):
-                function = None
-        _MADVISE.append(function)
-    return _MADVISE[0]
 
 
 def _probe_memory_reads(pid: int) -> None:

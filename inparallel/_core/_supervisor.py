@@ -114,12 +114,16 @@ class Supervisor(Driving):
                 # output, which can block, never holds up a waiting caller's Ctrl-C).
                 self._want_thread = True
             if self._running:
-                threadsafe = self._selector is not None and self._selector.threadsafe_register
-                if threadsafe and child.options.timeout is None and child.pidfd is not None:
+                selector = self._selector
+                if (
+                    selector is not None
+                    and selector.threadsafe_register
+                    and child.options.timeout is None
+                    and child.pidfd is not None
+                ):
                     # epoll may be told about new fds while another thread waits on it, and
                     # the thread needs no new deadline: spare it a wake-up per task.
-                    assert self._selector is not None
-                    self._watch(self._selector, child)
+                    self._watch(selector, child)
                 else:
                     self._pending.append(child)
                     self._wake()
