@@ -19,7 +19,7 @@ _FUNCTIONS: dict[str, Callable[..., int] | None] = {}
 
 
 def libc(name: str) -> Callable[..., int] | None:
-    """Return libc's function ``name`` (``prctl``, ``fcntl``, ``madvise``), or None."""
+    """Return libc's function ``name`` (``prctl``, ``fcntl``, ``madvise``...), or None."""
     if name not in _FUNCTIONS:
         function = None
         if sys.platform == "linux":

@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import _future, _interrupts, _stdio, _supervisor
+from . import _cpus, _future, _interrupts, _stdio, _supervisor
 from ._child import plan, prime_lifeline, run_child
 from ._errors import SpawnError
 from ._future import TaskFuture
@@ -143,7 +143,8 @@ def _spawn_held(
             os.set_blocking(rfd, False)
             prime_lifeline(wfd)
             streams = open_streams(options.output, options.max_output, track=supervisor.fds)
-            child_plan = plan(wfd, redirected=streams is not None)
+            cpus = _cpus.spread(alone=supervisor.idle())  # a sequential call's child
+            child_plan = plan(wfd, redirected=streams is not None, cpus=cpus)
             # Everything the parent needs is made before the fork: a page written while the
             # child lives is copied, and the child starts on the other CPU right away.
             child = Child(0, None, rfd, options, 0.0)
@@ -173,6 +174,8 @@ def _spawn_held(
             # Our own result pipe is a library fd for anything this task forks in turn.
             _inherited_pipe.append(wfd)
             run_child(wfd, call, options, child_plan, streams)
+        if child_plan.cpus is not None:
+            _cpus.move_off(child.pid, child_plan.cpus)  # first: the child waits for it
         _register(supervisor, child, wfd, label or default_label(fn, child.pid))
     # Outside the fork lock (it may unpickle results), still holding Ctrl-C: see `poll`.
     supervisor.poll(child)

@@ -1,0 +1,149 @@
+"""Where a task process runs (``_core/_cpus``).
+
+A sequential call's child is moved off the caller's CPU right after the fork; the task must
+still see the CPU affinity it was forked with, whatever the timing of that move, and nothing
+is moved while other tasks run or where the caller's thread has a single CPU.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Iterator
+
+import _faults
+import pytest
+from _timing import BOUND
+
+from inparallel import task
+from inparallel._core import _cpus
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs sched_setaffinity and two CPUs",
+)
+
+
+@task
+def affinity() -> frozenset[int]:
+    return frozenset(os.sched_getaffinity(0))
+
+
+@task
+def affinity_after(gate: _faults.Gate) -> frozenset[int]:
+    assert gate.wait(BOUND)
+    return frozenset(os.sched_getaffinity(0))
+
+
+@task
+def pin_to(cpu: int) -> frozenset[int]:
+    os.sched_setaffinity(0, {cpu})
+    return frozenset(os.sched_getaffinity(0))
+
+
+@pytest.fixture
+def moves(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The pids the parent moved (the real move is still made)."""
+    moved: list[int] = []
+    real = _cpus.move_off
+
+    def spy(pid: int, cpus: frozenset[int]) -> None:
+        moved.append(pid)
+        real(pid, cpus)
+
+    monkeypatch.setattr(_cpus, "move_off", spy)
+    yield moved
+
+
+def test_a_sequential_calls_task_is_moved_and_sees_the_callers_affinity(
+    moves: list[int],
+) -> None:
+    mine = frozenset(os.sched_getaffinity(0))
+    futures = []
+    for _ in range(10):
+        fut = affinity()
+        assert fut.result(timeout=BOUND) == mine
+        futures.append(fut)
+    assert moves == [fut.pid for fut in futures]
+
+
+def test_nothing_is_moved_while_another_task_runs(moves: list[int], gate: _faults.Gate) -> None:
+    mine = frozenset(os.sched_getaffinity(0))
+    first = affinity_after(gate)  # alone: moved
+    second = affinity()
+    assert second.result(timeout=BOUND) == mine
+    gate.release()
+    assert first.result(timeout=BOUND) == mine
+    assert moves == [first.pid]
+
+
+def test_a_caller_on_one_cpu_is_not_moved_from(moves: list[int]) -> None:
+    mine = os.sched_getaffinity(0)
+    cpu = min(mine)
+    os.sched_setaffinity(0, {cpu})  # this thread only
+    try:
+        assert affinity().result(timeout=BOUND) == {cpu}
+    finally:
+        os.sched_setaffinity(0, mine)
+    assert moves == []
+
+
+def test_a_task_from_another_thread_sees_that_threads_affinity(moves: list[int]) -> None:
+    mine = frozenset(os.sched_getaffinity(0))
+    got: list[frozenset[int]] = []
+    thread = threading.Thread(target=lambda: got.append(affinity().result(timeout=BOUND)))
+    thread.start()
+    thread.join(BOUND)
+    assert got == [mine]
+    assert len(moves) == 1
+
+
+def test_the_tasks_own_affinity_is_kept() -> None:
+    cpu = max(os.sched_getaffinity(0))
+    assert pin_to(cpu).result(timeout=BOUND) == {cpu}
+
+
+def test_a_move_made_late_still_leaves_the_task_its_affinity(
+    monkeypatch: pytest.MonkeyPatch, gate: _faults.Gate
+) -> None:
+    # The parent's thread is descheduled between the fork and the move: the child must not
+    # take its mask back before the move, or the move would stay for the task's whole life.
+    real = _cpus.move_off
+
+    def stalled(pid: int, cpus: frozenset[int]) -> None:
+        threading.Event().wait(_cpus.SETTLE_WAIT / 3)  # the stall itself, not a synchronisation
+        real(pid, cpus)
+        gate.release()  # the task reads its mask only after the move
+
+    monkeypatch.setattr(_cpus, "move_off", stalled)
+    mine = frozenset(os.sched_getaffinity(0))
+    assert affinity_after(gate).result(timeout=BOUND) == mine
+
+
+def test_a_refused_move_turns_the_moves_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.sched_setaffinity
+
+    def refuse_others(pid: int, mask: object) -> None:
+        if pid != 0:  # the parent moving its child; the child's own call (pid 0) goes through
+            raise PermissionError(errno.EPERM, "refused by policy")
+        real(pid, mask)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_cpus, "_enabled", True)
+    monkeypatch.setattr(os, "sched_setaffinity", refuse_others)
+    mine = frozenset(os.sched_getaffinity(0))
+    assert affinity().result(timeout=BOUND) == mine  # its child settled after SETTLE_WAIT
+    assert _cpus.spread(alone=True) is None
+    assert affinity().result(timeout=BOUND) == mine
+
+
+def test_a_child_gone_already_does_not_turn_the_moves_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_cpus, "_enabled", True)
+    cpus = _cpus.spread(alone=True)
+    assert cpus is not None
+    with open("/proc/sys/kernel/pid_max") as f:
+        no_such_pid = int(f.read())  # pids are below pid_max
+    _cpus.move_off(no_such_pid, cpus)  # ESRCH
+    assert _cpus.spread(alone=True) == cpus
