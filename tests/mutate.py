@@ -296,6 +296,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_output.py", "-k", "capture or group"),
         "a task's captured or grouped output is never read when it ends",
     ),
+    Mutation(
+        "moved-child-not-settled",
+        "inparallel/_core/_child.py",
+        "            settle(plan.cpus)  #",
+        "            pass  # mutated #",
+        ("tests/test_cpus.py",),
+        "a sequential call's task runs with one CPU fewer than its caller's affinity",
+    ),
+    Mutation(
+        "settle-before-the-move",
+        "inparallel/_core/_cpus.py",
+        "        if os.sched_getaffinity(0) == cpus:\n",
+        "        if False:  # mutated\n",
+        ("tests/test_cpus.py",),
+        "a move the parent makes late narrows the task's affinity for its whole life",
+    ),
 )
 
 

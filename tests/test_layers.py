@@ -28,7 +28,7 @@ LAYERS = [
         "_core._salvage",
         "_core._native",
     ),
-    ("_core._bridge", "_core._lend", "_core._poller", "_core._stdio"),
+    ("_core._bridge", "_core._cpus", "_core._lend", "_core._poller", "_core._stdio"),
     ("_core._wire", "_core._output"),
     ("_core._reader", "_core._options"),
     ("_core._limits",),
