@@ -299,7 +299,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "moved-child-not-settled",
         "inparallel/_core/_child.py",
-        "            settle(plan.cpus)  #",
+        "            settle(plan.ticket)  #",
         "            pass  # mutated #",
         ("tests/test_cpus.py",),
         "a sequential call's task runs with one CPU fewer than its caller's affinity",
@@ -307,8 +307,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "settle-before-the-move",
         "inparallel/_core/_cpus.py",
-        "        if os.sched_getaffinity(0) == cpus:\n",
-        "        if False:  # mutated\n",
+        "    while (post := _POST.unpack_from(page)[0]) >> 16 != ticket:\n",
+        "    post = _POST.unpack_from(page)[0]\n    while False:  # mutated\n",
         ("tests/test_cpus.py",),
         "a move the parent makes late narrows the task's affinity for its whole life",
     ),

@@ -1,8 +1,9 @@
 """Where a task process runs (``_core/_cpus``).
 
 A sequential call's child is moved off the caller's CPU right after the fork; the task must
-still see the CPU affinity it was forked with, whatever the timing of that move, and nothing
-is moved while other tasks run or where the caller's thread has a single CPU.
+still see the CPU affinity it was forked with, however late that move comes, and its own
+affinity changes are never undone. Nothing is moved while other tasks or Python threads run,
+or where the caller's thread has a single CPU.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ def affinity_after(gate: _faults.Gate) -> frozenset[int]:
 
 
 @task
+def pin_after(gate: _faults.Gate, cpu: int) -> frozenset[int]:
+    os.sched_setaffinity(0, {cpu})
+    assert gate.wait(BOUND)
+    return frozenset(os.sched_getaffinity(0))
+
+
+@task
 def pin_to(cpu: int) -> frozenset[int]:
     os.sched_setaffinity(0, {cpu})
     return frozenset(os.sched_getaffinity(0))
@@ -48,12 +56,24 @@ def moves(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     moved: list[int] = []
     real = _cpus.move_off
 
-    def spy(pid: int, cpus: frozenset[int]) -> None:
+    def spy(pid: int, ticket: int) -> None:
         moved.append(pid)
-        real(pid, cpus)
+        real(pid, ticket)
 
     monkeypatch.setattr(_cpus, "move_off", spy)
     yield moved
+
+
+def stall_moves(monkeypatch: pytest.MonkeyPatch, seconds: float, gate: _faults.Gate) -> None:
+    """Hold up the parent's thread between the fork and the move, then release ``gate``."""
+    real = _cpus.move_off
+
+    def stalled(pid: int, ticket: int) -> None:
+        threading.Event().wait(seconds)  # the hold-up itself, not a synchronisation
+        real(pid, ticket)
+        gate.release()  # the task looks at its mask only after the move
+
+    monkeypatch.setattr(_cpus, "move_off", stalled)
 
 
 def test_a_sequential_calls_task_is_moved_and_sees_the_callers_affinity(
@@ -78,25 +98,28 @@ def test_nothing_is_moved_while_another_task_runs(moves: list[int], gate: _fault
     assert moves == [first.pid]
 
 
+def test_nothing_is_moved_while_another_python_thread_runs(moves: list[int]) -> None:
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert affinity().result(timeout=BOUND) == frozenset(os.sched_getaffinity(0))
+    finally:
+        stop.set()
+        other.join(BOUND)
+    assert moves == []
+
+
 def test_a_caller_on_one_cpu_is_not_moved_from(moves: list[int]) -> None:
     mine = os.sched_getaffinity(0)
     cpu = min(mine)
     os.sched_setaffinity(0, {cpu})  # this thread only
     try:
-        assert affinity().result(timeout=BOUND) == {cpu}
+        fut = affinity()
+        assert fut.result(timeout=BOUND) == {cpu}
     finally:
         os.sched_setaffinity(0, mine)
-    assert moves == []
-
-
-def test_a_task_from_another_thread_sees_that_threads_affinity(moves: list[int]) -> None:
-    mine = frozenset(os.sched_getaffinity(0))
-    got: list[frozenset[int]] = []
-    thread = threading.Thread(target=lambda: got.append(affinity().result(timeout=BOUND)))
-    thread.start()
-    thread.join(BOUND)
-    assert got == [mine]
-    assert len(moves) == 1
+    assert moves == [fut.pid]  # asked, and nothing taken away: the child still settles
 
 
 def test_the_tasks_own_affinity_is_kept() -> None:
@@ -104,21 +127,24 @@ def test_the_tasks_own_affinity_is_kept() -> None:
     assert pin_to(cpu).result(timeout=BOUND) == {cpu}
 
 
+@pytest.mark.parametrize("stall", [0.02, 0.3])
 def test_a_move_made_late_still_leaves_the_task_its_affinity(
-    monkeypatch: pytest.MonkeyPatch, gate: _faults.Gate
+    monkeypatch: pytest.MonkeyPatch, gate: _faults.Gate, stall: float
 ) -> None:
-    # The parent's thread is descheduled between the fork and the move: the child must not
-    # take its mask back before the move, or the move would stay for the task's whole life.
-    real = _cpus.move_off
-
-    def stalled(pid: int, cpus: frozenset[int]) -> None:
-        threading.Event().wait(_cpus.SETTLE_WAIT / 3)  # the stall itself, not a synchronisation
-        real(pid, cpus)
-        gate.release()  # the task reads its mask only after the move
-
-    monkeypatch.setattr(_cpus, "move_off", stalled)
+    # The parent's thread is held up between the fork and the move (a busy GIL, a debugger):
+    # the child must not take its mask back before the move, or the move would stay for the
+    # task's whole life, however long the hold-up.
+    stall_moves(monkeypatch, stall, gate)
     mine = frozenset(os.sched_getaffinity(0))
     assert affinity_after(gate).result(timeout=BOUND) == mine
+
+
+def test_a_move_made_late_does_not_undo_the_tasks_own_pin(
+    monkeypatch: pytest.MonkeyPatch, gate: _faults.Gate
+) -> None:
+    stall_moves(monkeypatch, 0.3, gate)
+    cpu = max(os.sched_getaffinity(0))
+    assert pin_after(gate, cpu).result(timeout=BOUND) == {cpu}
 
 
 def test_a_refused_move_turns_the_moves_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,8 +158,8 @@ def test_a_refused_move_turns_the_moves_off(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(_cpus, "_enabled", True)
     monkeypatch.setattr(os, "sched_setaffinity", refuse_others)
     mine = frozenset(os.sched_getaffinity(0))
-    assert affinity().result(timeout=BOUND) == mine  # its child settled after SETTLE_WAIT
-    assert _cpus.spread(alone=True) is None
+    assert affinity().result(timeout=BOUND) == mine  # the parent posted "nothing taken"
+    assert _cpus.ticket(alone=True) is None
     assert affinity().result(timeout=BOUND) == mine
 
 
@@ -141,9 +167,9 @@ def test_a_child_gone_already_does_not_turn_the_moves_off(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(_cpus, "_enabled", True)
-    cpus = _cpus.spread(alone=True)
-    assert cpus is not None
+    ticket = _cpus.ticket(alone=True)
+    assert ticket is not None
     with open("/proc/sys/kernel/pid_max") as f:
         no_such_pid = int(f.read())  # pids are below pid_max
-    _cpus.move_off(no_such_pid, cpus)  # ESRCH
-    assert _cpus.spread(alone=True) == cpus
+    _cpus.move_off(no_such_pid, ticket)  # ESRCH
+    assert _cpus.ticket(alone=True) == ticket + 1

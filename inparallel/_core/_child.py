@@ -8,14 +8,13 @@ The child is a copy of the caller at the moment of the call. It prepares itself 
    also after the task ``exec``s; and, when the main thread forked us, when the parent dies
    even if the task closed every fd (``PR_SET_PDEATHSIG``); a parent that died before the
    lifelines were armed is seen at once (its pid is gone, or its end of the pipe is);
-   then, when the parent moved it off its CPU, take back the CPU mask it was forked with
-   (see ``_cpus``);
 2. ignore SIGINT (the parent owns Ctrl-C), reset the parent's Python signal handlers and its
    wakeup fd, restore SIGCHLD so ``subprocess`` works in the task;
 3. point stdin at ``/dev/null`` and rebind stdout/stderr to fresh objects over fds 1/2, so the
    parent's buffered bytes (and a lock another thread held at fork) are never touched; they
    are line-buffered (write-through under ``python -u``), so a task killed at any point has
-   already delivered every complete line it printed;
+   already delivered every complete line it printed; then, when the parent moves it off its
+   CPU, wait for the parent's word and take that CPU back (see ``_cpus``);
 4. apply the task's resource limits;
 5. run the function, pickle the outcome, flush stdio, disarm the lifeline, send one frame;
 6. leave with ``os._exit``: never back into the caller's stack, never the parent's atexit hooks.
@@ -84,18 +83,18 @@ class Plan(NamedTuple):
     #: int argument first tries it as a buffer and formats a TypeError that it then drops:
     #: about fifteen copied pages in a fresh child, three times the plain C call (measured).
     setown: Callable[[int, int, int], int] | None = None
-    #: The CPUs the child was forked with, when the parent moves it off its own CPU (see
-    #: `_cpus`): it takes them back before the task runs. None: it is not moved.
-    cpus: frozenset[int] | None = None
+    #: When the parent moves the child off its own CPU (see `_cpus`): the child's ticket, to
+    #: wait for the parent's post and take back that CPU before the task runs. Else None.
+    ticket: int | None = None
 
 
-def plan(wfd: int, redirected: bool = False, cpus: frozenset[int] | None = None) -> Plan:
+def plan(wfd: int, redirected: bool = False, ticket: int | None = None) -> Plan:
     """Prepare, in the parent, what the next child will need (see `Plan`). Cheap.
 
     ``wfd``: the result pipe's write end. ``redirected``: the child's fds 1 and 2 will be its
     own (``output=`` other than ``"inherit"``), so it writes through fresh streams even where
     the parent's are not over fds 1 and 2 (a capture object, a replacement): what it prints
-    must reach those fds. ``cpus``: `_cpus.spread`'s answer.
+    must reach those fds. ``ticket``: `_cpus.ticket`'s answer.
     """
     if redirected:
         # What the parent decodes the task's output with (a replaced sys.stdout included).
@@ -116,7 +115,7 @@ def plan(wfd: int, redirected: bool = False, cpus: frozenset[int] | None = None)
         encodings,
         _identity(wfd),
         libc("fcntl"),
-        cpus,
+        ticket,
     )
 
 
@@ -140,12 +139,12 @@ def run_child(
     code = INTERNAL_ERROR
     try:
         _arm_lifeline(wfd, plan)
-        if plan.cpus is not None:
-            settle(plan.cpus)  # the parent moved us off its CPU: the task gets its mask back
         if streams is not None:
             streams.in_child()  # before this process opens any fd of its own
         _reset_signals(plan.handlers)
         isolate_stdio(plan.stdin, plan.stdout, plan.stderr, plan.encodings)
+        if plan.ticket is not None:
+            settle(plan.ticket)  # the parent moves us off its CPU: the task gets it back
         limited = options.memory_limit is not None or options.cpu_time is not None
         if limited:
             apply_limits(options)

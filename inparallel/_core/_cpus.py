@@ -7,14 +7,22 @@ whole post-fork work, its registration, its future and its wait, about 0.3 ms a 
 hand-written fork that blocks in ``read()`` at once never notices; a library that registers
 the child and returns a future before anyone waits pays that work on the child's path.
 
-So when the new child is the only task (a sequential call), the parent moves it off its own
-CPU right after the fork (`move_off`): for a task that has not run yet this is a cheap call,
-and an idle CPU takes it at once. The child puts back the mask it inherited before anything
-of the task runs (`settle`), so the task sees the affinity it would have had. Only the parent
-narrows the mask and only the child widens it again, so the child first waits until the
-narrowing is visible (bounded by `SETTLE_WAIT`): a late narrowing would otherwise stay for
-the task's life. With other tasks running nothing is moved: they are spread already, and a
-move per fork made 200 concurrent sleepers slower (measured; see ``benchmarks/RESULTS.rst``).
+So when the new child is the only task and the caller's thread the only Python thread (a
+sequential call), the parent moves it off its own CPU right after the fork (`move_off`): for
+a task that has not run yet this is a cheap call, and an idle CPU takes it at once. The task
+must still see the affinity it was forked with, so the two processes hand over explicitly:
+
+- the parent narrows the child's mask by the one CPU it runs on, then *always* posts, on a
+  page shared with the child, the child's ticket and the CPU it took away (or none: the
+  move was not made or was refused);
+- the child waits for its ticket before anything of the task runs, and adds that CPU back
+  (`settle`). It widens only what the parent narrowed, so a mask changed from outside in the
+  meantime is kept, and the child cannot exit before the move, so its pid is still its own.
+
+With other tasks running nothing is moved: the kernel spreads them once the CPU is busy, and
+moving every child measured no better at 2 in flight (``benchmarks/RESULTS.rst``). With other
+Python threads nothing is moved either: one of them could hold the GIL between the fork and
+the move, and the child would wait for it.
 
 Linux only (``sched_getcpu``, ``sched_setaffinity``); elsewhere nothing is moved.
 """
@@ -22,68 +30,98 @@ Linux only (``sched_getcpu``, ``sched_setaffinity``); elsewhere nothing is moved
 from __future__ import annotations
 
 import errno
+import mmap
 import os
+import struct
+import threading
 import time
 
 from ._native import libc
 
-__all__ = ("SETTLE_WAIT", "move_off", "settle", "spread")
+__all__ = ("SETTLE_LIMIT", "move_off", "settle", "ticket")
 
-#: How long a child waits for the parent's narrowing before it settles anyway. The parent
-#: narrows a few microseconds after the fork; only a parent thread descheduled for longer
-#: than this leaves the task one CPU short (never a hang).
-SETTLE_WAIT = 0.05
+#: The longest a child waits for its parent's post (a parent thread stopped right after the
+#: fork, by a debugger say). Past it the task runs, with one CPU fewer if the move comes later.
+SETTLE_LIMIT = 10.0
+
+#: How long a waiting child yields the CPU in a loop before it sleeps between looks.
+_SPIN = 0.002
+
+#: A post: ticket << 16 | (CPU taken away + 1), one aligned 8-byte word (0: nothing taken).
+_POST = struct.Struct("=q")
 
 _enabled = hasattr(os, "sched_setaffinity")
+_page: mmap.mmap | None = None  # shared with the children forked after it was made
+_page_owner = 0  # the process that made it: a task process makes its own for its children
+_tickets = 0  # under the fork lock
 
 
-def spread(alone: bool) -> frozenset[int] | None:
-    """In the parent, before the fork: the CPUs the child must end up with, or None.
+def ticket(alone: bool) -> int | None:
+    """In the parent, under the fork lock, before the fork: the child's ticket, or None.
 
     ``alone``: no other task of ours is running. None means the child is left where the
-    kernel puts it: other tasks run, this thread may use a single CPU, or the platform (or a
-    seccomp policy, seen once) has no affinity calls.
+    kernel puts it: other tasks or Python threads run, or the platform (or a seccomp
+    policy) has no affinity calls. A ticket binds the parent to call `move_off`.
     """
-    if not (alone and _enabled) or libc("sched_getcpu") is None:
+    global _page, _page_owner, _tickets
+    if not (alone and _enabled) or threading.active_count() != 1:
         return None
-    try:
-        cpus = frozenset(os.sched_getaffinity(0))
-    except OSError:
+    if libc("sched_getcpu") is None:
         return None
-    return cpus if len(cpus) > 1 else None
+    if _page_owner != os.getpid():
+        try:
+            _page = mmap.mmap(-1, _POST.size)  # anonymous and shared
+        except OSError:
+            return None
+        _page_owner = os.getpid()
+    _tickets += 1
+    return _tickets
 
 
-def move_off(pid: int, cpus: frozenset[int]) -> None:
-    """In the parent, right after forking ``pid`` with `spread`'s ``cpus``: narrow its mask.
+def move_off(pid: int, ticket: int) -> None:
+    """In the parent, right after forking ``pid`` with ``ticket``: move it, then post.
 
-    Never raises. A refusal other than "no such process" turns the moves off for the rest of
-    this process's life; that child then settles after `SETTLE_WAIT`.
+    Never raises, and posts whatever happens. A refusal other than "no such process" turns
+    the moves off for the rest of this process's life.
     """
     global _enabled
-    getcpu = libc("sched_getcpu")
-    assert getcpu is not None  # `spread` checked it
-    cpu = getcpu()
-    # The CPU this thread runs on (where such a kernel queued the child), or, if this thread
-    # was moved out of its own mask meanwhile, any one: the child must see a change.
-    narrowed = cpus - {cpu if cpu in cpus else min(cpus)}
+    taken = -1
     try:
-        os.sched_setaffinity(pid, narrowed)
+        getcpu = libc("sched_getcpu")
+        assert getcpu is not None  # `ticket` checked it
+        cpu = getcpu()  # the CPU this thread runs on, where such a kernel queued the child
+        mask = os.sched_getaffinity(pid)  # what the child inherited
+        if cpu in mask and len(mask) > 1 and cpu < 0xFFFF:
+            os.sched_setaffinity(pid, mask - {cpu})
+            taken = cpu
     except OSError as exc:
         if exc.errno != errno.ESRCH:
             _enabled = False
+    finally:
+        assert _page is not None  # `ticket` made it
+        _POST.pack_into(_page, 0, ticket << 16 | (taken + 1))
 
 
-def settle(cpus: frozenset[int]) -> None:
-    """In the child, before the task runs: take back ``cpus``, the mask it was forked with.
+def settle(ticket: int) -> None:
+    """In the child, before the task runs: wait for the parent's post, take back its CPU.
 
-    Waits (yielding the CPU) until the parent's `move_off` has narrowed the mask, at most
-    `SETTLE_WAIT`. Never raises.
+    Blocks until the post for ``ticket`` (microseconds after the fork, unless the parent's
+    thread is held up), at most `SETTLE_LIMIT`. Never raises.
     """
-    try:
-        if os.sched_getaffinity(0) == cpus:
-            deadline = time.monotonic() + SETTLE_WAIT
-            while os.sched_getaffinity(0) == cpus and time.monotonic() < deadline:
-                os.sched_yield()
-        os.sched_setaffinity(0, cpus)
-    except OSError:
-        pass
+    page = _page
+    assert page is not None
+    start = time.monotonic()
+    while (post := _POST.unpack_from(page)[0]) >> 16 != ticket:
+        waited = time.monotonic() - start
+        if waited > SETTLE_LIMIT:
+            return
+        if waited < _SPIN:
+            os.sched_yield()
+        else:
+            time.sleep(0.001)  # a parent held up for long: stop spinning
+    taken = (post & 0xFFFF) - 1
+    if taken >= 0:
+        try:  # noqa: SIM105 - in the fresh child: no context manager objects (copied pages)
+            os.sched_setaffinity(0, os.sched_getaffinity(0) | {taken})
+        except OSError:
+            pass

@@ -143,8 +143,8 @@ def _spawn_held(
             os.set_blocking(rfd, False)
             prime_lifeline(wfd)
             streams = open_streams(options.output, options.max_output, track=supervisor.fds)
-            cpus = _cpus.spread(alone=supervisor.idle())  # a sequential call's child
-            child_plan = plan(wfd, redirected=streams is not None, cpus=cpus)
+            ticket = _cpus.ticket(alone=supervisor.idle())  # a sequential call's child
+            child_plan = plan(wfd, redirected=streams is not None, ticket=ticket)
             # Everything the parent needs is made before the fork: a page written while the
             # child lives is copied, and the child starts on the other CPU right away.
             child = Child(0, None, rfd, options, 0.0)
@@ -174,8 +174,8 @@ def _spawn_held(
             # Our own result pipe is a library fd for anything this task forks in turn.
             _inherited_pipe.append(wfd)
             run_child(wfd, call, options, child_plan, streams)
-        if child_plan.cpus is not None:
-            _cpus.move_off(child.pid, child_plan.cpus)  # first: the child waits for it
+        if child_plan.ticket is not None:
+            _cpus.move_off(child.pid, child_plan.ticket)  # first: the child waits for it
         _register(supervisor, child, wfd, label or default_label(fn, child.pid))
     # Outside the fork lock (it may unpickle results), still holding Ctrl-C: see `poll`.
     supervisor.poll(child)
