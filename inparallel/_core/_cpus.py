@@ -17,7 +17,8 @@ must still see the affinity it was forked with, so the two processes hand over e
   move was not made or was refused);
 - the child waits for its ticket before anything of the task runs, and adds that CPU back
   (`settle`). It widens only what the parent narrowed, so a mask changed from outside in the
-  meantime is kept, and the child cannot exit before the move, so its pid is still its own.
+  meantime is kept; and until the post the child runs nothing that could exit, so the pid the
+  parent moves is still its child's (short of someone killing it and reaping it first).
 
 With other tasks running nothing is moved: the kernel spreads them once the CPU is busy, and
 moving every child measured no better at 2 in flight (``benchmarks/RESULTS.rst``). With other
