@@ -312,6 +312,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_cpus.py",),
         "a move the parent makes late narrows the task's affinity for its whole life",
     ),
+    Mutation(
+        "moved-to-a-busy-cpu",
+        "inparallel/_core/_cpus.py",
+        "        return running < len(os.sched_getaffinity(0))\n",
+        "        return True  # mutated\n",
+        ("tests/test_cpus.py",),
+        "a sequential call's child is moved to a busy CPU, where it waits behind another process",
+    ),
 )
 
 

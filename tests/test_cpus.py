@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -19,6 +21,8 @@ from _timing import BOUND
 
 from inparallel import task
 from inparallel._core import _cpus
+
+real_a_cpu_is_free = _cpus._a_cpu_is_free
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
@@ -48,6 +52,45 @@ def pin_after(gate: _faults.Gate, cpu: int) -> frozenset[int]:
 def pin_to(cpu: int) -> frozenset[int]:
     os.sched_setaffinity(0, {cpu})
     return frozenset(os.sched_getaffinity(0))
+
+
+@pytest.fixture(autouse=True)
+def a_cpu_is_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether a CPU is free is the kernel's count of the moment: these tests say it is."""
+    monkeypatch.setattr(_cpus, "_a_cpu_is_free", lambda: True)
+
+
+@pytest.fixture
+def busy_cpus() -> Iterator[None]:
+    """Every CPU of this thread taken by a process that loops (killed at the end)."""
+    loop = "print('looping', flush=True)\nwhile True: pass"
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", loop], stdout=subprocess.PIPE)
+        for _ in os.sched_getaffinity(0)
+    ]
+    try:
+        for hog in hogs:
+            assert hog.stdout is not None
+            assert hog.stdout.readline() == b"looping\n"  # runnable from now on
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait(BOUND)
+            assert hog.stdout is not None
+            hog.stdout.close()
+
+
+def test_no_cpu_is_free_while_every_cpu_is_busy(busy_cpus: None) -> None:
+    assert not real_a_cpu_is_free()
+
+
+def test_nothing_is_moved_to_a_busy_cpu(
+    monkeypatch: pytest.MonkeyPatch, moves: list[int], busy_cpus: None
+) -> None:
+    monkeypatch.setattr(_cpus, "_a_cpu_is_free", real_a_cpu_is_free)
+    assert affinity().result(timeout=BOUND) == frozenset(os.sched_getaffinity(0))
+    assert moves == []
 
 
 @pytest.fixture
