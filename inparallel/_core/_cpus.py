@@ -49,7 +49,7 @@ SETTLE_LIMIT = 10.0
 #: How long a waiting child yields the CPU in a loop before it sleeps between looks.
 _SPIN = 0.002
 
-#: A post: ticket << 16 | (CPU taken away + 1), one aligned 8-byte word (0: nothing taken).
+#: A post: ticket << 16 | (CPU taken away + 1), one aligned 8-byte word (low bits 0: none).
 _POST = struct.Struct("=q")
 
 _enabled = hasattr(os, "sched_setaffinity")
@@ -62,8 +62,8 @@ def ticket(alone: bool) -> int | None:
     """In the parent, under the fork lock, before the fork: the child's ticket, or None.
 
     ``alone``: no other task of ours is running. None means the child is left where the
-    kernel puts it: other tasks or Python threads run, or the platform (or a seccomp
-    policy) has no affinity calls. A ticket binds the parent to call `move_off`.
+    kernel puts it: other tasks or Python threads run, no CPU is free, or the platform (or
+    a seccomp policy) has no affinity calls. A ticket binds the parent to call `move_off`.
     """
     global _page, _page_owner, _tickets
     if not (alone and _enabled) or threading.active_count() != 1:
