@@ -3,7 +3,7 @@
 A sequential call's child is moved off the caller's CPU right after the fork; the task must
 still see the CPU affinity it was forked with, however late that move comes, and its own
 affinity changes are never undone. Nothing is moved while other tasks or Python threads run,
-or where the caller's thread has a single CPU.
+while every CPU is busy, or where the caller's thread has a single CPU.
 """
 
 from __future__ import annotations
