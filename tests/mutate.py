@@ -320,6 +320,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_cpus.py",),
         "a sequential call's child is moved to a busy CPU, where it waits behind another process",
     ),
+    Mutation(
+        "settle-polls",
+        "inparallel/_core/_cpus.py",
+        "        futex_wait(_word, post & 0xFFFFFFFF, deadline - now)",
+        "        time.sleep(0.001)  # mutated",
+        ("tests/test_cpus.py",),
+        "a child whose parent is held up polls for the post instead of sleeping until its wake",
+    ),
+    Mutation(
+        "settle-not-woken",
+        "inparallel/_core/_cpus.py",
+        "        _wake()  # always",
+        "        pass  # mutated",
+        ("tests/test_cpus.py",),
+        "a child that waits for its parent's post sleeps to the time limit instead of waking at it",
+    ),
 )
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import _faults
@@ -20,7 +22,7 @@ import pytest
 from _timing import BOUND
 
 from inparallel import task
-from inparallel._core import _cpus
+from inparallel._core import _cpus, _native
 
 real_a_cpu_is_free = _cpus._a_cpu_is_free
 
@@ -46,6 +48,12 @@ def pin_after(gate: _faults.Gate, cpu: int) -> frozenset[int]:
     os.sched_setaffinity(0, {cpu})
     assert gate.wait(BOUND)
     return frozenset(os.sched_getaffinity(0))
+
+
+@task
+def affinity_and_switches(gate: _faults.Gate) -> tuple[frozenset[int], int]:
+    assert gate.wait(BOUND)
+    return frozenset(os.sched_getaffinity(0)), resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
 
 
 @task
@@ -216,3 +224,35 @@ def test_a_child_gone_already_does_not_turn_the_moves_off(
         no_such_pid = int(f.read())  # pids are below pid_max
     _cpus.move_off(no_such_pid, ticket)  # ESRCH
     assert _cpus.ticket(alone=True) == ticket + 1
+
+
+def in_futex_wait(pid: int) -> bool:
+    """Whether ``pid``'s thread is blocked in the futex system call (``/proc/PID/syscall``)."""
+    with open(f"/proc/{pid}/syscall") as f:
+        return f.read().split()[0] == str(_native._futex_number())
+
+
+@pytest.mark.skipif(not _native.has_futex(), reason="no futex call known on this machine")
+def test_a_child_whose_move_comes_late_waits_asleep_and_wakes_at_the_post(
+    monkeypatch: pytest.MonkeyPatch, gate: _faults.Gate
+) -> None:
+    # The parent's thread is held up until its child is seen asleep in the kernel, waiting for
+    # the post: not spinning, not polling with sleeps; the post's wake lets it run the task.
+    real = _cpus.move_off
+    asleep: list[bool] = []
+
+    def late(pid: int, ticket: int) -> None:
+        deadline = time.monotonic() + BOUND
+        while not in_futex_wait(pid) and time.monotonic() < deadline:
+            time.sleep(0.001)  # polling /proc: the child's state has nothing to wait on
+        asleep.append(in_futex_wait(pid))
+        real(pid, ticket)
+        gate.release()
+
+    monkeypatch.setattr(_cpus, "move_off", late)
+    monkeypatch.setattr(_cpus, "SETTLE_LIMIT", 3 * BOUND)  # a child not woken outwaits BOUND
+    mine = frozenset(os.sched_getaffinity(0))
+    mask, switches = affinity_and_switches(gate).result(timeout=BOUND)
+    assert asleep == [True]
+    assert mask == mine
+    assert switches < 50  # a handful of sleeps, not one a millisecond

@@ -15,10 +15,11 @@ must still see the affinity it was forked with, so the two processes hand over e
 - the parent narrows the child's mask by the one CPU it runs on, then *always* posts, on a
   page shared with the child, the child's ticket and the CPU it took away (or none: the
   move was not made or was refused);
-- the child waits for its ticket before anything of the task runs, and adds that CPU back
-  (`settle`). It widens only what the parent narrowed, so a mask changed from outside in the
-  meantime is kept; and until the post the child runs nothing that could exit, so the pid the
-  parent moves is still its child's (short of someone killing it and reaping it first).
+- the child waits for its ticket before anything of the task runs (asleep on the post's word,
+  a futex the parent wakes after each post), and adds that CPU back (`settle`). It widens
+  only what the parent narrowed, so a mask changed from outside in the meantime is kept; and
+  until the post the child runs nothing that could exit, so the pid the parent moves is
+  still its child's (short of someone killing it and reaping it first).
 
 With other tasks running nothing is moved: the kernel spreads them once the CPU is busy, and
 moving every child measured no better at 2 in flight (``benchmarks/RESULTS.rst``). With other
@@ -35,10 +36,12 @@ import errno
 import mmap
 import os
 import struct
+import sys
 import threading
 import time
+from collections.abc import Callable
 
-from ._native import libc
+from ._native import buffer_address, futex_wait, futex_waker, has_futex, libc
 
 __all__ = ("SETTLE_LIMIT", "move_off", "settle", "ticket")
 
@@ -46,15 +49,15 @@ __all__ = ("SETTLE_LIMIT", "move_off", "settle", "ticket")
 #: fork, by a debugger say). Past it the task runs, with one CPU fewer if the move comes later.
 SETTLE_LIMIT = 10.0
 
-#: How long a waiting child yields the CPU in a loop before it sleeps between looks.
-_SPIN = 0.002
-
 #: A post: ticket << 16 | (CPU taken away + 1), one aligned 8-byte word (low bits 0: none).
+#: Its low 32 bits change with every post: the child blocks on them as a futex.
 _POST = struct.Struct("=q")
 
 _enabled = hasattr(os, "sched_setaffinity")
 _page: mmap.mmap | None = None  # shared with the children forked after it was made
-_page_owner = 0  # the process that made it: a task process makes its own for its children
+_page_owner = 0  # the process that made it
+_word = 0  # the address of the post's low 32 bits: the futex the child waits on
+_wake: Callable[[], object] | None = None  # wakes the waiting child (`futex_waker`)
 _tickets = 0  # under the fork lock
 
 
@@ -65,19 +68,33 @@ def ticket(alone: bool) -> int | None:
     kernel puts it: other tasks or Python threads run, no CPU is free, or the platform (or
     a seccomp policy) has no affinity calls. A ticket binds the parent to call `move_off`.
     """
-    global _page, _page_owner, _tickets
+    global _tickets
     if not (alone and _enabled) or threading.active_count() != 1:
         return None
     if libc("sched_getcpu") is None or not _a_cpu_is_free():
         return None
-    if _page_owner != os.getpid():
-        try:
-            _page = mmap.mmap(-1, _POST.size)  # anonymous and shared
-        except OSError:
-            return None
-        _page_owner = os.getpid()
+    if _page_owner != os.getpid() and not _make_page():
+        return None
     _tickets += 1
     return _tickets
+
+
+def _make_page() -> bool:
+    # This process's page, shared with the children it forks from now on (a task process makes
+    # its own for its children); False where the page or the futex is missing (moves off).
+    global _enabled, _page, _page_owner, _wake, _word
+    if not has_futex():
+        _enabled = False
+        return False
+    try:
+        page = mmap.mmap(-1, _POST.size)  # anonymous and shared
+    except OSError:
+        return False
+    address = buffer_address(page)  # never closed: the address stays good
+    _page, _page_owner = page, os.getpid()
+    _word = address + (0 if sys.byteorder == "little" else 4)  # the post's low half
+    _wake = futex_waker(_word)
+    return True
 
 
 def _a_cpu_is_free() -> bool:
@@ -117,27 +134,28 @@ def move_off(pid: int, ticket: int) -> None:
         if exc.errno != errno.ESRCH:
             _enabled = False
     finally:
-        assert _page is not None  # `ticket` made it
+        assert _page is not None and _wake is not None  # `ticket` made them
         _POST.pack_into(_page, 0, ticket << 16 | (taken + 1))
+        _wake()  # always: whether the child waits already is not known here
 
 
 def settle(ticket: int) -> None:
     """In the child, before the task runs: wait for the parent's post, take back its CPU.
 
     Blocks until the post for ``ticket`` (microseconds after the fork, unless the parent's
-    thread is held up), at most `SETTLE_LIMIT`. Never raises.
+    thread is held up), at most `SETTLE_LIMIT`, asleep in the kernel (a futex on the post's
+    word, which the parent wakes after posting). Never raises.
     """
     page = _page
     assert page is not None
-    start = time.monotonic()
+    deadline = 0.0
     while (post := _POST.unpack_from(page)[0]) >> 16 != ticket:
-        waited = time.monotonic() - start
-        if waited > SETTLE_LIMIT:
+        now = time.monotonic()
+        if not deadline:
+            deadline = now + SETTLE_LIMIT
+        elif now >= deadline:
             return
-        if waited < _SPIN:
-            os.sched_yield()
-        else:
-            time.sleep(0.001)  # a parent held up for long: stop spinning
+        futex_wait(_word, post & 0xFFFFFFFF, deadline - now)  # until the post and its wake
     taken = (post & 0xFFFF) - 1
     if taken >= 0:
         try:  # noqa: SIM105 - in the fresh child: no context manager objects (copied pages)

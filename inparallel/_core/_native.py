@@ -1,16 +1,20 @@
-"""What the library reaches in C through ctypes: a few libc functions, a bytes object's storage.
+"""What the library reaches in C through ctypes: libc functions, buffers' addresses, futexes.
 
 Each function is looked up once per process, on first use; the parent does it before its
 first fork, so a forked child inherits them and pays nothing for ctypes. None where there is
-no such function (not Linux, or no ctypes).
+no such function (not Linux, or no ctypes). A futex is the kernel's wait on a word of memory,
+here one shared between processes: glibc has no function for it, so it is called by number.
 """
 
 from __future__ import annotations
 
+import functools
+import mmap
+import os
 import sys
 from collections.abc import Callable
 
-__all__ = ("bytes_address", "libc")
+__all__ = ("buffer_address", "bytes_address", "futex_wait", "futex_waker", "has_futex", "libc")
 
 # Argument types for functions that take an address (ctypes passes plain ints as C ints).
 _ARGTYPES = {"madvise": ("c_void_p", "c_size_t", "c_int")}
@@ -20,6 +24,19 @@ _ARGTYPES = {"madvise": ("c_void_p", "c_size_t", "c_int")}
 _HOLD_GIL = frozenset({"sched_getcpu"})
 
 _FUNCTIONS: dict[str, Callable[..., int] | None] = {}
+
+#: The futex system call's number on 64-bit Linux, by machine.
+#: (A 32-bit Python may run on a 64-bit kernel, whose machine name would mislead: none there.)
+_SYS_FUTEX = {
+    "x86_64": 202,
+    "aarch64": 98,
+    "riscv64": 98,
+    "loongarch64": 98,
+    "ppc64le": 221,
+    "ppc64": 221,
+    "s390x": 238,
+}
+_FUTEX_WAIT, _FUTEX_WAKE = 0, 1  # not the private variants: the word is shared with children
 
 
 def libc(name: str) -> Callable[..., int] | None:
@@ -48,3 +65,71 @@ def bytes_address(data: bytes) -> int:
     address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value  # c_char_p points in
     assert address is not None
     return address
+
+
+def buffer_address(buffer: mmap.mmap | bytearray) -> int:
+    """Return where a writable buffer's memory starts (an ``mmap`` say).
+
+    The buffer must not be resized or closed while the address is in use.
+    """
+    import ctypes
+
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+
+
+def has_futex() -> bool:
+    """Whether `futex_wait` and `futex_waker` work here (64-bit Linux on a known machine)."""
+    return _futex_number() >= 0 and libc("syscall") is not None
+
+
+def _futex_number() -> int:
+    if sys.platform != "linux" or sys.maxsize < 2**32:
+        return -1
+    return _SYS_FUTEX.get(os.uname().machine, -1)
+
+
+def futex_wait(address: int, expected: int, timeout: float) -> None:
+    """Block while the aligned 32-bit word at ``address`` holds ``expected``.
+
+    Returns at once if it holds something else, else on a wake of that word (from any process
+    that shares it, see `futex_waker`), on a signal, or after ``timeout`` seconds; which of
+    these it was is not said: the caller looks at the word again. Never raises. Only where
+    `has_futex`.
+    """
+    import ctypes
+
+    seconds = max(timeout, 0.0)
+    limit = (ctypes.c_long * 2)(int(seconds), int(seconds % 1 * 1e9))  # a struct timespec
+    syscall = libc("syscall")
+    assert syscall is not None
+    syscall(
+        ctypes.c_long(_futex_number()),
+        ctypes.c_void_p(address),
+        ctypes.c_int(_FUTEX_WAIT),
+        ctypes.c_uint(expected),
+        ctypes.byref(limit),
+        ctypes.c_void_p(None),
+        ctypes.c_int(0),
+    )
+
+
+def futex_waker(address: int) -> Callable[[], object]:
+    """Return a call that wakes every process blocked in `futex_wait` on the word at ``address``.
+
+    Its arguments are made once, here: the call costs one system call. It never raises. Only
+    where `has_futex`.
+    """
+    import ctypes
+
+    syscall = libc("syscall")
+    assert syscall is not None
+    return functools.partial(
+        syscall,
+        ctypes.c_long(_futex_number()),
+        ctypes.c_void_p(address),
+        ctypes.c_int(_FUTEX_WAKE),
+        ctypes.c_int(2**31 - 1),  # every waiter
+        ctypes.c_void_p(None),
+        ctypes.c_void_p(None),
+        ctypes.c_int(0),
+    )
