@@ -85,6 +85,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a forked child inherits the supervisor's fds and records",
     ),
     Mutation(
+        "inherited-supervisor-signals",
+        "inparallel/_core/_events.py",
+        "            if child.reaped or self._inherited:",
+        "            if child.reaped:  # mutated",
+        ("tests/test_task.py", "-k", "cancel_in_a_child"),
+        "a fork's copy of a future signals the parent's task (or a reused fd number or pid)",
+    ),
+    Mutation(
+        "close-all-runs",
+        "inparallel/_core/_supervisor.py",
+        "            os.closerange(first, last + 1)\n            first = fd",
+        "            os.closerange(first, fd + 1)  # mutated\n            first = fd",
+        ("tests/test_supervisor.py", "-k", "close_all"),
+        "a forked child closes fds that are not the library's, between two runs of its own",
+    ),
+    Mutation(
         "at-fork-forgets-spares",
         "inparallel/_core/_spawn.py",
         "    _stdio.forget_spares()  # the spares may be this process's live streams now\n",

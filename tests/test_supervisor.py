@@ -578,3 +578,29 @@ def test_one_supervisor_for_many_children(gate, started):
     assert stats().in_flight == 20  # the leak check guarantees no task from before
     gate.release(20)
     assert [f.result(timeout=BOUND) for f in futs] == list(range(20))
+
+
+def is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("count", [3, 40])
+def test_close_all_closes_exactly_the_fds_it_is_given(count: int) -> None:
+    # What a forked child does with the library's fds: runs of numbers go in one call each,
+    # and a number between two runs (a user's fd) is left open.
+    fds = [fd for _ in range(count) for fd in os.pipe()]
+    try:
+        fds.sort()
+        kept = set(fds[1::5])  # gaps: every fifth fd is not the library's
+        given = set(fds) - kept
+        _supervisor.close_all(given)
+        assert not any(is_open(fd) for fd in given)
+        assert all(is_open(fd) for fd in kept)
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -62,6 +62,7 @@ class Events:
     _wake_r: int
     _wake_w: int
     _polled: set[Child]
+    _inherited: bool
     fds: set[int]
     counts: Counter[str]
 
@@ -91,7 +92,7 @@ class Events:
     def send_signal(self, child: Child, sig: int) -> bool:
         """Signal a child that has not been reaped yet; return whether it was sent."""
         with self._lock:
-            if child.reaped:
+            if child.reaped or self._inherited:  # a fork's copy: its fds are closed, or reused
                 return False
             try:
                 if child.pidfd is not None:

@@ -82,6 +82,7 @@ class Supervisor(Driving):
         self._pending: list[Child] = []
         self._deadlines = Deadlines()  # the thread's own
         self._selector: Poller | None = None
+        self._inherited = False  # a fork's copy, in the child (see `forget_in_child`)
         self._wake_r = self._wake_w = -1
         self._running = False  # a thread is in (or about to enter) its loop
         self._want_thread = False  # something waits without driving (see `watch`)
@@ -279,20 +280,16 @@ class Supervisor(Driving):
     def forget_in_child(self) -> None:
         """In a freshly forked child: close every inherited library fd, drop all state.
 
-        Futures copied into the child still point at these records: mark them reaped (and
-        the lock new) so that their ``kill()``/``cancel()`` never signal a reused fd number.
-        The object itself is never freed (`reset_in_child`), so its selector never closes the
-        epoll fd number again: it is closed here by number.
+        Futures copied into the child still point at this supervisor and its records: marked
+        inherited (one write; not every record, a copied page each), it signals nothing, so
+        their ``kill()``/``cancel()`` never reach a reused fd number or pid. The object itself
+        is never freed (`reset_in_child`), so its selector never closes the epoll fd number
+        again: it is closed here by number.
         """
+        self._inherited = True
         if self._children:
-            self._lock = threading.Lock()
-            for child in self._children.values():
-                child.reaped, child.pidfd = True, None
-        for fd in self.fds:
-            try:  # noqa: SIM105 - in a fresh child: no context manager objects (see _spawn)
-                os.close(fd)
-            except OSError:
-                pass
+            self._lock = threading.Lock()  # a thread of the parent may have held it
+        close_all(self.fds)
         if self._selector is not None:
             # ValueError: closed already, by a `_close` that a fork from another thread raced.
             try:  # in a fresh child: no context manager objects (see _spawn)
@@ -308,6 +305,30 @@ class Supervisor(Driving):
             counts = {name: self.counts[name] for name in COUNTERS}
             in_flight = len(self._children)
         return Statistics(**counts, in_flight=in_flight, supervisor_alive=self.thread_alive())
+
+
+def close_all(fds: set[int]) -> None:
+    """In a freshly forked child: close every fd of ``fds`` (their numbers). Never raises.
+
+    Runs of consecutive numbers (a burst of calls opens its pipes and pidfds one after the
+    other) are closed in one ``close_range`` each: a child forked with 800 tasks in flight
+    made 1,600 ``close`` calls, about 0.4 ms of its time.
+    """
+    if len(fds) < 8:
+        for fd in fds:
+            try:  # noqa: SIM105 - in a fresh child: no context manager objects (see _spawn)
+                os.close(fd)
+            except OSError:
+                pass
+        return
+    ordered = sorted(fds)  # fresh memory: no page of the parent's is copied for it
+    first = last = ordered[0]
+    for fd in ordered:
+        if fd > last + 1:
+            os.closerange(first, last + 1)
+            first = fd
+        last = fd
+    os.closerange(first, last + 1)
 
 
 _SUPERVISOR: Supervisor | None = None
