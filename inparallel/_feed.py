@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ._core._spawn import OS_THREAD_WAIT, PARK
+from ._core._park import OS_THREAD_WAIT, PARK
 from ._core._thread import start as start_thread
 from ._core._thread import wait_gone
 

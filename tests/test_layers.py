@@ -38,6 +38,7 @@ LAYERS = [
     ("_core._events",),
     ("_core._drive",),
     ("_core._supervisor",),
+    ("_core._park",),
     ("_core._spawn",),
     ("_checks",),
     (

@@ -1,4 +1,4 @@
-"""Forking one task: the fork lock, the at-fork hooks and the park-around-fork policy.
+"""Forking one task: the fork lock and the at-fork hooks.
 
 **One fork lock.** Creating the result pipe, forking, closing the parent's write end, opening
 the pidfd and registering the child happen under one re-entrant lock (re-entrant because a
@@ -8,25 +8,8 @@ through a registration, and resets the library in every child: all inherited lib
 closed (only the task's own write end survives), the supervisor is forgotten, the lock is new.
 Every library fd is created under this lock, so the set of fds to close is always exact.
 
-**Parking (Python 3.12+).** CPython warns (``DeprecationWarning``) when a process with more
-than one OS thread forks. Our supervisor thread is such a thread, so before each of our forks
-we *park* it: ask it to stop, wait for its end, and then until the kernel has torn the thread
-down (the thread signals its end just before the OS thread exits). The fork then really is
-single-threaded and the warning is not emitted because there is nothing to warn about; nothing
-is lost meanwhile (results wait in their pipes, exits in their pidfds) and the thread restarts
-right after ``os.fork()`` returns. We park only when the supervisor is the one extra thread:
-when the user's own threads are alive the fork is not single-threaded, CPython's warning is
-right, and we let it through. Filtering the warning instead would hide real hazards and is not
-thread-safe (``catch_warnings`` mutates global state). Parking costs a thread stop and start
-per fork (the thread is started bare, without ``Thread.start()``'s handshake, so this stays a
-small fraction of the fork itself); 3.11 does not warn and skips it.
-
-The program's own forks (``os.fork``, multiprocessing) go through an at-fork hook that parks a
-supervisor with no child left (it is ending anyway), so an idle inparallel never makes them
-warn. On 3.12 the hook also parks a busy supervisor and restarts it after the fork. From 3.13
-CPython counts threads after the after-fork hooks, where the restarted thread would be counted,
-so a fork of the program's own made while tasks are in flight warns there: our thread is alive
-then, and needed.
+**Parking (Python 3.12+)**: the supervisor thread is stopped around each fork, so that the
+fork is single-threaded (see ``_park``).
 
 **Private pipes.** The tools above ``task`` (maps, preloaders) talk to long-lived children over
 pipes of their own. `open_pipe` makes them under the fork lock and records both ends; every
@@ -43,45 +26,26 @@ import fcntl
 import functools
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import _cpus, _future, _interrupts, _stdio, _supervisor
+from . import _cpus, _future, _interrupts, _park, _stdio, _supervisor
 from ._child import plan, prime_lifeline, run_child
 from ._errors import SpawnError
 from ._future import TaskFuture
 from ._options import TaskOptions, call_name, default_label
 from ._output import open_streams
+from ._park import PARK
 from ._record import Child
 
 __all__ = ("close_fd", "install_hooks", "open_pipe", "spawn")
 
 R = TypeVar("R")
 
-#: Whether forking with another thread alive emits a DeprecationWarning (gh-100228).
-PARK = sys.version_info >= (3, 12)
-
-#: Whether the program's own forks park the supervisor too. Only 3.12 counts threads before
-#: the after-fork hooks run; from 3.13 a supervisor restarted by the hook would be counted,
-#: so there a fork made while tasks are in flight warns (our thread really is alive then).
-PARK_FOREIGN = sys.version_info[:2] == (3, 12)
-
-#: How long a fork waits for the supervisor to park. It only waits this long when a
-#: done-callback is blocking the supervisor; the fork then goes ahead with it alive.
-PARK_TIMEOUT = 0.5
-
-#: The parked thread releases its baton in its last instructions, before the OS thread is
-#: gone; wait at most this long for the kernel to tear that thread down. (It takes
-#: microseconds on an idle machine, and more when the thread waits for a CPU.)
-OS_THREAD_WAIT = 0.25
-
-
 _fork_lock = threading.RLock()
 _hooks_installed = False
-_parked = False  # whether the before-fork hook parked the supervisor (for the parent's hook)
 _inherited_pipe: list[int] = []  # in a task's child: its result pipe, closed in any descendant
 _private_fds: set[int] = set()  # open_pipe() ends: closed in every forked child but the kept ones
 _keep: frozenset[int] = frozenset()  # the kept ones, for the fork in progress (under the lock)
@@ -154,7 +118,7 @@ def _spawn_held(
             )
             child.future = future
             if PARK:
-                _park(supervisor)
+                _park.park(supervisor)
             _interrupts.give_up_if_pending()  # the last moment to start nothing
             child.started = time.monotonic()
             child.pid = _fork(keep)
@@ -266,42 +230,9 @@ def _pidfd_open(pid: int) -> int | None:
         return None
 
 
-def _park(supervisor: _supervisor.Supervisor) -> bool:
-    # Return whether it was parked (and its OS thread is gone). Waits out a thread that ended
-    # on its own a moment ago, too: it may still be in its last instructions.
-    if not supervisor.thread_alive():
-        supervisor.thread.wait_gone(OS_THREAD_WAIT)
-        return False
-    me = threading.get_ident()
-    if any(t.ident not in (me, supervisor.ident) for t in threading.enumerate()):
-        return False  # the program's threads are alive: the fork is not single-threaded
-    if not supervisor.park(PARK_TIMEOUT):
-        return False
-    supervisor.thread.wait_gone(OS_THREAD_WAIT)
-    return True
-
-
 def _park_for_fork() -> None:
-    # Before *any* fork in this process, under the fork lock, with SIGINT blocked: for the
-    # program's own forks (os.fork, multiprocessing). `spawn` has parked for its own.
-    global _parked
-    supervisor = _supervisor._SUPERVISOR
-    if supervisor is None or _ours:
-        return
-    if PARK_FOREIGN:
-        _parked = _park(supervisor)
-    elif supervisor.idle():
-        _park(supervisor)  # ending anyway: nothing to restart after the fork
-
-
-def _resume_after_fork() -> None:
-    # After the fork, in the parent (also when fork() failed).
-    global _parked
-    if _parked:
-        _parked = False
-        supervisor = _supervisor._SUPERVISOR
-        if supervisor is not None:
-            supervisor.resume()
+    # Before *any* fork in this process, under the fork lock, with SIGINT blocked.
+    _park.before_fork(ours=_ours)
 
 
 def _install_hooks() -> None:
@@ -323,7 +254,7 @@ def _install_hooks() -> None:
     # cannot restore a mask it did not read: a thread that blocked SIGINT itself finds it
     # unblocked after a fork. Nothing in the library or the stdlib blocks it.)
     if PARK:
-        os.register_at_fork(before=_park_for_fork, after_in_parent=_resume_after_fork)
+        os.register_at_fork(before=_park_for_fork, after_in_parent=_park.after_fork_in_parent)
     os.register_at_fork(
         before=_fork_lock.acquire,
         after_in_parent=_fork_lock.release,

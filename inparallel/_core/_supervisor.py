@@ -34,7 +34,7 @@ nobody waits for meanwhile lose nothing: their results wait in their pipes, thei
 their pidfds, until someone looks.
 
 The thread exits when no child is left. `Supervisor.park` stops it so that a fork can run
-single-threaded (see ``_spawn`` for why). How it is started and waited for is ``_thread``'s
+single-threaded (see ``_park`` for why). How it is started and waited for is ``_thread``'s
 business.
 """
 

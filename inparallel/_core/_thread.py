@@ -1,7 +1,7 @@
 """A thread that a fork can wait out: started bare, ended on request, gone from the kernel.
 
 The supervisor runs on one OS thread at a time, started for a burst of children and ended
-when none is left or when a fork parks it (see ``_spawn``). This module owns the mechanics:
+when none is left or when a fork parks it (see ``_park``). This module owns the mechanics:
 
 * It is a bare ``_thread`` thread, not ``threading.Thread``: ``Thread.start()`` waits until the
   new thread has run, and right after a fork that costs ~1 ms on 2 cores (measured) while the
