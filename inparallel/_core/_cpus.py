@@ -59,6 +59,7 @@ _page_owner = 0  # the process that made it
 _word = 0  # the address of the post's low 32 bits: the futex the child waits on
 _wake: Callable[[], object] | None = None  # wakes the waiting child (`futex_waker`)
 _tickets = 0  # under the fork lock
+_cpu = -1  # the CPU the parent ran on when it took the last ticket
 
 
 def ticket(alone: bool) -> int | None:
@@ -68,13 +69,17 @@ def ticket(alone: bool) -> int | None:
     kernel puts it: other tasks or Python threads run, no CPU is free, or the platform (or
     a seccomp policy) has no affinity calls. A ticket binds the parent to call `move_off`.
     """
-    global _tickets
+    global _cpu, _tickets
     if not (alone and _enabled) or threading.active_count() != 1:
         return None
-    if libc("sched_getcpu") is None or not _a_cpu_is_free():
+    getcpu = libc("sched_getcpu")
+    if getcpu is None or not _a_cpu_is_free():
         return None
     if _page_owner != os.getpid() and not _make_page():
         return None
+    # The CPU this thread runs on, where such a kernel queues the child: read before the
+    # fork, as every page the parent writes between the fork and its wait is copied.
+    _cpu = getcpu()
     _tickets += 1
     return _tickets
 
@@ -123,13 +128,10 @@ def move_off(pid: int, ticket: int) -> None:
     global _enabled
     taken = -1
     try:
-        getcpu = libc("sched_getcpu")
-        assert getcpu is not None  # `ticket` checked it
-        cpu = getcpu()  # the CPU this thread runs on, where such a kernel queued the child
         mask = os.sched_getaffinity(pid)  # what the child inherited
-        if cpu in mask and len(mask) > 1 and cpu < 0xFFFF:
-            os.sched_setaffinity(pid, mask - {cpu})
-            taken = cpu
+        if _cpu in mask and len(mask) > 1 and _cpu < 0xFFFF:
+            os.sched_setaffinity(pid, mask - {_cpu})
+            taken = _cpu
     except OSError as exc:
         if exc.errno != errno.ESRCH:
             _enabled = False

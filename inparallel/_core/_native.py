@@ -19,10 +19,6 @@ __all__ = ("buffer_address", "bytes_address", "futex_wait", "futex_waker", "has_
 # Argument types for functions that take an address (ctypes passes plain ints as C ints).
 _ARGTYPES = {"madvise": ("c_void_p", "c_size_t", "c_int")}
 
-#: Functions called where another thread must not take over: ``sched_getcpu`` runs between a
-#: fork and the move of the child, which waits for it (see ``_cpus``).
-_HOLD_GIL = frozenset({"sched_getcpu"})
-
 _FUNCTIONS: dict[str, Callable[..., int] | None] = {}
 
 #: The futex system call's number on 64-bit Linux, by machine.
@@ -47,9 +43,7 @@ def libc(name: str) -> Callable[..., int] | None:
             try:
                 import ctypes
 
-                # A call through CDLL releases the GIL; these must not (see `_HOLD_GIL`).
-                library = ctypes.PyDLL if name in _HOLD_GIL else ctypes.CDLL
-                function = getattr(library(None, use_errno=True), name)
+                function = getattr(ctypes.CDLL(None, use_errno=True), name)
                 if name in _ARGTYPES:
                     function.argtypes = tuple(getattr(ctypes, kind) for kind in _ARGTYPES[name])
             except (OSError, AttributeError, ImportError):
