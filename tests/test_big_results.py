@@ -1,15 +1,17 @@
 """Big results: read from the task process's memory, or from a memfd it fills.
 
 A result whose out-of-band buffers reach ``SHM_THRESHOLD`` does not travel through the pipe.
-Once the parent has shown it may open a child's ``/proc/<pid>/mem`` (`_reader` probes at the
+Once the parent has shown it may open a child's ``/proc/<pid>/mem`` (`_fetch` probes at the
 first memfd result), later children leave the buffers where they are and the parent reads them
 there (``_lend.IN_MEMORY``): one copy instead of two. Writable buffers of a task with other
 threads still running, and every buffer where the probe was refused, go through a memfd,
-which is a copy made when the task returns.
+which is a copy made when the task returns. The parent copies a child's memory with
+``process_vm_readv``, or through ``/proc/<pid>/mem`` where that call is refused.
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import pickle
@@ -25,7 +27,7 @@ import pytest
 from _timing import PATIENCE
 
 from inparallel import RemoteError, WorkerDied, task
-from inparallel._core import _lend, _reader, _spawn, _wire
+from inparallel._core import _fetch, _lend, _native, _reader, _spawn, _wire
 
 MiB = 1 << 20
 
@@ -42,25 +44,41 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
 
         return wrapper
 
-    monkeypatch.setattr(
-        _reader, "_read_child_memory", counted("memory", _reader._read_child_memory)
-    )
-    monkeypatch.setattr(_reader, "_read_child_file", counted("memfd", _reader._read_child_file))
+    monkeypatch.setattr(_reader, "read_child_memory", counted("memory", _fetch.read_child_memory))
+    monkeypatch.setattr(_reader, "read_child_file", counted("memfd", _fetch.read_child_file))
     yield counts
+
+
+_VM_READS = _fetch._vm_reads  # whether this system has process_vm_readv
+
+
+@pytest.fixture
+def vm_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes copied with ``process_vm_readv``, one per call (the real call is made)."""
+    sizes: list[int] = []
+
+    def spy(pid: int, local: int, remote: int, size: int) -> int:
+        sizes.append(size)
+        return _native.vm_read(pid, local, remote, size)
+
+    monkeypatch.setattr(_fetch, "vm_read", spy)
+    return sizes
 
 
 def _allow(monkeypatch: pytest.MonkeyPatch, allowed: bool) -> None:
     # The answer of the probe, as if it had run; refused, it stays refused.
     monkeypatch.setattr(_lend, "_MEMORY_READS", [allowed])
     if not allowed:
-        monkeypatch.setattr(_reader, "_can_open_memory", lambda pid: False)
+        monkeypatch.setattr(_fetch, "_can_open_memory", lambda pid: False)
 
 
-@pytest.mark.parametrize("path", ["memory", "memfd"])
+@pytest.mark.parametrize("path", ["memory", "memory-file", "memfd"])
 def test_big_bytes_arrive_exact(
-    path: str, reads: Counter[str], monkeypatch: pytest.MonkeyPatch
+    path: str, reads: Counter[str], monkeypatch: pytest.MonkeyPatch, vm_reads: list[int]
 ) -> None:
-    _allow(monkeypatch, path == "memory")
+    _allow(monkeypatch, path != "memfd")
+    if path == "memory-file":
+        monkeypatch.setattr(_fetch, "_vm_reads", False)  # /proc/<pid>/mem
     sizes = [MiB, 3 * MiB + 1, 2 * MiB - 7]
 
     @task
@@ -72,7 +90,8 @@ def test_big_bytes_arrive_exact(
     assert [type(b) for b in got] == [bytes] * 3
     for n, data in zip(sizes, got, strict=True):
         assert _faults.digest(data) == _faults.digest(_faults.blob(n, seed=n))
-    assert reads == Counter({path: 1})
+    assert reads == Counter({"memfd" if path == "memfd" else "memory": 1})
+    assert len(vm_reads) == (3 if path == "memory" and _VM_READS else 0)
     assert len(_faults.fd_table()) == fds  # the child's memory or file is closed again
 
 
@@ -229,17 +248,23 @@ def test_a_frame_with_an_unknown_memory_field_fails_only_its_task() -> None:
     assert "corrupt result frame" in str(exc)
 
 
+@pytest.mark.parametrize("how", ["vm_read", "memory-file"])
 def test_memory_refused_after_the_probe_loses_one_result_then_uses_the_memfd(
-    reads: Counter[str], monkeypatch: pytest.MonkeyPatch
+    how: str, reads: Counter[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Ptrace access withdrawn after the probe (the parent changed its credentials): that
     # child's result is lost, as if it had died; the next children fill a memfd again.
     _allow(monkeypatch, True)
 
-    def refused(pid: int) -> int:
+    def refused(*args: int) -> int:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(_reader, "_open_memory", refused)
+    if how == "vm_read":
+        monkeypatch.setattr(_fetch, "_vm_reads", True)
+        monkeypatch.setattr(_fetch, "vm_read", refused)
+    else:
+        monkeypatch.setattr(_fetch, "_vm_reads", False)
+        monkeypatch.setattr(_fetch, "_open_memory", refused)
 
     @task
     def big(k: int) -> bytes:
@@ -250,3 +275,28 @@ def test_memory_refused_after_the_probe_loses_one_result_then_uses_the_memfd(
     assert not _lend.memory_reads_allowed()
     assert big(2).result(timeout=PATIENCE) == b"\x02" * (2 * MiB)
     assert reads == Counter({"memory": 1, "memfd": 1})
+
+
+@pytest.mark.skipif(not _VM_READS, reason="no process_vm_readv here")
+def test_a_refused_vm_read_falls_back_to_the_memory_file(
+    reads: Counter[str], monkeypatch: pytest.MonkeyPatch, vm_reads: list[int]
+) -> None:
+    # A seccomp policy that refuses process_vm_readv (ENOSYS) but not /proc/<pid>/mem: the
+    # result still arrives whole, and the call is not tried again.
+    _allow(monkeypatch, True)
+    monkeypatch.setattr(_fetch, "_vm_reads", True)
+
+    def no_such_call(*args: int) -> int:
+        vm_reads.append(-1)
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(_fetch, "vm_read", no_such_call)
+
+    @task
+    def big(k: int) -> tuple[bytes, bytearray]:
+        return bytes([k]) * (2 * MiB), bytearray([k]) * (3 * MiB)
+
+    assert big(1).result(timeout=PATIENCE) == (b"\x01" * (2 * MiB), bytearray(b"\x01" * (3 * MiB)))
+    assert big(2).result(timeout=PATIENCE) == (b"\x02" * (2 * MiB), bytearray(b"\x02" * (3 * MiB)))
+    assert vm_reads == [-1]
+    assert reads == Counter({"memory": 2})

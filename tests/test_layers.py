@@ -29,7 +29,7 @@ LAYERS = [
         "_core._native",
     ),
     ("_core._bridge", "_core._cpus", "_core._lend", "_core._poller", "_core._stdio"),
-    ("_core._wire", "_core._output"),
+    ("_core._fetch", "_core._wire", "_core._output"),
     ("_core._reader", "_core._options"),
     ("_core._limits",),
     ("_core._child", "_core._future", "_core._channel"),

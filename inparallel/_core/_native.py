@@ -14,10 +14,23 @@ import os
 import sys
 from collections.abc import Callable
 
-__all__ = ("buffer_address", "bytes_address", "futex_wait", "futex_waker", "has_futex", "libc")
+__all__ = (
+    "buffer_address",
+    "bytes_address",
+    "futex_wait",
+    "futex_waker",
+    "has_futex",
+    "libc",
+    "vm_read",
+)
 
-# Argument types for functions that take an address (ctypes passes plain ints as C ints).
-_ARGTYPES = {"madvise": ("c_void_p", "c_size_t", "c_int")}
+# Argument types for functions that take an address (ctypes passes plain ints as C ints), and
+# result types other than int.
+_ARGTYPES = {
+    "madvise": ("c_void_p", "c_size_t", "c_int"),
+    "process_vm_readv": ("c_int", "c_void_p", "c_ulong", "c_void_p", "c_ulong", "c_ulong"),
+}
+_RESTYPES = {"process_vm_readv": "c_ssize_t"}
 
 _FUNCTIONS: dict[str, Callable[..., int] | None] = {}
 
@@ -46,6 +59,8 @@ def libc(name: str) -> Callable[..., int] | None:
                 function = getattr(ctypes.CDLL(None, use_errno=True), name)
                 if name in _ARGTYPES:
                     function.argtypes = tuple(getattr(ctypes, kind) for kind in _ARGTYPES[name])
+                if name in _RESTYPES:
+                    function.restype = getattr(ctypes, _RESTYPES[name])
             except (OSError, AttributeError, ImportError):
                 function = None
         _FUNCTIONS[name] = function
@@ -69,6 +84,34 @@ def buffer_address(buffer: mmap.mmap | bytearray) -> int:
     import ctypes
 
     return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+
+
+def vm_read(pid: int, local: int, remote: int, size: int) -> int:
+    """Copy up to ``size`` bytes at address ``remote`` of process ``pid`` to ``local`` here.
+
+    One ``process_vm_readv`` call: the kernel copies straight from the other process's pages
+    (about twice as fast as reading its ``/proc/<pid>/mem``). Blocks for the copy, without
+    the GIL. Only where ``libc("process_vm_readv")`` is not None.
+
+    Returns:
+        How many bytes were copied: fewer than ``size`` when the range runs into memory the
+        process does not have, or past what the kernel copies in one call.
+
+    Raises:
+        OSError: EPERM (no ptrace access to ``pid``), ESRCH (no such process), EFAULT (no
+            memory at ``remote``), ENOSYS (refused by a seccomp policy).
+    """
+    import ctypes
+
+    readv = libc("process_vm_readv")
+    assert readv is not None
+    local_iov = (ctypes.c_size_t * 2)(local, size)  # a struct iovec: base, length
+    remote_iov = (ctypes.c_size_t * 2)(remote, size)
+    copied = readv(pid, ctypes.byref(local_iov), 1, ctypes.byref(remote_iov), 1, 0)
+    if copied < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return copied
 
 
 def has_futex() -> bool:

@@ -6,25 +6,14 @@ never raises out of `decode`: a bad frame or a failing unpickle fails one task o
 
 from __future__ import annotations
 
-import contextlib
 import io
-import mmap
-import os
 import pickle
 import struct
-import sys
-from collections.abc import Callable
 from typing import Any
 
 from ._errors import RemoteError
-from ._lend import (
-    IN_MEMORY,
-    allow_memory_reads,
-    forbid_memory_reads,
-    memfd_offsets,
-    memory_reads_allowed,
-)
-from ._native import bytes_address, libc
+from ._fetch import FrameError, read_child_file, read_child_memory
+from ._lend import IN_MEMORY
 from ._wire import HEADER, MAGIC, READONLY, SIZE, Kind, format_exception, safe_str
 
 #: The frame kinds by their value (a tuple: looked up per result, without Enum's call).
@@ -32,10 +21,6 @@ _KINDS = tuple(sorted(Kind))
 assert [int(kind) for kind in _KINDS] == list(range(len(_KINDS)))
 
 __all__ = ("FrameError", "FrameReader", "decode")
-
-
-class FrameError(Exception):
-    """The bytes on a result pipe are not a valid frame (corrupt, or over the size cap)."""
 
 
 class FrameReader:
@@ -142,9 +127,9 @@ class FrameReader:
         payload = bytes(data[offset : offset + self._payload_len])
         offset += self._payload_len
         if self.memfd >= 0:
-            return payload, _read_child_file(pid, self.memfd, self.sizes, self.readonly, fds)
+            return payload, read_child_file(pid, self.memfd, self.sizes, self.readonly, fds)
         if self.memfd == IN_MEMORY:
-            kept = _read_child_memory(pid, self.addresses, self.sizes, self.readonly, fds)
+            kept = read_child_memory(pid, self.addresses, self.sizes, self.readonly, fds)
             return payload, kept
         buffers: list[Any] = []
         for size, readonly in zip(self.sizes, self.readonly, strict=True):
@@ -152,171 +137,6 @@ class FrameReader:
             buffers.append(bytes(piece) if readonly else bytearray(piece))
             offset += size
         return payload, buffers
-
-
-def _read_child_memory(
-    pid: int, addresses: list[int], sizes: list[int], readonly: list[bool], fds: set[int]
-) -> list[Any]:
-    # The buffers where the child made them: one copy each, by the kernel, into memory of
-    # our own (read-only ones as bytes, the others writable).
-    try:
-        file = _open_memory(pid)
-    except OSError as exc:
-        if isinstance(exc, PermissionError):
-            forbid_memory_reads()  # no longer allowed (credentials changed): memfds again
-        raise FrameError(f"could not open the task process's memory: {exc}") from exc
-    fds.add(file)
-    try:
-        return [
-            _read_bytes(file, size, address) if ro else _copy(file, size, address)
-            for size, address, ro in zip(sizes, addresses, readonly, strict=True)
-        ]
-    except OSError as exc:  # EIO: a page that is not there (the child is gone)
-        raise FrameError(f"could not read the task process's memory: {exc}") from exc
-    finally:
-        fds.discard(file)  # forget it first: the number may be reused as soon as it closes
-        os.close(file)
-
-
-def _read_bytes(file: int, size: int, offset: int) -> bytes:
-    # A bytes object owns its memory: one copy, by the kernel, straight into it.
-    madvise = libc("madvise") if size >= _PREFAULT and _CPYTHON else None
-    if madvise is not None:
-        return _read_bytes_prefaulted(file, size, offset, madvise)
-    if size < _MAX_READ:
-        data = os.pread(file, size, offset)
-        if len(data) < size:
-            raise FrameError("the result's memory ended early")
-        return data
-    return bytes(_copy(file, size, offset))
-
-
-def _read_child_file(
-    pid: int, fd: int, sizes: list[int], readonly: list[bool], fds: set[int]
-) -> list[Any]:
-    try:
-        file = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise FrameError(f"could not open the result's shared memory: {exc}") from exc
-    fds.add(file)
-    try:
-        _probe_memory_reads(pid)
-        offsets = memfd_offsets(sizes)
-        if sizes and os.fstat(file).st_size < offsets[-1] + sizes[-1]:
-            raise FrameError("the result's shared memory is shorter than its header says")
-        buffers: list[Any] = []
-        for size, offset, ro in zip(sizes, offsets, readonly, strict=True):
-            if ro:
-                buffers.append(_read_bytes(file, size, offset))
-            elif size and _MAP_KEEPS_NO_FD:
-                buffers.append(_map(file, size, offset))
-            else:
-                buffers.append(_copy(file, size, offset))
-    finally:
-        fds.discard(file)  # forget it first: the number may be reused as soon as it closes
-        os.close(file)
-    return buffers
-
-
-#: Whether ``mmap`` can map a file without keeping a duplicate of its fd (3.13's
-#: ``trackfd=False``). Before that, a mapped result would hold an fd for its whole life, and a
-#: list of them could run the process out of fds: such results are copied instead.
-_MAP_KEEPS_NO_FD = sys.version_info >= (3, 13)
-
-_MADV_POPULATE_READ = 22  # Linux 5.14+: map every page of the range in one call
-_MADV_POPULATE_WRITE = 23  # the same, writable
-
-#: Whether a new bytes object may be filled in place (CPython's bytes own their storage).
-_CPYTHON = sys.implementation.name == "cpython"
-
-
-def _read_bytes_prefaulted(
-    file: int, size: int, offset: int, madvise: Callable[[int, int, int], int]
-) -> bytes:
-    # Filled in place before anyone sees it, as C code fills a new bytes object. bytes(size)
-    # is calloc'd memory nobody has touched yet: mapping all of it in one call first saves
-    # the kernel a fault per page while it copies (measured 52 ms instead of 76 per 100 MB;
-    # huge pages, see `_copy`, are not steady enough).
-    import ctypes
-
-    data = bytes(size)
-    address = bytes_address(data)
-    start = address - address % mmap.PAGESIZE
-    madvise(start, address + size - start, _MADV_POPULATE_WRITE)  # a hint: EINVAL before 5.14
-    view = memoryview((ctypes.c_char * size).from_address(address)).cast("B")
-    try:
-        _fill(view, file, offset)
-    finally:
-        view.release()
-    return data
-
-
-def _probe_memory_reads(pid: int) -> None:
-    # Whether the kernel lets us read a child's memory (ptrace access: Yama, an LSM, a
-    # container's policy may refuse it) is settled when /proc/<pid>/mem opens; once it has,
-    # later children leave big results in their memory (see ``_lend.IN_MEMORY``).
-    if not memory_reads_allowed() and _can_open_memory(pid):
-        allow_memory_reads()
-
-
-def _can_open_memory(pid: int) -> bool:
-    try:
-        os.close(_open_memory(pid))
-    except OSError:
-        return False
-    return True
-
-
-def _open_memory(pid: int) -> int:
-    return os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-
-
-def _map(file: int, size: int, offset: int) -> memoryview:
-    # No copy at all: the child's pages, mapped copy-on-write (a write copies that page only).
-    # Populating maps them all at once instead of one fault per page on first use.
-    if sys.version_info >= (3, 13):  # see _MAP_KEEPS_NO_FD
-        target = mmap.mmap(
-            file,
-            size,
-            flags=mmap.MAP_PRIVATE,
-            prot=mmap.PROT_READ | mmap.PROT_WRITE,
-            offset=offset,
-            trackfd=False,
-        )
-        with contextlib.suppress(OSError, ValueError):  # older kernels: faulted in on use
-            target.madvise(_MADV_POPULATE_READ)
-        return memoryview(target)
-    raise AssertionError("mapping a result needs mmap's trackfd=False (3.13+)")
-
-
-def _copy(file: int, size: int, offset: int) -> memoryview:
-    # Private, not the default MAP_SHARED: later forks must copy it on write. Its pages are
-    # mapped in one call first, not one fault each while the kernel copies (4 x 100 MB
-    # numpy results: 0.27 s, steady). Huge pages did better on average but came late now
-    # and then, by up to 0.9 s (measured on a 2-CPU VM).
-    target = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if size >= _PREFAULT:
-        with contextlib.suppress(OSError):  # EINVAL before Linux 5.14
-            target.madvise(_MADV_POPULATE_WRITE)
-    view = memoryview(target)[:size]
-    _fill(view, file, offset)
-    return view
-
-
-def _fill(view: memoryview, file: int, offset: int) -> None:
-    # Read ``len(view)`` bytes of ``file`` from ``offset`` into ``view`` (a few calls at most).
-    done = 0
-    while done < len(view):
-        got = os.preadv(file, [view[done:]], offset + done)
-        if got <= 0:
-            raise FrameError("the result's memory ended early")
-        done += got
-
-
-_PREFAULT = 2 << 20  # buffers this big get their pages mapped in one call first
-
-
-_MAX_READ = 0x7FFFF000  # Linux transfers at most this much in one read(2)
 
 
 # Protocol 5 has opcodes for every plain type but complex; anything else named is refused.
