@@ -41,7 +41,7 @@ class Driving(Events):
         completions are the loop's to see).
         """
         with self._lock:
-            if self._running:
+            if self._running or len(self._children) < 2:  # a lone child: nothing to take in
                 return
             unclaimed = sum(1 for child in self._children.values() if not child.claimed())
         # Every POLL_EVERY of them: a look costs the caller about a millisecond while many
