@@ -256,3 +256,15 @@ def test_a_child_whose_move_comes_late_waits_asleep_and_wakes_at_the_post(
     assert asleep == [True]
     assert mask == mine
     assert switches < 50  # a handful of sleeps, not one a millisecond
+
+
+def test_no_ticket_looks_like_a_new_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A new page holds 0, and the child sleeps on the post's low 32 bits, the ticket's: a
+    # ticket whose low bits were 0 could be posted and woken before the child went to sleep
+    # on a word that still looked unposted, and the child would sleep to the time limit.
+    monkeypatch.setattr(_cpus, "_enabled", True)
+    monkeypatch.setattr(_cpus, "_tickets", 2**32 - 1)
+    assert _cpus.ticket(alone=True) == 2**32 + 1
+    mine = frozenset(os.sched_getaffinity(0))
+    monkeypatch.setattr(_cpus, "_tickets", 3 * 2**32 - 1)
+    assert affinity().result(timeout=BOUND) == mine  # ticket 3 * 2**32 + 1

@@ -49,9 +49,11 @@ __all__ = ("SETTLE_LIMIT", "move_off", "settle", "ticket")
 #: fork, by a debugger say). Past it the task runs, with one CPU fewer if the move comes later.
 SETTLE_LIMIT = 10.0
 
-#: A post: ticket << 16 | (CPU taken away + 1), one aligned 8-byte word (low bits 0: none).
-#: Its low 32 bits change with every post: the child blocks on them as a futex.
+#: A post: (CPU taken away + 1) << 32 | the ticket's low 32 bits, one aligned 8-byte word
+#: (high half 0: none taken). Its low half is the futex the child sleeps on: it changes with
+#: every post, and is never 0, what a new page holds (no ticket's low 32 bits are 0).
 _POST = struct.Struct("=q")
+_LOW = 0xFFFFFFFF
 
 _enabled = hasattr(os, "sched_setaffinity")
 _page: mmap.mmap | None = None  # shared with the children forked after it was made
@@ -81,6 +83,8 @@ def ticket(alone: bool) -> int | None:
     # fork, as every page the parent writes between the fork and its wait is copied.
     _cpu = getcpu()
     _tickets += 1
+    if not _tickets & _LOW:  # never a multiple of 2**32: a new page holds 0 (see `_POST`)
+        _tickets += 1
     return _tickets
 
 
@@ -129,7 +133,7 @@ def move_off(pid: int, ticket: int) -> None:
     taken = -1
     try:
         mask = os.sched_getaffinity(pid)  # what the child inherited
-        if _cpu in mask and len(mask) > 1 and _cpu < 0xFFFF:
+        if _cpu in mask and len(mask) > 1:
             os.sched_setaffinity(pid, mask - {_cpu})
             taken = _cpu
     except OSError as exc:
@@ -137,7 +141,7 @@ def move_off(pid: int, ticket: int) -> None:
             _enabled = False
     finally:
         assert _page is not None and _wake is not None  # `ticket` made them
-        _POST.pack_into(_page, 0, ticket << 16 | (taken + 1))
+        _POST.pack_into(_page, 0, (taken + 1) << 32 | ticket & _LOW)
         _wake()  # always: whether the child waits already is not known here
 
 
@@ -151,14 +155,15 @@ def settle(ticket: int) -> None:
     page = _page
     assert page is not None
     deadline = 0.0
-    while (post := _POST.unpack_from(page)[0]) >> 16 != ticket:
+    mine = ticket & _LOW
+    while (post := _POST.unpack_from(page)[0]) & _LOW != mine:
         now = time.monotonic()
         if not deadline:
             deadline = now + SETTLE_LIMIT
         elif now >= deadline:
             return
-        futex_wait(_word, post & 0xFFFFFFFF, deadline - now)  # until the post and its wake
-    taken = (post & 0xFFFF) - 1
+        futex_wait(_word, post & _LOW, deadline - now)  # until the post and its wake
+    taken = (post >> 32) - 1
     if taken >= 0:
         try:  # noqa: SIM105 - in the fresh child: no context manager objects (copied pages)
             os.sched_setaffinity(0, os.sched_getaffinity(0) | {taken})

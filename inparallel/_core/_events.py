@@ -91,8 +91,10 @@ class Events:
 
     def send_signal(self, child: Child, sig: int) -> bool:
         """Signal a child that has not been reaped yet; return whether it was sent."""
+        if self._inherited:  # a fork's copy: its fds are closed or reused; its lock may be held
+            return False
         with self._lock:
-            if child.reaped or self._inherited:  # a fork's copy: its fds are closed, or reused
+            if child.reaped:
                 return False
             try:
                 if child.pidfd is not None:

@@ -287,8 +287,7 @@ class Supervisor(Driving):
         again: it is closed here by number.
         """
         self._inherited = True
-        if self._children:
-            self._lock = threading.Lock()  # a thread of the parent may have held it
+        self._lock = threading.Lock()  # a thread of the parent may have held it at the fork
         close_all(self.fds)
         if self._selector is not None:
             # ValueError: closed already, by a `_close` that a fork from another thread raced.
