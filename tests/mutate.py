@@ -87,10 +87,18 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "inherited-supervisor-signals",
         "inparallel/_core/_events.py",
-        "            if child.reaped or self._inherited:",
-        "            if child.reaped:  # mutated",
+        "        if self._inherited:  # a fork's copy",
+        "        if False:  # mutated",
         ("tests/test_task.py", "-k", "cancel_in_a_child"),
         "a fork's copy of a future signals the parent's task (or a reused fd number or pid)",
+    ),
+    Mutation(
+        "final-result-takes-the-lock",
+        "inparallel/_core/_localfuture.py",
+        "        if state == FINISHED:  # final: read without the lock",
+        "        if False:  # mutated",
+        ("tests/test_forksafety.py", "-k", "whatever_lock"),
+        "a fork's copy of a finished future waits for a lock a thread of the parent held",
     ),
     Mutation(
         "close-all-runs",
@@ -323,7 +331,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "settle-before-the-move",
         "inparallel/_core/_cpus.py",
-        "    while (post := _POST.unpack_from(page)[0]) >> 16 != ticket:\n",
+        "    while (post := _POST.unpack_from(page)[0]) & _LOW != mine:\n",
         "    post = _POST.unpack_from(page)[0]\n    while False:  # mutated\n",
         ("tests/test_cpus.py",),
         "a move the parent makes late narrows the task's affinity for its whole life",
@@ -339,10 +347,18 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "settle-polls",
         "inparallel/_core/_cpus.py",
-        "        futex_wait(_word, post & 0xFFFFFFFF, deadline - now)",
+        "        futex_wait(_word, post & _LOW, deadline - now)",
         "        time.sleep(0.001)  # mutated",
         ("tests/test_cpus.py",),
         "a child whose parent is held up polls for the post instead of sleeping until its wake",
+    ),
+    Mutation(
+        "ticket-like-a-new-page",
+        "inparallel/_core/_cpus.py",
+        "    if not _tickets & _LOW:",
+        "    if False:  # mutated",
+        ("tests/test_cpus.py",),
+        "a ticket's futex word can equal a new page's 0: its child may sleep to the time limit",
     ),
     Mutation(
         "settle-not-woken",

@@ -416,3 +416,49 @@ def test_warnings_as_errors_break_nothing(mode):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "DONE"
     assert "Traceback" not in proc.stderr, proc.stderr[:2000]
+
+
+HELD_AT_FORK = """
+import os, sys, threading
+from inparallel import task
+from inparallel._core import _supervisor
+
+@task
+def quick():
+    return 1
+
+@task(timeout=5)
+def use(f):
+    return f.kill(), f.cancel(), f.done(), f.running(), f.cancelled(), f.exception(), f.result()
+
+finished = quick()
+assert finished.result() == 1
+if sys.argv[1] == "supervisor":
+    # Held over the fork by the forking thread itself (a plain lock: its copy stays held).
+    lock = _supervisor.get()._lock
+    os.register_at_fork(before=lock.acquire, after_in_parent=lock.release)
+    print(use(finished).result())
+else:
+    # The future's lock is re-entrant: held by another thread of the parent over the fork.
+    held, done = threading.Event(), threading.Event()
+    def holder():
+        with finished._condition:
+            held.set()
+            done.wait()
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait()
+    call = use(finished)
+    done.set()
+    thread.join()
+    print(call.result())
+"""
+
+
+@pytest.mark.parametrize("lock", ["supervisor", "future"])
+def test_a_copy_of_a_finished_future_works_whatever_lock_was_held_at_the_fork(lock: str) -> None:
+    # A fork's copy of a lock that a thread of the parent held at the fork stays held: the
+    # copy's calls must not take it (kill(), cancel(), and the reads of a final state).
+    proc = _faults.run_python(HELD_AT_FORK, timeout=PATIENCE, args=[lock])
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout.decode().strip() == "(False, False, True, False, False, None, 1)"

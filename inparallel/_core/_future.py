@@ -1,47 +1,22 @@
 """`TaskFuture`: a `concurrent.futures.Future` bound to one child process.
 
-**Futures inherited by fork.** A future is finished by a thread of the process that made it
-(a task's by that process's supervisor). A forked child that got a copy of one, say a task
-given a parent's future as an argument, has no such thread: waiting for the copy would never
-end. So `LocalFuture`, the base of `TaskFuture`, remembers the pid that made it, and its copy
-in another process refuses to wait with `InheritedFutureError`: ``result()``,
-``exception()``, ``add_done_callback()`` (and so `asyncio.wrap_future`), ``await`` of a task,
-and `concurrent.futures.wait` / `as_completed` (which wait on a ``_Waiter`` of their own:
-they are stopped where they register it with the future). A future that had finished before
-the fork works as usual in the child: its outcome was copied with it.
-
-**State changes in one place.** Our futures leave the stdlib's set of transitions in two spots:
-a cancel may be notified at once (`concurrent.futures.wait` and `as_completed` count only
-CANCELLED_AND_NOTIFIED as done, and a task is cancelled while RUNNING), and a callback's
-``BaseException`` must not escape into the thread that finished the future. `LocalFuture`
-holds both (`LocalFuture._cancel`, `LocalFuture._invoke_callbacks`), and this is the one module
-that reads the stdlib's state names (``concurrent.futures._base``, stable since 3.2).
+It is a `LocalFuture` (see ``_localfuture``: a fork's copy refuses to wait, state changes
+in one place), finished by the supervisor (see ``_supervisor``), and waited for by driving the
+supervisor's loop where no thread runs it.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
-import weakref
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
-from concurrent.futures._base import (  # the stdlib's state names; stable since 3.2
-    CANCELLED,
-    CANCELLED_AND_NOTIFIED,
-    FINISHED,
-    LOGGER,
-    PENDING,
-    RUNNING,
-)
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from ._bridge import to_asyncio
-from ._errors import InheritedFutureError, InParallelError
-
-if TYPE_CHECKING:
-    pass
+from ._errors import InParallelError
+from ._localfuture import FINISHED, RUNNING, UNFINISHED, LocalFuture
 
 __all__ = ("Driver", "LocalFuture", "Rusage", "TaskFuture")
 
@@ -50,8 +25,6 @@ R = TypeVar("R")
 #: ``on_supervisor.active`` is True on the supervisor thread (set by the supervisor). Lets
 #: `result()` refuse to block where blocking can only deadlock.
 on_supervisor = threading.local()
-
-_UNFINISHED = (PENDING, RUNNING)
 
 
 class Rusage(NamedTuple):
@@ -73,150 +46,6 @@ class Driver(Protocol):
 
     def wake(self) -> None:
         """Wake whoever watches the children now."""
-
-
-class LocalFuture(Future[R]):
-    """A future that only a thread of the process that made it finishes.
-
-    In a forked child, a copy of one that had not finished at the fork refuses to be waited
-    for (see the module docstring): ``result()``, ``exception()``, ``add_done_callback()``
-    (so `asyncio.wrap_future` too) and `concurrent.futures.wait` / `as_completed` raise
-    `InheritedFutureError` at once. ``done()`` and ``running()`` report the state copied at
-    the fork, and ``cancel()`` returns False: it cannot stop work that belongs to another
-    process. Costs one ``getpid()`` per future made, and per wait on an unfinished one.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        # One getpid() per future (~0.2 us, against a fork of milliseconds) needs neither an
-        # at-fork hook (importing inparallel registers none) nor a registry of live futures.
-        self._owner = os.getpid()
-        waiters = self._waiters = _Waiters()
-        waiters.future = weakref.ref(self)  # weak: a cycle would hold the result until gc
-
-    def _inherited(self) -> bool:
-        """Whether this is a fork's copy of a future that had not finished at the fork."""
-        # Unlocked, and safe either way: in the owner the pid test fails whatever the state
-        # read, and in a fork no thread is left to change it (nor to release a lock it held).
-        return self._state in _UNFINISHED and self._owner != os.getpid()
-
-    def _refuse_inherited(self) -> None:
-        """Raise `InheritedFutureError` for a fork's copy of an unfinished future."""
-        if self._inherited():
-            raise InheritedFutureError(repr(self), self._owner, os.getpid())
-
-    def _refuse_wait(self) -> None:
-        """Raise instead of starting a wait that cannot end.
-
-        Called, before any lock is taken, only when the state read was unfinished: a finished
-        future (the common case of ``result()``) pays for one comparison.
-        """
-        self._refuse_inherited()
-
-    def result(self, timeout: float | None = None) -> R:
-        """Return the value, waiting up to ``timeout`` seconds (None: for ever).
-
-        Raises:
-            InheritedFutureError: In a forked child, for a copy that had not finished at the
-                fork.
-        """
-        if self._state in _UNFINISHED:
-            self._refuse_wait()
-        return super().result(timeout)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        """Return the exception (None if the call succeeded), waiting like `result`."""
-        if self._state in _UNFINISHED:
-            self._refuse_wait()
-        return super().exception(timeout)
-
-    def add_done_callback(self, fn: Callable[[Future[R]], object]) -> None:
-        """Call ``fn(future)`` when the future finishes (at once if it has).
-
-        Raises:
-            InheritedFutureError: In a forked child, for a copy that had not finished at the
-                fork (``fn`` would never be called).
-        """
-        self._refuse_inherited()  # not _refuse_wait: registering from a callback is fine
-        self._watched()
-        super().add_done_callback(fn)
-
-    def _watched(self) -> None:
-        """Called when something will wait for this future without calling ``result()``."""
-
-    def cancel(self) -> bool:
-        """Cancel the future if it has not started; see `concurrent.futures.Future.cancel`.
-
-        Returns False for a fork's copy of an unfinished future (the work is not this
-        process's to stop).
-        """
-        return self._cancel(lambda state: state == PENDING)
-
-    def _cancel(
-        self, cancellable: Callable[[str], bool], stop: Callable[[], object] | None = None
-    ) -> bool:
-        """Cancel now if unfinished and ``cancellable(state)`` (called under the lock) agrees.
-
-        The future goes straight to CANCELLED_AND_NOTIFIED and its waiters are told at once;
-        then ``stop()`` runs (to stop the work itself), then the done-callbacks, both outside
-        the lock. Returns whether the future is cancelled, now or before (`stop` ran only if
-        now); False for a finished future and for a fork's copy of an unfinished one.
-        """
-        if self._inherited():
-            return False  # the work is another process's to stop; nor may its callbacks run
-        with self._condition:
-            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                return True
-            if self._state == FINISHED or not cancellable(self._state):
-                return False
-            self._state = CANCELLED_AND_NOTIFIED
-            for waiter in self._waiters:
-                waiter.add_cancelled(self)
-            self._condition.notify_all()
-        if stop is not None:
-            stop()
-        self._invoke_callbacks()
-        return True
-
-    def set_running_or_notify_cancel(self) -> bool:
-        """Mark the future RUNNING before its work starts; False if it was cancelled.
-
-        Unlike the stdlib's, also accepts a cancel that was notified already (see `_cancel`).
-        """
-        with self._condition:  # re-entrant: the base class takes it again
-            if self._state == CANCELLED_AND_NOTIFIED:
-                return False
-            return super().set_running_or_notify_cancel()
-
-    def _invoke_callbacks(self) -> None:
-        # The stdlib logs an Exception from a callback and goes on; a BaseException (SystemExit
-        # from a callback) would otherwise escape and kill the thread that finished the future.
-        for callback in self._done_callbacks:  # type: ignore[attr-defined]
-            try:
-                callback(self)
-            except BaseException:
-                LOGGER.exception("exception calling callback for %r", self)
-
-
-class _Waiters(list[Any]):
-    """A future's list of ``_Waiter`` objects, which refuses a waiter that would never wake.
-
-    `concurrent.futures.wait` and `as_completed` wait on a waiter they append here (under the
-    future's lock), not through ``result()``: appending is the one step we can stop. If that
-    raises, waiters already appended to the other futures of the call stay on their lists
-    until those finish; they are inert.
-    """
-
-    __slots__ = ("future",)  # no __init__ of its own: made once per future, keep it cheap
-
-    future: weakref.ref[LocalFuture[Any]]
-
-    def append(self, waiter: Any) -> None:
-        future = self.future()
-        if future is not None:
-            future._refuse_inherited()
-            future._watched()
-        super().append(waiter)
 
 
 class TaskFuture(LocalFuture[R]):
@@ -311,14 +140,14 @@ class TaskFuture(LocalFuture[R]):
             `InheritedFutureError` in a forked child, for a copy of a task that had not
             finished at the fork (pass the value to the child, not the future).
         """
-        if self._state in _UNFINISHED:
+        if self._state in UNFINISHED:
             self._refuse_wait()
             timeout = self._drive(timeout)
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Return the task's exception (None if it succeeded), waiting like `result`."""
-        if self._state in _UNFINISHED:
+        if self._state in UNFINISHED:
             self._refuse_wait()
             timeout = self._drive(timeout)
         return super().exception(timeout)
@@ -337,12 +166,12 @@ class TaskFuture(LocalFuture[R]):
         # A poll (``done()``, ``running()``) watches the children for a moment if nobody else
         # does, so that a loop polling it ends (else the thread or the caller that does
         # finishes it).
-        if self._state in _UNFINISHED and not self._inherited():
+        if self._state in UNFINISHED and not self._inherited():
             self._claimed = True
             self._driver.drive(self._finished, 0.0)
 
     def _finished(self) -> bool:
-        return self._state not in _UNFINISHED
+        return self._state not in UNFINISHED
 
     def _drive(self, timeout: float | None) -> float | None:
         # The waiting thread watches the children itself while no thread does; when it cannot
@@ -355,7 +184,7 @@ class TaskFuture(LocalFuture[R]):
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def _watched(self) -> None:
-        if self._state in _UNFINISHED:
+        if self._state in UNFINISHED:
             self._driver.watch()
 
     def _add_driven_callback(self, fn: Callable[[Future[R]], object]) -> None:
@@ -382,7 +211,7 @@ class TaskFuture(LocalFuture[R]):
         Raises:
             InheritedFutureError: As `result` does, at once.
         """
-        if self._state in _UNFINISHED:
+        if self._state in UNFINISHED:
             self._refuse_wait()
         import asyncio  # only when awaited: importing inparallel does not import asyncio
 
