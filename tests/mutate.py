@@ -347,8 +347,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "settle-polls",
         "inparallel/_core/_cpus.py",
-        "        futex_wait(_word, post & _LOW, deadline - now)",
-        "        time.sleep(0.001)  # mutated",
+        "        failed = futex_wait(_word, post & _LOW, deadline - now)",
+        "        failed = time.sleep(0.001) or 0  # mutated",
         ("tests/test_cpus.py",),
         "a child whose parent is held up polls for the post instead of sleeping until its wake",
     ),
@@ -358,7 +358,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "    if not _tickets & _LOW:",
         "    if False:  # mutated",
         ("tests/test_cpus.py",),
-        "a ticket's futex word can equal a new page's 0: its child may sleep to the time limit",
+        "a ticket can look posted on a new page: its child runs before the move, narrowed",
     ),
     Mutation(
         "settle-not-woken",

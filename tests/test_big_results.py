@@ -49,7 +49,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
     yield counts
 
 
-_VM_READS = _fetch._vm_reads  # whether this system has process_vm_readv
+_VM_READS = _native.libc("process_vm_readv") is not None  # whether this system has it
 
 
 @pytest.fixture
@@ -248,7 +248,7 @@ def test_a_frame_with_an_unknown_memory_field_fails_only_its_task() -> None:
     assert "corrupt result frame" in str(exc)
 
 
-@pytest.mark.parametrize("how", ["vm_read", "memory-file"])
+@pytest.mark.parametrize("how", ["vm_read", "memory-file"])  # tried first, or not at all
 def test_memory_refused_after_the_probe_loses_one_result_then_uses_the_memfd(
     how: str, reads: Counter[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -259,12 +259,9 @@ def test_memory_refused_after_the_probe_loses_one_result_then_uses_the_memfd(
     def refused(*args: int) -> int:
         raise PermissionError(13, "Permission denied")
 
-    if how == "vm_read":
-        monkeypatch.setattr(_fetch, "_vm_reads", True)
-        monkeypatch.setattr(_fetch, "vm_read", refused)
-    else:
-        monkeypatch.setattr(_fetch, "_vm_reads", False)
-        monkeypatch.setattr(_fetch, "_open_memory", refused)
+    monkeypatch.setattr(_fetch, "_vm_reads", how == "vm_read")
+    monkeypatch.setattr(_fetch, "vm_read", refused)  # both refused, as ptrace access is
+    monkeypatch.setattr(_fetch, "_open_memory", refused)
 
     @task
     def big(k: int) -> bytes:
@@ -278,25 +275,54 @@ def test_memory_refused_after_the_probe_loses_one_result_then_uses_the_memfd(
 
 
 @pytest.mark.skipif(not _VM_READS, reason="no process_vm_readv here")
+@pytest.mark.parametrize("code", [errno.ENOSYS, errno.EPERM])
 def test_a_refused_vm_read_falls_back_to_the_memory_file(
-    reads: Counter[str], monkeypatch: pytest.MonkeyPatch, vm_reads: list[int]
+    code: int, reads: Counter[str], monkeypatch: pytest.MonkeyPatch, vm_reads: list[int]
 ) -> None:
-    # A seccomp policy that refuses process_vm_readv (ENOSYS) but not /proc/<pid>/mem: the
-    # result still arrives whole, and the call is not tried again.
+    # A seccomp policy that refuses process_vm_readv (ENOSYS or EPERM) but not opening
+    # /proc/<pid>/mem: the result still arrives whole, and the call is not tried again.
     _allow(monkeypatch, True)
     monkeypatch.setattr(_fetch, "_vm_reads", True)
 
-    def no_such_call(*args: int) -> int:
+    def refused(*args: int) -> int:
         vm_reads.append(-1)
-        raise OSError(errno.ENOSYS, "Function not implemented")
+        raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(_fetch, "vm_read", no_such_call)
+    monkeypatch.setattr(_fetch, "vm_read", refused)
 
     @task
     def big(k: int) -> tuple[bytes, bytearray]:
         return bytes([k]) * (2 * MiB), bytearray([k]) * (3 * MiB)
 
-    assert big(1).result(timeout=PATIENCE) == (b"\x01" * (2 * MiB), bytearray(b"\x01" * (3 * MiB)))
-    assert big(2).result(timeout=PATIENCE) == (b"\x02" * (2 * MiB), bytearray(b"\x02" * (3 * MiB)))
+    for k in (1, 2):
+        data, mutable = big(k).result(timeout=PATIENCE)
+        assert data == bytes([k]) * (2 * MiB) and mutable == bytearray([k]) * (3 * MiB)
     assert vm_reads == [-1]
     assert reads == Counter({"memory": 2})
+    assert _lend.memory_reads_allowed()
+
+
+@pytest.mark.skipif(not _VM_READS, reason="no process_vm_readv here")
+def test_short_vm_reads_are_resumed(
+    reads: Counter[str], monkeypatch: pytest.MonkeyPatch, vm_reads: list[int]
+) -> None:
+    # process_vm_readv may copy less than asked (past what it copies in one call): the rest
+    # is asked for again, from where it stopped.
+    _allow(monkeypatch, True)
+
+    def short(pid: int, local: int, remote: int, size: int) -> int:
+        vm_reads.append(size)
+        return _native.vm_read(pid, local, remote, min(size, MiB // 2 + 1))
+
+    monkeypatch.setattr(_fetch, "vm_read", short)
+    sizes = [MiB, 3 * MiB + 1]
+
+    @task
+    def blobs() -> tuple[bytes, bytearray]:
+        return _faults.blob(sizes[0], seed=1), bytearray(_faults.blob(sizes[1], seed=2))
+
+    data, mutable = blobs().result(timeout=PATIENCE)
+    assert _faults.digest(data) == _faults.digest(_faults.blob(sizes[0], seed=1))
+    assert _faults.digest(bytes(mutable)) == _faults.digest(_faults.blob(sizes[1], seed=2))
+    assert len(vm_reads) == 2 + 6  # ceil(size / (MiB // 2 + 1)) calls for each
+    assert reads == Counter({"memory": 1})

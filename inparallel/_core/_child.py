@@ -252,8 +252,8 @@ def _disarm_lifeline(wfd: int) -> None:
 
 def _wait_for_parent(wfd: int) -> None:
     # The result's buffers are in our memory or in a memfd, which the parent reads through
-    # /proc/<pid>/mem or /proc/<pid>/fd: stay alive, touching nothing, until it closes its
-    # read end (POLLERR on our write end), or dies.
+    # process_vm_readv, /proc/<pid>/mem or /proc/<pid>/fd: stay alive, touching nothing,
+    # until it closes its read end (POLLERR on our write end), or dies.
     poller = select.poll()
     poller.register(wfd, select.POLLERR)
     while not poller.poll():

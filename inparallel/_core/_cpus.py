@@ -12,7 +12,8 @@ sequential call), the parent moves it off its own CPU right after the fork (`mov
 a task that has not run yet this is a cheap call, and an idle CPU takes it at once. The task
 must still see the affinity it was forked with, so the two processes hand over explicitly:
 
-- the parent narrows the child's mask by the one CPU it runs on, then *always* posts, on a
+- the parent narrows the child's mask by the CPU it ran on just before the fork (where such
+  a kernel queues the child), then *always* posts, on a
   page shared with the child, the child's ticket and the CPU it took away (or none: the
   move was not made or was refused);
 - the child waits for its ticket before anything of the task runs (asleep on the post's word,
@@ -27,7 +28,8 @@ Python threads nothing is moved either: one of them could hold the GIL between t
 the move, and the child would wait for it. Nor when no CPU is free (the kernel's count of
 runnable threads): the child would queue behind another process instead of behind us.
 
-Linux only (``sched_getcpu``, ``sched_setaffinity``); elsewhere nothing is moved.
+64-bit Linux on a machine whose futex call's number is known (``sched_getcpu``,
+``sched_setaffinity``, the futex): elsewhere nothing is moved.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ SETTLE_LIMIT = 10.0
 #: every post, and is never 0, what a new page holds (no ticket's low 32 bits are 0).
 _POST = struct.Struct("=q")
 _LOW = 0xFFFFFFFF
+
+#: What `futex_wait` may return that calls for another look at the post: woken, the word had
+#: changed, a signal, the time given.
+_WAIT_AGAIN = frozenset({0, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT})
 
 _enabled = hasattr(os, "sched_setaffinity")
 _page: mmap.mmap | None = None  # shared with the children forked after it was made
@@ -100,9 +106,12 @@ def _make_page() -> bool:
     except OSError:
         return False
     address = buffer_address(page)  # never closed: the address stays good
-    _page, _page_owner = page, os.getpid()
-    _word = address + (0 if sys.byteorder == "little" else 4)  # the post's low half
-    _wake = futex_waker(_word)
+    word = address + (0 if sys.byteorder == "little" else 4)  # the post's low half
+    wake = futex_waker(word)
+    if wake() < 0:  # a sandbox that refuses futexes on shared memory: a child could not wait
+        _enabled = False
+        return False
+    _page, _page_owner, _word, _wake = page, os.getpid(), word, wake
     return True
 
 
@@ -162,7 +171,9 @@ def settle(ticket: int) -> None:
             deadline = now + SETTLE_LIMIT
         elif now >= deadline:
             return
-        futex_wait(_word, post & _LOW, deadline - now)  # until the post and its wake
+        failed = futex_wait(_word, post & _LOW, deadline - now)  # until the post and its wake
+        if failed not in _WAIT_AGAIN:
+            return  # a futex refused for good (a sandbox): the task runs, a CPU short at worst
     taken = (post >> 32) - 1
     if taken >= 0:
         try:  # noqa: SIM105 - in the fresh child: no context manager objects (copied pages)

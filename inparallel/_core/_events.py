@@ -90,7 +90,10 @@ class Events:
         self._deadlines.clear()  # only stale entries are left
 
     def send_signal(self, child: Child, sig: int) -> bool:
-        """Signal a child that has not been reaped yet; return whether it was sent."""
+        """Signal a child that has not been reaped yet; return whether it was sent.
+
+        Never in a fork's copy of the supervisor (`Supervisor.forget_in_child`): False at once.
+        """
         if self._inherited:  # a fork's copy: its fds are closed or reused; its lock may be held
             return False
         with self._lock:

@@ -10,8 +10,9 @@ A frame whose buffers did not come through the pipe names where they wait (see `
   or mapped without a copy (writable buffers, from 3.13).
 
 The child keeps both until the parent closes its result pipe. The first memfd result also
-settles whether the parent may read a child's memory at all (`allow_memory_reads`). Runs on
-whichever thread reads the frame; raises `FrameError` for what could not be read.
+settles whether the parent may read a child's memory at all (`allow_memory_reads`: it may
+open that child's ``/proc/<pid>/mem``). Runs on whichever thread reads the frame; raises
+`FrameError` for what could not be read.
 """
 
 from __future__ import annotations
@@ -30,6 +31,27 @@ from ._native import buffer_address, bytes_address, libc, vm_read
 __all__ = ("FrameError", "read_child_file", "read_child_memory")
 
 
+#: Whether big results are copied with ``process_vm_readv`` (`vm_read`, process_vm_readv(2)):
+#: about twice as fast as reading ``/proc/<pid>/mem`` (100 MB: 21 against 36-55 ms, measured
+#: on a 2-CPU VM). None until the first in-memory result looks; False once refused.
+_vm_reads: bool | None = None
+
+#: Whether ``mmap`` can map a file without keeping a duplicate of its fd (3.13's
+#: ``trackfd=False``). Before that, a mapped result would hold an fd for its whole life, and a
+#: list of them could run the process out of fds: such results are copied instead.
+_MAP_KEEPS_NO_FD = sys.version_info >= (3, 13)
+
+_MADV_POPULATE_READ = 22  # Linux 5.14+: map every page of the range in one call
+_MADV_POPULATE_WRITE = 23  # the same, writable
+
+#: Whether a new bytes object may be filled in place (CPython's bytes own their storage).
+_CPYTHON = sys.implementation.name == "cpython"
+
+_PREFAULT = 2 << 20  # buffers this big get their pages mapped in one call first
+
+_MAX_READ = 0x7FFFF000  # Linux transfers at most this much in one read(2)
+
+
 class FrameError(Exception):
     """The bytes on a result pipe are not a valid frame (corrupt, or over the size cap)."""
 
@@ -37,17 +59,28 @@ class FrameError(Exception):
 def read_child_memory(
     pid: int, addresses: list[int], sizes: list[int], readonly: list[bool], fds: set[int]
 ) -> list[Any]:
-    """Copy the buffers at ``addresses`` of task process ``pid``: bytes, or writable memory.
+    """Copy the buffers at ``addresses`` of task process ``pid`` into memory of our own.
 
     Straight from its pages where the kernel allows (`vm_read`), else through its
-    ``/proc/<pid>/mem``, which is in ``fds`` (the library's fd set) while it is open. Blocks
-    for the copies.
+    ``/proc/<pid>/mem``. Blocks for the copies.
+
+    Args:
+        pid: The task process, which keeps its memory until we close its result pipe.
+        addresses: Where each buffer starts in its memory.
+        sizes: Each buffer's length in bytes.
+        readonly: Whether each becomes ``bytes`` (else writable memory).
+        fds: The library's fd set: the memory file is in it while it is open.
+
+    Returns:
+        The buffers, in order: ``bytes``, or writable memoryviews.
 
     Raises:
         FrameError: The memory could not be read (the child is gone, or ptrace access was
             withdrawn: later children then fill memfds again).
     """
     global _vm_reads
+    if _vm_reads is None:
+        _vm_reads = libc("process_vm_readv") is not None
     if _vm_reads:
         try:
             return [
@@ -55,17 +88,21 @@ def read_child_memory(
                 for size, address, ro in zip(sizes, addresses, readonly, strict=True)
             ]
         except OSError as exc:
-            if exc.errno != errno.ENOSYS:
-                if isinstance(exc, PermissionError):
-                    forbid_memory_reads()  # no longer allowed (credentials changed)
+            if not isinstance(exc, PermissionError) and exc.errno != errno.ENOSYS:
                 raise FrameError(f"could not read the task process's memory: {exc}") from exc
-            _vm_reads = False  # refused by a seccomp policy: the memory file from now on
+            # Refused: ptrace access withdrawn, or a seccomp policy that refuses this call
+            # (ENOSYS, EPERM) but may let the memory file open: try that below.
+            refused = exc
+    else:
+        refused = None
     try:
         file = _open_memory(pid)
     except OSError as exc:
         if isinstance(exc, PermissionError):
             forbid_memory_reads()  # no longer allowed (credentials changed): memfds again
         raise FrameError(f"could not open the task process's memory: {exc}") from exc
+    if refused is not None:
+        _vm_reads = False  # the file opens where the call is refused: the file from now on
     fds.add(file)
     try:
         return [
@@ -77,11 +114,6 @@ def read_child_memory(
     finally:
         fds.discard(file)  # forget it first: the number may be reused as soon as it closes
         os.close(file)
-
-
-#: Whether big results are copied with ``process_vm_readv`` (`vm_read`): about twice as fast
-#: as reading ``/proc/<pid>/mem`` (100 MB: 21 against 36-55 ms, measured on a 2-CPU VM).
-_vm_reads = libc("process_vm_readv") is not None
 
 
 def _vm_copy(pid: int, size: int, address: int, readonly: bool) -> Any:
@@ -125,9 +157,20 @@ def _read_bytes(file: int, size: int, offset: int) -> bytes:
 def read_child_file(
     pid: int, fd: int, sizes: list[int], readonly: list[bool], fds: set[int]
 ) -> list[Any]:
-    """Read the buffers task process ``pid`` put in its memfd ``fd``: copied, or mapped.
+    """Read the buffers task process ``pid`` put in its memfd: copied, or mapped.
 
-    The file is in ``fds`` (the library's fd set) while it is open. Blocks for the copies.
+    Blocks for the copies. Opening the child's file also settles whether this process may
+    read a child's memory (by opening its ``/proc/<pid>/mem``: see `allow_memory_reads`).
+
+    Args:
+        pid: The task process, which keeps the file open until we close its result pipe.
+        fd: The memfd's number in the task process.
+        sizes: Each buffer's length in bytes (each starts at a page boundary).
+        readonly: Whether each becomes ``bytes`` (else writable memory).
+        fds: The library's fd set: the file is in it while it is open.
+
+    Returns:
+        The buffers, in order: ``bytes``, or writable memoryviews (mapped from 3.13).
 
     Raises:
         FrameError: The file could not be opened, or is shorter than the frame says.
@@ -154,18 +197,6 @@ def read_child_file(
         fds.discard(file)  # forget it first: the number may be reused as soon as it closes
         os.close(file)
     return buffers
-
-
-#: Whether ``mmap`` can map a file without keeping a duplicate of its fd (3.13's
-#: ``trackfd=False``). Before that, a mapped result would hold an fd for its whole life, and a
-#: list of them could run the process out of fds: such results are copied instead.
-_MAP_KEEPS_NO_FD = sys.version_info >= (3, 13)
-
-_MADV_POPULATE_READ = 22  # Linux 5.14+: map every page of the range in one call
-_MADV_POPULATE_WRITE = 23  # the same, writable
-
-#: Whether a new bytes object may be filled in place (CPython's bytes own their storage).
-_CPYTHON = sys.implementation.name == "cpython"
 
 
 def _read_bytes_prefaulted(
@@ -262,9 +293,3 @@ def _fill(view: memoryview, file: int, offset: int) -> None:
         if got <= 0:
             raise FrameError("the result's memory ended early")
         done += got
-
-
-_PREFAULT = 2 << 20  # buffers this big get their pages mapped in one call first
-
-
-_MAX_READ = 0x7FFFF000  # Linux transfers at most this much in one read(2)

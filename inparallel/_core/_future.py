@@ -93,11 +93,12 @@ class TaskFuture(LocalFuture[R]):
         self.stderr: str | None = None
 
     def __repr__(self) -> str:
-        with self._condition:
-            state = self._state
-            status = ""
-            if state == FINISHED:
-                status = " raised " + type(self._exception).__name__ if self._exception else " ok"
+        # Without the lock: a fork's copy's may be held for ever (see ``_localfuture``). The
+        # outcome is set before the state says FINISHED, so what is read here agrees.
+        state = self._state
+        status = ""
+        if state == FINISHED:
+            status = " raised " + type(self._exception).__name__ if self._exception else " ok"
         exit_part = "" if self.exitcode is None else f" exitcode={self.exitcode}"
         return f"<TaskFuture {self.name} pid={self.pid} state={state.lower()}{status}{exit_part}>"
 
@@ -143,7 +144,12 @@ class TaskFuture(LocalFuture[R]):
         if self._state in UNFINISHED:
             self._refuse_wait()
             timeout = self._drive(timeout)
-        return super().result(timeout)
+        try:
+            return super().result(timeout)
+        finally:
+            # As the stdlib does: a raised exception's traceback holds this frame, which must
+            # not hold the future (a cycle that keeps both until the garbage collector runs).
+            self = None  # type: ignore[assignment]  # noqa: PLW0642
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Return the task's exception (None if it succeeded), waiting like `result`."""

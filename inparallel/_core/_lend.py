@@ -4,18 +4,18 @@ A task's result whose out-of-band buffers (numpy arrays, big ``bytes`` and ``byt
 up to `SHM_THRESHOLD` or more does not go through the 64 KiB result pipe (see ``_wire``):
 
 - **In the child's memory** (`IN_MEMORY`): the frame carries each buffer's address and the
-  parent reads it through ``/proc/<pid>/mem``, one copy in all, while the child waits. Only
-  once the parent has shown it may (`allow_memory_reads`, after it opened a child's memory),
-  and only for buffers that still hold what the task returned when the parent reads them:
-  ``bytes``, and writable buffers in private anonymous memory of a task with no other thread,
-  every signal blocked from the frame on.
+  parent copies it from there (``process_vm_readv``, or ``/proc/<pid>/mem``), one copy in
+  all, while the child waits. Only once the parent has shown it may (`allow_memory_reads`,
+  after it opened a child's memory), and only for buffers that still hold what the task
+  returned when the parent reads them: ``bytes``, and writable buffers in private anonymous
+  memory of a task with no other thread, every signal blocked from the frame on.
 - **In a memfd**: the child copies the buffers into a memory file, each from a page
   boundary, which the parent opens through ``/proc/<pid>/fd`` and reads, or maps without a
   copy (writable buffers, from 3.13): a snapshot taken at the return, whatever else runs.
 - **Through the pipe**, after the frame, where neither is allowed (a task that made itself
   non-dumpable, a system without memfds).
 
-This module is the child's side; ``_reader`` reads. No threads, no process control.
+This module is the child's side; ``_fetch`` reads. No threads, no process control.
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ def write_all(fd: int, data: memoryview | bytes | bytearray) -> None:
 
 
 #: The ``memfd`` field of a frame whose buffers stay in the child's memory, at the addresses
-#: that follow their sizes: the parent reads them through ``/proc/<pid>/mem``, one copy in
-#: all (a memfd costs the child a second one, and the kernel the file's pages).
+#: that follow their sizes: the parent copies them from there (``process_vm_readv``, or its
+#: ``/proc/<pid>/mem``), one copy in all (a memfd costs the child a second one, and the
+#: kernel the file's pages).
 IN_MEMORY = -2
 
 #: Whether this process's parent has shown it can read its children's memory (see

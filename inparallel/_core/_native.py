@@ -34,7 +34,7 @@ _RESTYPES = {"process_vm_readv": "c_ssize_t"}
 
 _FUNCTIONS: dict[str, Callable[..., int] | None] = {}
 
-#: The futex system call's number on 64-bit Linux, by machine.
+#: The futex system call's number on 64-bit Linux, by machine (asm/unistd.h of each).
 #: (A 32-bit Python may run on a 64-bit kernel, whose machine name would mislead: none there.)
 _SYS_FUTEX = {
     "x86_64": 202,
@@ -115,7 +115,7 @@ def vm_read(pid: int, local: int, remote: int, size: int) -> int:
 
 
 def has_futex() -> bool:
-    """Whether `futex_wait` and `futex_waker` work here (64-bit Linux on a known machine)."""
+    """Say whether `futex_wait` and `futex_waker` work here (64-bit Linux, a known machine)."""
     return _futex_number() >= 0 and libc("syscall") is not None
 
 
@@ -125,13 +125,16 @@ def _futex_number() -> int:
     return _SYS_FUTEX.get(os.uname().machine, -1)
 
 
-def futex_wait(address: int, expected: int, timeout: float) -> None:
-    """Block while the aligned 32-bit word at ``address`` holds ``expected``.
+def futex_wait(address: int, expected: int, timeout: float) -> int:
+    """Block while the aligned 32-bit word at ``address`` holds ``expected`` (futex(2)).
 
     Returns at once if it holds something else, else on a wake of that word (from any process
-    that shares it, see `futex_waker`), on a signal, or after ``timeout`` seconds; which of
-    these it was is not said: the caller looks at the word again. Never raises. Only where
-    `has_futex`.
+    that shares it, see `futex_waker`), on a signal, or after ``timeout`` seconds; the caller
+    looks at the word again. Never raises. Only where `has_futex`.
+
+    Returns:
+        0 when woken, else the error: EAGAIN (the word had changed), EINTR, ETIMEDOUT, or
+        one that will not go away (ENOSYS, EPERM: a sandbox refusing shared futexes).
     """
     import ctypes
 
@@ -139,7 +142,7 @@ def futex_wait(address: int, expected: int, timeout: float) -> None:
     limit = (ctypes.c_long * 2)(int(seconds), int(seconds % 1 * 1e9))  # a struct timespec
     syscall = libc("syscall")
     assert syscall is not None
-    syscall(
+    result = syscall(
         ctypes.c_long(_futex_number()),
         ctypes.c_void_p(address),
         ctypes.c_int(_FUTEX_WAIT),
@@ -148,13 +151,15 @@ def futex_wait(address: int, expected: int, timeout: float) -> None:
         ctypes.c_void_p(None),
         ctypes.c_int(0),
     )
+    return 0 if result == 0 else ctypes.get_errno()
 
 
-def futex_waker(address: int) -> Callable[[], object]:
+def futex_waker(address: int) -> Callable[[], int]:
     """Return a call that wakes every process blocked in `futex_wait` on the word at ``address``.
 
-    Its arguments are made once, here: the call costs one system call. It never raises. Only
-    where `has_futex`.
+    Its arguments are made once, here: the call costs one system call. It never raises, and
+    returns how many were woken, or -1 where the kernel refuses (errno says why). Only where
+    `has_futex`.
     """
     import ctypes
 

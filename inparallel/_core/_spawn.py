@@ -107,8 +107,6 @@ def _spawn_held(
             os.set_blocking(rfd, False)
             prime_lifeline(wfd)
             streams = open_streams(options.output, options.max_output, track=supervisor.fds)
-            ticket = _cpus.ticket(alone=supervisor.idle())  # a sequential call's child
-            child_plan = plan(wfd, redirected=streams is not None, ticket=ticket)
             # Everything the parent needs is made before the fork: a page written while the
             # child lives is copied, and the child starts on the other CPU right away.
             child = Child(0, None, rfd, options, 0.0)
@@ -119,6 +117,9 @@ def _spawn_held(
             child.future = future
             if PARK:
                 _park.park(supervisor)
+            # Last: it reads the CPU this thread runs on, where such a kernel queues the child.
+            ticket = _cpus.ticket(alone=supervisor.idle())  # a sequential call's child
+            child_plan = plan(wfd, redirected=streams is not None, ticket=ticket)
             _interrupts.give_up_if_pending()  # the last moment to start nothing
             child.started = time.monotonic()
             child.pid = _fork(keep)

@@ -59,6 +59,7 @@ from ._thread import BareThread
 __all__ = (
     "Statistics",
     "Supervisor",
+    "close_all",
     "get",
     "statistics",
 )
@@ -278,7 +279,7 @@ class Supervisor(Driving):
                 streams.finish()
 
     def forget_in_child(self) -> None:
-        """In a freshly forked child: close every inherited library fd, drop all state.
+        """In a freshly forked child: close every inherited library fd, signal nothing more.
 
         Futures copied into the child still point at this supervisor and its records: marked
         inherited (one write; not every record, a copied page each), it signals nothing, so
@@ -307,7 +308,7 @@ class Supervisor(Driving):
 
 
 def close_all(fds: set[int]) -> None:
-    """In a freshly forked child: close every fd of ``fds`` (their numbers). Never raises.
+    """Close every fd of ``fds`` (their numbers), in a freshly forked child. Never raises.
 
     Runs of consecutive numbers (a burst of calls opens its pipes and pidfds one after the
     other) are closed in one ``close_range`` each: a child forked with 800 tasks in flight
@@ -320,7 +321,7 @@ def close_all(fds: set[int]) -> None:
             except OSError:
                 pass
         return
-    ordered = sorted(fds)  # fresh memory: no page of the parent's is copied for it
+    ordered = sorted(fds)  # a new list (the ints it holds are shared pages all the same)
     first = last = ordered[0]
     for fd in ordered:
         if fd > last + 1:
