@@ -13,9 +13,8 @@ a task that has not run yet this is a cheap call, and an idle CPU takes it at on
 must still see the affinity it was forked with, so the two processes hand over explicitly:
 
 - the parent narrows the child's mask by the CPU it ran on just before the fork (where such
-  a kernel queues the child), then *always* posts, on a
-  page shared with the child, the child's ticket and the CPU it took away (or none: the
-  move was not made or was refused);
+  a kernel queues the child), then *always* posts, on a page shared with the child, the
+  child's ticket and the CPU it took away (or none: the move was not made or was refused);
 - the child waits for its ticket before anything of the task runs (asleep on the post's word,
   a futex the parent wakes after each post), and adds that CPU back (`settle`). It widens
   only what the parent narrowed, so a mask changed from outside in the meantime is kept; and
@@ -75,7 +74,9 @@ def ticket(alone: bool) -> int | None:
 
     ``alone``: no other task of ours is running. None means the child is left where the
     kernel puts it: other tasks or Python threads run, no CPU is free, or the platform (or
-    a seccomp policy) has no affinity calls. A ticket binds the parent to call `move_off`.
+    a seccomp policy) has no affinity calls or no shared futex. A ticket binds the parent to
+    call `move_off`; taking one reads the CPU this thread runs on (call it last before the
+    fork).
     """
     global _cpu, _tickets
     if not (alone and _enabled) or threading.active_count() != 1:
