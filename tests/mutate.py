@@ -259,8 +259,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "memory-limit-error",
         "inparallel/_core/_child.py",
-        "        if options.memory_limit and memory:\n",
-        "        if False:  # mutated\n",
+        "    if options.memory_limit and memory:\n",
+        "    if False:  # mutated\n",
         ("tests/test_child.py", "-k", "n3"),
         "a MemoryError under memory_limit= is not reported as MemoryLimitExceeded",
     ),
@@ -298,7 +298,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "child-block-buffered",
-        "inparallel/_core/_child.py",
+        "inparallel/_core/_stdio.py",
         '        (like.encoding, like.errors or "strict", True, like.write_through)\n',
         '        (like.encoding, like.errors or "strict", like.line_buffering, False)  # mutated\n',
         ("tests/test_output.py", "-k", "inherit_delivers or unbuffered"),
