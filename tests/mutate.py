@@ -297,6 +297,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a caller waiting for its tasks never watches them itself: a thread starts for each",
     ),
     Mutation(
+        "spawn-never-looks",
+        "inparallel/_core/_drive.py",
+        "        if unclaimed > 1:\n            self.drive(_never, 0.0)\n",
+        "        if False:  # mutated\n            self.drive(_never, 0.0)\n",
+        ("tests/test_driving.py", "-k", "pile_up"),
+        "fire-and-forget calls pile up unreaped while no thread runs (zombies, fds)",
+    ),
+    Mutation(
         "child-block-buffered",
         "inparallel/_core/_stdio.py",
         '        (like.encoding, like.errors or "strict", True, like.write_through)\n',
