@@ -133,19 +133,13 @@ def _vm_copy(pid: int, size: int, address: int, readonly: bool) -> Any:
 
 
 def _vm_fill(pid: int, local: int, remote: int, size: int) -> None:
-    done = 0
-    while done < size:
-        copied = vm_read(pid, local + done, remote + done, size - done)
-        if copied <= 0:
-            raise FrameError("the result's memory ended early")
-        done += copied
+    _fill_all(size, lambda done: vm_read(pid, local + done, remote + done, size - done))
 
 
 def _read_bytes(file: int, size: int, offset: int) -> bytes:
     # A bytes object owns its memory: one copy, by the kernel, straight into it.
-    madvise = libc("madvise") if size >= _PREFAULT and _CPYTHON else None
-    if madvise is not None:
-        return _read_bytes_prefaulted(file, size, offset, madvise)
+    if size >= _PREFAULT and _CPYTHON and libc("madvise") is not None:
+        return _read_bytes_prefaulted(file, size, offset)
     if size < _MAX_READ:
         data = os.pread(file, size, offset)
         if len(data) < size:
@@ -199,13 +193,11 @@ def read_child_file(
     return buffers
 
 
-def _read_bytes_prefaulted(
-    file: int, size: int, offset: int, madvise: Callable[[int, int, int], int]
-) -> bytes:
+def _read_bytes_prefaulted(file: int, size: int, offset: int) -> bytes:
     # Filled in place before anyone sees it, as C code fills a new bytes object.
     import ctypes
 
-    data = _blank_bytes(size, madvise)
+    data = _blank_bytes(size)
     view = memoryview((ctypes.c_char * size).from_address(bytes_address(data))).cast("B")
     try:
         _fill(view, file, offset)
@@ -214,14 +206,13 @@ def _read_bytes_prefaulted(
     return data
 
 
-def _blank_bytes(size: int, madvise: Callable[[int, int, int], int] | None = None) -> bytes:
+def _blank_bytes(size: int) -> bytes:
     # A new bytes object of ``size`` zero bytes (CPython), to be filled in place before anyone
     # sees it. It is calloc'd memory nobody has touched yet: mapping all of it in one call
     # first saves the kernel a fault per page while it copies (measured 52 ms instead of 76
     # per 100 MB; huge pages, see `_blank_mapping`, are not steady enough).
     data = bytes(size)
-    if madvise is None and size >= _PREFAULT:
-        madvise = libc("madvise")
+    madvise = libc("madvise") if size >= _PREFAULT else None
     if madvise is not None:
         address = bytes_address(data)
         start = address - address % mmap.PAGESIZE
@@ -286,10 +277,16 @@ def _blank_mapping(size: int) -> mmap.mmap:
 
 
 def _fill(view: memoryview, file: int, offset: int) -> None:
-    # Read ``len(view)`` bytes of ``file`` from ``offset`` into ``view`` (a few calls at most).
+    # Read ``len(view)`` bytes of ``file`` from ``offset`` into ``view``.
+    _fill_all(len(view), lambda done: os.preadv(file, [view[done:]], offset + done))
+
+
+def _fill_all(size: int, copy: Callable[[int], int]) -> None:
+    # Call ``copy(done)``, which copies from ``done`` on and says how much it copied, until
+    # ``size`` bytes are in (a few calls at most).
     done = 0
-    while done < len(view):
-        got = os.preadv(file, [view[done:]], offset + done)
-        if got <= 0:
+    while done < size:
+        copied = copy(done)
+        if copied <= 0:
             raise FrameError("the result's memory ended early")
-        done += got
+        done += copied
