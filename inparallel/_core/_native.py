@@ -119,6 +119,7 @@ def has_futex() -> bool:
     return _futex_number() >= 0 and libc("syscall") is not None
 
 
+@functools.cache  # the machine does not change
 def _futex_number() -> int:
     if sys.platform != "linux" or sys.maxsize < 2**32:
         return -1
