@@ -20,8 +20,8 @@ from ._record import Child
 
 __all__ = ("POLL_EVERY", "Driving")
 
-#: How many calls may pile up before a call looks for finished ones among those nobody has
-#: waited for yet (`Driving.poll`): at most this many zombies and 2x as many fds.
+#: How many calls nobody has waited for yet may pile up before a call looks for finished
+#: ones among them (`Driving.poll`): at most this many zombies and 2x as many fds.
 POLL_EVERY = 32
 
 
@@ -30,28 +30,29 @@ class Driving(Events):
 
     _role: threading.Lock
     _running: bool
-    _unlooked: int
 
     def poll(self, new: Child) -> None:
         """Take in what finished among the children nobody has waited for yet; never blocks.
 
         For the spawning caller, right after forking ``new``: fire-and-forget calls must not
         pile up unreaped (zombies, open fds, results held in their children) while no thread
-        runs. Looks once every `POLL_EVERY` calls, if two children or more are ones nobody
-        has waited for; never while the thread runs, nor for children a caller waits for (a
-        ``waitfor`` loop's: their completions are the loop's to see).
+        runs. Looks when the children watched number one more than a multiple of `POLL_EVERY`
+        (in a loop of calls nobody waits for: once every `POLL_EVERY` calls), if two or more
+        are ones nobody has waited for; never while the thread runs, nor for children a
+        caller waits for (a ``waitfor`` loop's: their completions are the loop's to see).
         """
         with self._lock:
-            if self._running or len(self._children) < 2:  # a lone child: nothing to take in
+            if self._running:
                 return
-            # Every POLL_EVERY calls: a look costs the caller about a millisecond while many
-            # children share its pages (each page it writes is copied), and so does counting
-            # the children nobody has waited for (each record read is a page written).
-            self._unlooked += 1
-            if self._unlooked < POLL_EVERY:
+            # Counted from the number watched, not from those nobody waited for: reading every
+            # record to count them is a page copied per record while the children live.
+            watched = len(self._children)
+            if watched < 2 or (watched - 1) % POLL_EVERY:
                 return
-            self._unlooked = 0
             unclaimed = sum(1 for child in self._children.values() if not child.claimed())
+        # Every POLL_EVERY of them: a look costs the caller about a millisecond while many
+        # children share its pages (each page it writes is copied), and a burst of calls that
+        # are all still running has nothing to take in.
         if unclaimed > 1:
             self.drive(_never, 0.0)
 

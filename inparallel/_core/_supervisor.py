@@ -84,7 +84,6 @@ class Supervisor(Driving):
         self._deadlines = Deadlines()  # the thread's own
         self._selector: Poller | None = None
         self._inherited = False  # a fork's copy, in the child (see `forget_in_child`)
-        self._unlooked = 0  # calls since the last look for finished children (see `poll`)
         self._wake_r = self._wake_w = -1
         self._running = False  # a thread is in (or about to enter) its loop
         self._want_thread = False  # something waits without driving (see `watch`)
